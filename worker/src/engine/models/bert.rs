@@ -1,0 +1,260 @@
+//! BERT-family encoders (BERT-base, MiniLM, FinBERT) for sequence
+//! classification: post-LN blocks, erf-GELU, `[CLS]` pooling through the
+//! pooler when the checkpoint has one, then a linear head named
+//! `classifier`. Reads checkpoints with or without the `bert.` prefix and
+//! with `gamma`/`beta` or `weight`/`bias` layer-norm names.
+
+use candle_core::{Result, Tensor};
+use serde::Deserialize;
+
+use super::{attention, embed, gather_positions, merge_heads, split_heads, Batch};
+use crate::engine::nn::linear::{Linear, LoraConfig};
+use crate::engine::nn::params::{self, Param, Params};
+use crate::engine::nn::{ops, Ctx};
+
+/// The fields of a Hugging Face `config.json` that the model uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+struct LayerNorm {
+    w: Param,
+    b: Param,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(p: &mut Params, prefix: &str, n: usize, eps: f64) -> params::Result<LayerNorm> {
+        let w = p.resolve(&[format!("{prefix}.weight"), format!("{prefix}.gamma")])?;
+        let b = p.resolve(&[format!("{prefix}.bias"), format!("{prefix}.beta")])?;
+        Ok(LayerNorm {
+            w: p.base(&w, &[n])?,
+            b: p.base(&b, &[n])?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        ops::layer_norm(x, &self.w.get(dt)?, &self.b.get(dt)?, self.eps)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_ln: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_ln: LayerNorm,
+}
+
+/// A BERT encoder with its classification head.
+pub struct Bert {
+    cfg: BertConfig,
+    word: Param,
+    position: Param,
+    token_type: Param,
+    emb_ln: LayerNorm,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    classifier: Linear,
+    dropout: f64,
+    pub pad_id: u32,
+}
+
+impl Bert {
+    /// Builds the model from `p`; `dropout` overrides the config's.
+    pub fn load(
+        p: &mut Params,
+        cfg: BertConfig,
+        num_labels: usize,
+        lora: Option<&LoraConfig>,
+        dropout: Option<f64>,
+    ) -> params::Result<Bert> {
+        if cfg.hidden_act != "gelu" {
+            return Err(params::ParamError::Candle(candle_core::Error::Msg(
+                format!(
+                    "unsupported hidden_act {:?} (this model implements \"gelu\")",
+                    cfg.hidden_act
+                ),
+            )));
+        }
+        let pre = if p.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let word = p.base(
+            &format!("{pre}embeddings.word_embeddings.weight"),
+            &[cfg.vocab_size, h],
+        )?;
+        let position = p.base(
+            &format!("{pre}embeddings.position_embeddings.weight"),
+            &[cfg.max_position_embeddings, h],
+        )?;
+        let token_type = p.base(
+            &format!("{pre}embeddings.token_type_embeddings.weight"),
+            &[cfg.type_vocab_size, h],
+        )?;
+        let emb_ln = LayerNorm::load(p, &format!("{pre}embeddings.LayerNorm"), h, eps)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("{pre}encoder.layer.{i}");
+            let i_s = cfg.intermediate_size;
+            layers.push(Layer {
+                query: Linear::load(p, &format!("{l}.attention.self.query"), h, h, true, lora)?,
+                key: Linear::load(p, &format!("{l}.attention.self.key"), h, h, true, lora)?,
+                value: Linear::load(p, &format!("{l}.attention.self.value"), h, h, true, lora)?,
+                attn_out: Linear::load(
+                    p,
+                    &format!("{l}.attention.output.dense"),
+                    h,
+                    h,
+                    true,
+                    lora,
+                )?,
+                attn_ln: LayerNorm::load(p, &format!("{l}.attention.output.LayerNorm"), h, eps)?,
+                inter: Linear::load(p, &format!("{l}.intermediate.dense"), h, i_s, true, lora)?,
+                out: Linear::load(p, &format!("{l}.output.dense"), i_s, h, true, lora)?,
+                out_ln: LayerNorm::load(p, &format!("{l}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        let pooler = if p.contains(&format!("{pre}pooler.dense.weight")) {
+            Some(Linear::load(
+                p,
+                &format!("{pre}pooler.dense"),
+                h,
+                h,
+                true,
+                lora,
+            )?)
+        } else {
+            None
+        };
+        let classifier = Linear::new_head(p, "classifier", h, num_labels, true)?;
+        Ok(Bert {
+            dropout: dropout.unwrap_or(cfg.hidden_dropout_prob),
+            pad_id: cfg.pad_token_id.unwrap_or(0),
+            cfg,
+            word,
+            position,
+            token_type,
+            emb_ln,
+            layers,
+            pooler,
+            classifier,
+        })
+    }
+
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        let dt = match &self.word {
+            Param::Frozen(t) => t.dtype(),
+            Param::Train(_) => self.emb_ln.w.get(candle_core::DType::F32)?.dtype(),
+        };
+        let dt = match &self.emb_ln.w {
+            Param::Frozen(t) => t.dtype(),
+            Param::Train(_) => dt,
+        };
+        let (b, s) = batch.ids.dims2()?;
+        if s > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {s} tokens is longer than max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let h = self.cfg.hidden_size;
+        let words = embed(&self.word.get(dt)?, &batch.ids)?;
+        let pos = self.position.get(dt)?.narrow(0, 0, s)?;
+        let tt = self.token_type.get(dt)?.narrow(0, 0, 1)?;
+        let x = words
+            .broadcast_add(&pos.unsqueeze(0)?)?
+            .broadcast_add(&tt.reshape((1, 1, h))?)?;
+        let mut x = ctx.dropout(&self.emb_ln.forward(&x)?, self.dropout)?;
+        let mask = batch.key_mask(dt)?;
+        let heads = self.cfg.num_attention_heads;
+        let attn_drop = self.attention_dropout();
+        for l in &self.layers {
+            let q = split_heads(&l.query.forward(&x, ctx)?, heads)?;
+            let k = split_heads(&l.key.forward(&x, ctx)?, heads)?;
+            let v = split_heads(&l.value.forward(&x, ctx)?, heads)?;
+            let a = merge_heads(&attention(&q, &k, &v, &mask, attn_drop, ctx)?)?;
+            let a = ctx.dropout(&l.attn_out.forward(&a, ctx)?, self.dropout)?;
+            let x1 = l.attn_ln.forward(&(a + &x)?)?;
+            let i = l.inter.forward(&x1, ctx)?.gelu_erf()?;
+            let o = ctx.dropout(&l.out.forward(&i, ctx)?, self.dropout)?;
+            x = l.out_ln.forward(&(o + x1)?)?;
+        }
+        let cls = gather_positions(&x, &vec![0; b])?;
+        let pooled = match &self.pooler {
+            Some(pooler) => pooler.forward(&cls, ctx)?.tanh()?,
+            None => cls,
+        };
+        let pooled = ctx.dropout(&pooled, self.dropout)?;
+        self.classifier
+            .forward(&pooled, ctx)?
+            .to_dtype(candle_core::DType::F32)
+    }
+
+    fn attention_dropout(&self) -> f64 {
+        if self.dropout == self.cfg.hidden_dropout_prob {
+            self.cfg.attention_probs_dropout_prob
+        } else {
+            self.dropout
+        }
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            v.extend([
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.inter,
+                &mut l.out,
+            ]);
+        }
+        if let Some(p) = &mut self.pooler {
+            v.push(p);
+        }
+        v.push(&mut self.classifier);
+        v
+    }
+}

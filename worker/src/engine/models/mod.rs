@@ -1,0 +1,151 @@
+//! Sequence classifiers written with differentiable ops: BERT-family
+//! encoders and Phi decoders, both loading Hugging Face checkpoints by
+//! their original tensor names. Every linear layer is a
+//! [`crate::engine::nn::linear::Linear`], so adapters attach by name.
+
+pub mod bert;
+pub mod phi;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::engine::nn::linear::Linear;
+use crate::engine::nn::Ctx;
+
+/// One padded batch of token ids (right padding).
+pub struct Batch {
+    /// `[b, s]` u32 token ids.
+    pub ids: Tensor,
+    /// Real (unpadded) length of each row.
+    pub lengths: Vec<usize>,
+    /// `[b, s]` 1.0 for real tokens, 0.0 for padding (f32).
+    pub mask: Tensor,
+}
+
+impl Batch {
+    /// Builds a right-padded batch.
+    pub fn new(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Batch> {
+        let s = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+        let b = rows.len();
+        let mut ids = Vec::with_capacity(b * s);
+        let mut mask = Vec::with_capacity(b * s);
+        for r in rows {
+            ids.extend_from_slice(r);
+            ids.extend(std::iter::repeat_n(pad_id, s - r.len()));
+            mask.extend(std::iter::repeat_n(1f32, r.len()));
+            mask.extend(std::iter::repeat_n(0f32, s - r.len()));
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (b, s), device)?,
+            lengths: rows.iter().map(|r| r.len()).collect(),
+            mask: Tensor::from_vec(mask, (b, s), device)?,
+        })
+    }
+
+    pub fn size(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.ids.dim(1).unwrap_or(0)
+    }
+
+    /// `[b, 1, 1, s]` additive key mask: 0 for real tokens, -1e4 for padding
+    /// (finite, so it stays finite in bf16).
+    pub fn key_mask(&self, dtype: DType) -> Result<Tensor> {
+        let (b, s) = self.mask.dims2()?;
+        ((self.mask.clone() - 1.0)? * 1e4)?
+            .to_dtype(dtype)?
+            .reshape((b, 1, 1, s))
+    }
+}
+
+/// A loaded classifier.
+pub enum Model {
+    Bert(bert::Bert),
+    Phi(phi::Phi),
+}
+
+impl Model {
+    /// Class logits `[b, num_labels]` in f32.
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        match self {
+            Model::Bert(m) => m.forward(batch, ctx),
+            Model::Phi(m) => m.forward(batch, ctx),
+        }
+    }
+
+    /// Every linear layer, for adapter merging and placement.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Model::Bert(m) => m.linears_mut(),
+            Model::Phi(m) => m.linears_mut(),
+        }
+    }
+
+    /// Folds LoRA adapters into frozen dense weights (inference only).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for l in self.linears_mut() {
+            l.merge_lora()?;
+        }
+        Ok(())
+    }
+
+    /// The token that pads batches.
+    pub fn pad_id(&self) -> u32 {
+        match self {
+            Model::Bert(m) => m.pad_id,
+            Model::Phi(m) => m.pad_id,
+        }
+    }
+}
+
+/// Rows `index[i]` of `[b, s, h]` hidden states at position `pos[i]` -> `[b, h]`.
+pub(crate) fn gather_positions(h: &Tensor, pos: &[usize]) -> Result<Tensor> {
+    let (b, s, hidden) = h.dims3()?;
+    let idx: Vec<u32> = pos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i * s + p) as u32)
+        .collect();
+    let idx = Tensor::from_vec(idx, b, h.device())?;
+    h.reshape((b * s, hidden))?.index_select(&idx, 0)
+}
+
+/// Embedding lookup that stays differentiable for trainable tables.
+pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, s) = ids.dims2()?;
+    let flat = ids.flatten_all()?;
+    let e = table.index_select(&flat, 0)?;
+    e.reshape((b, s, table.dim(1)?))
+}
+
+/// Scaled dot-product attention over `[b, heads, s, d]` with an additive mask.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    dropout: f64,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    let d = q.dim(3)?;
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = scores.broadcast_add(mask)?;
+    let probs = crate::engine::nn::ops::softmax_last_dim(&scores)?;
+    let probs = ctx.dropout(&probs, dropout)?;
+    probs.matmul(v)
+}
+
+/// `[b, s, heads*d]` -> `[b, heads, s, d]`.
+pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, s, h) = x.dims3()?;
+    x.reshape((b, s, heads, h / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// `[b, heads, s, d]` -> `[b, s, heads*d]`.
+pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, heads, s, d) = x.dims4()?;
+    x.transpose(1, 2)?.contiguous()?.reshape((b, s, heads * d))
+}

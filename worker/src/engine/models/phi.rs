@@ -1,0 +1,300 @@
+//! Phi-1.5 / Phi-2 decoders for sequence classification: partial rotary
+//! embeddings (rotate-half form on the first `partial_rotary_factor` of each
+//! head), attention and MLP in parallel under one layer norm, `gelu_new`,
+//! causal plus padding mask, and a bias-free `score` head applied to the
+//! last non-pad token. Tensor names follow Hugging Face's `PhiForCausalLM`.
+
+use candle_core::{DType, Device, Result, Tensor};
+use serde::Deserialize;
+
+use super::{attention, embed, gather_positions, merge_heads, split_heads, Batch};
+use crate::engine::nn::linear::{Linear, LoraConfig};
+use crate::engine::nn::params::{self, Param, Params};
+use crate::engine::nn::{ops, Ctx};
+
+/// The fields of a Hugging Face Phi `config.json` that the model uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PhiConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_rotary")]
+    pub partial_rotary_factor: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub resid_pdrop: f64,
+    #[serde(default)]
+    pub embd_pdrop: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub qk_layernorm: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+}
+
+/// Newer configs keep the rotary settings in a nested table.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+}
+
+fn default_rotary() -> f64 {
+    0.5
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_act() -> String {
+    "gelu_new".into()
+}
+
+struct LayerNorm {
+    w: Param,
+    b: Param,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(p: &mut Params, prefix: &str, n: usize, eps: f64) -> params::Result<LayerNorm> {
+        Ok(LayerNorm {
+            w: p.base(&format!("{prefix}.weight"), &[n])?,
+            b: p.base(&format!("{prefix}.bias"), &[n])?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        ops::layer_norm(x, &self.w.get(dt)?, &self.b.get(dt)?, self.eps)
+    }
+}
+
+struct Layer {
+    ln: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    dense: Linear,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// A Phi decoder with its classification head.
+pub struct Phi {
+    cfg: PhiConfig,
+    embed: Param,
+    layers: Vec<Layer>,
+    final_ln: LayerNorm,
+    score: Linear,
+    rotary_dims: usize,
+    theta: f64,
+    dropout: Option<f64>,
+    pub pad_id: u32,
+}
+
+impl Phi {
+    pub fn load(
+        p: &mut Params,
+        cfg: PhiConfig,
+        num_labels: usize,
+        lora: Option<&LoraConfig>,
+        dropout: Option<f64>,
+    ) -> params::Result<Phi> {
+        let unsupported = |what: String| {
+            params::ParamError::Candle(candle_core::Error::Msg(format!(
+                "unsupported Phi config: {what}"
+            )))
+        };
+        if cfg.qk_layernorm {
+            return Err(unsupported("qk_layernorm = true".into()));
+        }
+        if cfg.hidden_act != "gelu_new" {
+            return Err(unsupported(format!("hidden_act = {:?}", cfg.hidden_act)));
+        }
+        if let Some(kv) = cfg.num_key_value_heads {
+            if kv != cfg.num_attention_heads {
+                return Err(unsupported("grouped key/value heads".into()));
+            }
+        }
+        let h = cfg.hidden_size;
+        let head_dim = h / cfg.num_attention_heads;
+        let factor = cfg
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.partial_rotary_factor)
+            .unwrap_or(cfg.partial_rotary_factor);
+        let theta = cfg
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .unwrap_or(cfg.rope_theta);
+        let rotary_dims = (head_dim as f64 * factor) as usize;
+        if rotary_dims % 2 != 0 {
+            return Err(unsupported(format!("odd rotary dimension {rotary_dims}")));
+        }
+        let embed = p.base("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let eps = cfg.layer_norm_eps;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("model.layers.{i}");
+            let f = cfg.intermediate_size;
+            layers.push(Layer {
+                ln: LayerNorm::load(p, &format!("{l}.input_layernorm"), h, eps)?,
+                q: Linear::load(p, &format!("{l}.self_attn.q_proj"), h, h, true, lora)?,
+                k: Linear::load(p, &format!("{l}.self_attn.k_proj"), h, h, true, lora)?,
+                v: Linear::load(p, &format!("{l}.self_attn.v_proj"), h, h, true, lora)?,
+                dense: Linear::load(p, &format!("{l}.self_attn.dense"), h, h, true, lora)?,
+                fc1: Linear::load(p, &format!("{l}.mlp.fc1"), h, f, true, lora)?,
+                fc2: Linear::load(p, &format!("{l}.mlp.fc2"), f, h, true, lora)?,
+            });
+        }
+        let final_ln = LayerNorm::load(p, "model.final_layernorm", h, eps)?;
+        let score = Linear::new_head(p, "score", h, num_labels, false)?;
+        let pad_id = cfg.pad_token_id.or(cfg.eos_token_id).unwrap_or(50256);
+        Ok(Phi {
+            cfg,
+            embed,
+            layers,
+            final_ln,
+            score,
+            rotary_dims,
+            theta,
+            dropout,
+            pad_id,
+        })
+    }
+
+    /// `(cos, sin)` of shape `[s, rotary_dims]`.
+    fn rotary(&self, s: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let rd = self.rotary_dims;
+        let half = rd / 2;
+        let mut cos = Vec::with_capacity(s * rd);
+        let mut sin = Vec::with_capacity(s * rd);
+        for pos in 0..s {
+            for _ in 0..2 {
+                for i in 0..half {
+                    let inv = 1.0 / self.theta.powf((2 * i) as f64 / rd as f64);
+                    let a = pos as f64 * inv;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (s, rd), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?;
+        let sin = Tensor::from_vec(sin, (s, rd), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?;
+        Ok((cos, sin))
+    }
+
+    fn apply_rotary(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let rd = self.rotary_dims;
+        if rd == 0 {
+            return Ok(x.clone());
+        }
+        let d = x.dim(3)?;
+        let rot = x.narrow(3, 0, rd)?;
+        let half = rd / 2;
+        let x1 = rot.narrow(3, 0, half)?;
+        let x2 = rot.narrow(3, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        let out = (rot.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
+        if rd == d {
+            return Ok(out);
+        }
+        let pass = x.narrow(3, rd, d - rd)?;
+        Tensor::cat(&[&out, &pass], 3)?.contiguous()
+    }
+
+    /// `[b, 1, s, s]`: causal mask plus key padding, additive, finite.
+    fn mask(&self, batch: &Batch, dtype: DType) -> Result<Tensor> {
+        let (_, s) = batch.ids.dims2()?;
+        let causal: Vec<f32> = (0..s)
+            .flat_map(|i| (0..s).map(move |j| if j > i { -1e4 } else { 0.0 }))
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, 1, s, s), batch.ids.device())?;
+        let pad = batch.key_mask(DType::F32)?;
+        causal
+            .broadcast_add(&pad)?
+            .clamp(-1e4f32, 0f32)?
+            .to_dtype(dtype)
+    }
+
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        let dt = match &self.final_ln.w {
+            Param::Frozen(t) => t.dtype(),
+            Param::Train(_) => match &self.embed {
+                Param::Frozen(t) => t.dtype(),
+                Param::Train(_) => DType::F32,
+            },
+        };
+        let (_, s) = batch.ids.dims2()?;
+        if s > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {s} tokens is longer than max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let resid_p = self.dropout.unwrap_or(self.cfg.resid_pdrop);
+        let embd_p = self.dropout.unwrap_or(self.cfg.embd_pdrop);
+        let attn_p = self.dropout.unwrap_or(self.cfg.attention_dropout);
+        let mut x = ctx.dropout(&embed(&self.embed.get(dt)?, &batch.ids)?, embd_p)?;
+        let mask = self.mask(batch, dt)?;
+        let (cos, sin) = self.rotary(s, dt, x.device())?;
+        let heads = self.cfg.num_attention_heads;
+        for l in &self.layers {
+            let hn = l.ln.forward(&x)?;
+            let q = self.apply_rotary(&split_heads(&l.q.forward(&hn, ctx)?, heads)?, &cos, &sin)?;
+            let k = self.apply_rotary(&split_heads(&l.k.forward(&hn, ctx)?, heads)?, &cos, &sin)?;
+            let v = split_heads(&l.v.forward(&hn, ctx)?, heads)?;
+            let a = merge_heads(&attention(&q, &k, &v, &mask, attn_p, ctx)?)?;
+            let a = ctx.dropout(&l.dense.forward(&a, ctx)?, resid_p)?;
+            let m = l.fc2.forward(&l.fc1.forward(&hn, ctx)?.gelu()?, ctx)?;
+            let m = ctx.dropout(&m, resid_p)?;
+            x = ((x + a)? + m)?;
+        }
+        let x = self.final_ln.forward(&x)?;
+        let last: Vec<usize> = batch.lengths.iter().map(|&n| n.max(1) - 1).collect();
+        let pooled = gather_positions(&x, &last)?;
+        self.score.forward(&pooled, ctx)?.to_dtype(DType::F32)
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            v.extend([
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.dense,
+                &mut l.fc1,
+                &mut l.fc2,
+            ]);
+        }
+        v.push(&mut self.score);
+        v
+    }
+}

@@ -1,0 +1,200 @@
+//! The single linear layer used by every model: the injection point where
+//! adapters attach. A layer knows its full dotted name (Hugging Face
+//! naming), so adapters are placed by name pattern.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Result, Tensor};
+
+use super::ops;
+use super::params::{Init, Param, Params};
+use super::Ctx;
+
+/// The base weight of a linear layer (`[out, in]`).
+#[derive(Clone)]
+pub enum Weight {
+    Dense(Param),
+    Quantized(Arc<QTensor>),
+}
+
+/// Low-rank adapter: `y += (dropout(x) A^T B^T) * alpha / r`.
+#[derive(Clone)]
+pub struct Lora {
+    pub a: Param,
+    pub b: Param,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// LoRA settings resolved for one model.
+#[derive(Debug, Clone)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<String>,
+    pub random_b: bool,
+}
+
+impl LoraConfig {
+    /// Whether the layer called `name` gets an adapter: its last segment
+    /// (or its whole name) equals a target.
+    pub fn matches(&self, name: &str) -> bool {
+        let last = name.rsplit('.').next().unwrap_or(name);
+        self.targets.iter().any(|t| t == last || t == name)
+    }
+}
+
+/// A linear layer with optional bias and adapter.
+#[derive(Clone)]
+pub struct Linear {
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub weight: Weight,
+    pub bias: Option<Param>,
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    /// Loads `{name}.weight` (and `{name}.bias` when `bias`) and attaches
+    /// LoRA when `lora` targets this layer.
+    pub fn load(
+        p: &mut Params,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        lora: Option<&LoraConfig>,
+    ) -> crate::engine::nn::params::Result<Linear> {
+        let wname = format!("{name}.weight");
+        let shape = [out_features, in_features];
+        let weight = match p.quantized(&wname, &shape)? {
+            Some(q) => Weight::Quantized(q),
+            None => Weight::Dense(p.base(&wname, &shape)?),
+        };
+        let bias = if bias {
+            Some(p.base(&format!("{name}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        let lora = match lora {
+            Some(cfg) if cfg.matches(name) => {
+                Some(new_lora(p, name, in_features, out_features, cfg)?)
+            }
+            _ => None,
+        };
+        Ok(Linear {
+            name: name.to_string(),
+            in_features,
+            out_features,
+            weight,
+            bias,
+            lora,
+        })
+    }
+
+    /// A freshly initialised trainable layer (classification heads):
+    /// weights N(0, 0.02), bias zero, unless the checkpoint has them.
+    pub fn new_head(
+        p: &mut Params,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> crate::engine::nn::params::Result<Linear> {
+        let w = p.new_trainable(
+            &format!("{name}.weight"),
+            &[out_features, in_features],
+            Init::Normal(0.02),
+        )?;
+        let b = if bias {
+            Some(Param::Train(p.new_trainable(
+                &format!("{name}.bias"),
+                &[out_features],
+                Init::Zeros,
+            )?))
+        } else {
+            None
+        };
+        Ok(Linear {
+            name: name.to_string(),
+            in_features,
+            out_features,
+            weight: Weight::Dense(Param::Train(w)),
+            bias: b,
+            lora: None,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let dtype = x.dtype();
+        // One large GEMM over all leading dimensions.
+        let dims = x.dims().to_vec();
+        let lead: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((lead, self.in_features))?;
+        let mut y = match &self.weight {
+            Weight::Dense(Param::Frozen(w)) => ops::frozen_matmul(&x2, w)?,
+            Weight::Dense(w @ Param::Train(_)) => x2.matmul(&w.get(dtype)?.t()?)?,
+            Weight::Quantized(q) => ops::quantized_matmul(&x2, q)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.get(dtype)?)?;
+        }
+        if let Some(l) = &self.lora {
+            let xin = ctx.dropout(&x2, l.dropout)?;
+            let a = l.a.get(dtype)?;
+            let b = l.b.get(dtype)?;
+            let delta = xin.matmul(&a.t()?)?.matmul(&b.t()?)?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_features;
+        y.reshape(out_dims)
+    }
+
+    /// Folds the adapter into a dense frozen base weight (inference).
+    /// Quantized bases keep their adapter: merging would lose the quantization.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let (Some(l), Weight::Dense(Param::Frozen(w))) = (&self.lora, &self.weight) else {
+            return Ok(());
+        };
+        let a = l.a.get(DType::F32)?;
+        let b = l.b.get(DType::F32)?;
+        let delta = (b.matmul(&a)? * l.scale)?;
+        let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+        self.weight = Weight::Dense(Param::Frozen(merged));
+        self.lora = None;
+        Ok(())
+    }
+}
+
+fn new_lora(
+    p: &mut Params,
+    name: &str,
+    in_features: usize,
+    out_features: usize,
+    cfg: &LoraConfig,
+) -> crate::engine::nn::params::Result<Lora> {
+    let r = cfg.r;
+    // Kaiming-uniform with a = sqrt(5), as PEFT: U(-1/sqrt(in), 1/sqrt(in)).
+    let bound = 1.0 / (in_features as f64).sqrt();
+    let a = p.new_trainable(
+        &format!("{name}.lora_A"),
+        &[r, in_features],
+        Init::Uniform(bound),
+    )?;
+    let b_init = if cfg.random_b {
+        Init::Normal(0.02)
+    } else {
+        Init::Zeros
+    };
+    let b = p.new_trainable(&format!("{name}.lora_B"), &[out_features, r], b_init)?;
+    Ok(Lora {
+        a: Param::Train(a),
+        b: Param::Train(b),
+        scale: cfg.alpha / r as f64,
+        dropout: cfg.dropout,
+    })
+}

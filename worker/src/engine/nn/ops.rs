@@ -1,0 +1,302 @@
+//! Differentiable building blocks that candle lacks or implements without a
+//! backward pass.
+//!
+//! The pattern: compute an output with any fast kernel on *detached* inputs,
+//! then [`attach`] it to the graph with a hand-written gradient. This keeps
+//! candle's fused forward kernels (softmax, layer norm, quantized matmul) on
+//! every device while gradients stay exact, and it lets a frozen weight's
+//! matmul skip the weight-gradient GEMM that candle's own matmul backward
+//! would always compute.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::QMatMul;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D,
+};
+
+type BwdFn = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
+
+/// Makes `y` (computed from `x.detach()`) the differentiable output of `x`,
+/// with `grad_x = bwd(x, y, grad_y)`.
+struct Attach {
+    name: &'static str,
+    bwd: Arc<BwdFn>,
+}
+
+impl CustomOp2 for Attach {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        y: &CudaStorage,
+        ly: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some((self.bwd)(x, y, grad)?), None))
+    }
+}
+
+/// Attaches a detached result `y` to `x` with the given backward.
+/// When `x` needs no gradient, `y` is returned as is.
+pub fn attach(
+    name: &'static str,
+    x: &Tensor,
+    y: Tensor,
+    bwd: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(y);
+    }
+    // The forward copies y's whole storage: make sure it is exactly y.
+    let y = {
+        let (storage, layout) = y.storage_and_layout();
+        let exact = layout.is_contiguous()
+            && layout.start_offset() == 0
+            && match &*storage {
+                candle_core::Storage::Cpu(s) => cpu_len(s) == layout.shape().elem_count(),
+                _ => true,
+            };
+        drop(storage);
+        if exact {
+            y
+        } else {
+            y.copy()?
+        }
+    };
+    x.apply_op2(
+        &y,
+        Attach {
+            name,
+            bwd: Arc::new(bwd),
+        },
+    )
+}
+
+fn cpu_len(s: &CpuStorage) -> usize {
+    match s {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::BF16(v) => v.len(),
+        CpuStorage::F16(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => usize::MAX,
+    }
+}
+
+/// Softmax over the last dimension: fused forward, exact backward
+/// `dx = y * (dy - sum(dy * y))`.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::ops::softmax_last_dim(&x.detach())?;
+    attach("softmax-last-dim", x, y, |_, y, g| {
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        y * g.broadcast_sub(&dot)?
+    })
+}
+
+/// Layer norm over the last dimension with affine weight and bias.
+/// The normalisation is fused; its backward is
+/// `dx = rstd * (dy - mean(dy) - y * mean(dy * y))`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let n = normalize(x, eps)?;
+    n.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let xd = x.detach();
+    let hidden = xd.dim(D::Minus1)?;
+    let (ones, zeros) = unit_affine(hidden, xd.dtype(), xd.device())?;
+    let y = candle_nn::ops::layer_norm(&xd, &ones, &zeros, eps as f32)?;
+    attach("normalize", x, y, move |x, y, g| {
+        let xf = x.to_dtype(DType::F32)?;
+        let mean = xf.mean_keepdim(D::Minus1)?;
+        let var = xf.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+        let rstd = (var + eps)?.sqrt()?.recip()?;
+        let gf = g.to_dtype(DType::F32)?;
+        let yf = y.to_dtype(DType::F32)?;
+        let g_mean = gf.mean_keepdim(D::Minus1)?;
+        let gy_mean = (&gf * &yf)?.mean_keepdim(D::Minus1)?;
+        let inner = gf
+            .broadcast_sub(&g_mean)?
+            .sub(&yf.broadcast_mul(&gy_mean)?)?;
+        inner.broadcast_mul(&rstd)?.to_dtype(x.dtype())
+    })
+}
+
+fn unit_affine(n: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    Ok((
+        Tensor::ones(n, dtype, device)?,
+        Tensor::zeros(n, dtype, device)?,
+    ))
+}
+
+/// `x @ w^T` for a frozen weight `w` (`[out, in]`): the backward computes
+/// only `dx = dy @ w`, never a weight gradient.
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().broadcast_matmul(&w.t()?)?;
+    let w = w.clone();
+    attach("frozen-matmul", x, y, move |_, _, g| g.broadcast_matmul(&w))
+}
+
+/// `x @ w^T` for a frozen quantized weight: forward with candle's quantized
+/// kernels, backward through the dequantized weight (re-dequantized on
+/// every backward so that only the quantized copy stays resident).
+pub fn quantized_matmul(x: &Tensor, w: &Arc<candle_core::quantized::QTensor>) -> Result<Tensor> {
+    let mm = QMatMul::from_arc(w.clone())?;
+    let xd = x.detach();
+    let y = match xd.dtype() {
+        DType::F32 => mm.forward(&xd)?,
+        dt => mm.forward(&xd.to_dtype(DType::F32)?)?.to_dtype(dt)?,
+    };
+    let w = w.clone();
+    attach("quantized-matmul", x, y, move |x, _, g| {
+        let dense = w.dequantize(x.device())?.to_dtype(g.dtype())?;
+        g.broadcast_matmul(&dense)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn check_grad(
+        f_fast: impl Fn(&Tensor) -> Result<Tensor>,
+        f_ref: impl Fn(&Tensor) -> Result<Tensor>,
+    ) {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let proj = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let grad_of = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = f(x.as_tensor()).unwrap();
+            let loss = (y * &proj).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            grads.get(x.as_tensor()).unwrap().clone()
+        };
+        let fast = grad_of(&f_fast);
+        let reference = grad_of(&f_ref);
+        assert!(max_diff(&fast, &reference) < 1e-4, "{fast} vs {reference}");
+        assert!(
+            fast.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
+        let yf = f_fast(&x0).unwrap();
+        let yr = f_ref(&x0).unwrap();
+        assert!(max_diff(&yf, &yr) < 1e-5);
+    }
+
+    #[test]
+    fn softmax_grad_matches_composed_ops() {
+        check_grad(softmax_last_dim, |x| candle_nn::ops::softmax(x, D::Minus1));
+    }
+
+    #[test]
+    fn layer_norm_grad_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(1f32, 0.1, 16, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
+        check_grad(
+            |x| layer_norm(x, &w, &b, 1e-5),
+            |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5),
+        );
+    }
+
+    #[test]
+    fn frozen_matmul_grad_matches_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (16, 16), &dev).unwrap();
+        check_grad(
+            |x| frozen_matmul(x, &w),
+            |x| x.broadcast_matmul(&w.t().unwrap()),
+        );
+    }
+
+    #[test]
+    fn quantized_matmul_input_grad_matches_dense_reference() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (16, 64), &dev).unwrap();
+        let q = Arc::new(
+            candle_core::quantized::QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)
+                .unwrap(),
+        );
+        let dense = q.dequantize(&dev).unwrap();
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap();
+        let proj = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let x = Var::from_tensor(&x0).unwrap();
+        let y = quantized_matmul(x.as_tensor(), &q).unwrap();
+        let g = (y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = g.get(x.as_tensor()).unwrap();
+        let x2 = Var::from_tensor(&x0).unwrap();
+        let y2 = x2
+            .as_tensor()
+            .broadcast_matmul(&dense.t().unwrap())
+            .unwrap();
+        let g2 = (y2 * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = g2.get(x2.as_tensor()).unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max_diff(got, want) / scale < 1e-5, "rel err too big");
+        // Stock QMatMul cuts the graph: make sure we do not.
+        assert!(max_diff(got, &got.zeros_like().unwrap()) > 0.0);
+    }
+
+    #[test]
+    fn frozen_weight_gets_no_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (4, 4), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap()).unwrap();
+        let y = frozen_matmul(x.as_tensor(), &w).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&w).is_none());
+        assert!(grads.get(x.as_tensor()).is_some());
+    }
+}

@@ -1,0 +1,42 @@
+//! `worker`: runs fine-tuning jobs with candle.
+//!
+//! - `worker run SWEEP.toml` runs every job of a sweep locally, with no
+//!   services, writing artifacts under `--out` (default `runs/`).
+//! - `worker bench` measures training and inference speed on one model.
+
+use clap::{Parser, Subcommand};
+use worker::{bench, run};
+
+#[derive(Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Fine-tunes transformer classifiers with candle"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every job of a sweep file locally (no queue, no services).
+    Run(run::RunArgs),
+    /// Measure training samples/s and inference latency of a model.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Bench(args) => bench::main(args),
+    }
+}
