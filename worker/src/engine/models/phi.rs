@@ -150,7 +150,7 @@ impl Phi {
             .and_then(|r| r.rope_theta)
             .unwrap_or(cfg.rope_theta);
         let rotary_dims = (head_dim as f64 * factor) as usize;
-        if rotary_dims % 2 != 0 {
+        if !rotary_dims.is_multiple_of(2) {
             return Err(unsupported(format!("odd rotary dimension {rotary_dims}")));
         }
         let embed = p.base("model.embed_tokens.weight", &[cfg.vocab_size, h])?;

@@ -216,7 +216,7 @@ impl Params {
             Quantize::Q8_0 => GgmlDType::Q8_0,
             Quantize::Q4_0 => GgmlDType::Q4_0,
         };
-        if self.policy.is_trainable(name) || shape[shape.len() - 1] % 32 != 0 {
+        if self.policy.is_trainable(name) || !shape[shape.len() - 1].is_multiple_of(32) {
             return Ok(None);
         }
         let t = self.raw(name, shape)?.to_dtype(DType::F32)?;

@@ -1,0 +1,198 @@
+//! `worker run` end to end: a short real fine-tuning of MiniLM-L6 on
+//! Financial PhraseBank, its artifacts, the skip of finished jobs, and the
+//! rejection of bad sweeps and missing data with clear messages.
+
+use std::process::Command;
+
+use system_tests::{binary, repo_root, required_env};
+
+fn sweep(name: &str, extra_train: &str, data_path: &str) -> String {
+    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    format!(
+        r#"
+[sweep]
+name = "{name}"
+
+[base.model]
+arch = "bert"
+path = "{minilm}"
+freeze = ["word_embeddings"]
+max_len = 64
+
+[base.data]
+path = "{data_path}"
+
+[base.train]
+epochs = 1
+batch_size = 32
+lr = 1e-4
+head_lr = 1e-3
+{extra_train}
+"#
+    )
+}
+
+fn fpb() -> String {
+    required_env("FPB_DIR", "the Financial PhraseBank directory")
+}
+
+#[test]
+fn short_training_run_produces_every_artifact() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("sweep.toml");
+    std::fs::write(&file, sweep("e2e", "", &fpb())).unwrap();
+    let run = || {
+        Command::new(binary("worker"))
+            .args([
+                "run",
+                file.to_str().unwrap(),
+                "--out",
+                out.path().join("runs").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let sweep_dir = out.path().join("runs/sweeps/e2e");
+    let jobs: Vec<_> = std::fs::read_dir(sweep_dir.join("jobs")).unwrap().collect();
+    assert_eq!(jobs.len(), 1);
+    let job = jobs[0].as_ref().unwrap().path();
+    for f in [
+        "Results.csv",
+        "metrics.json",
+        "spec.json",
+        "history.csv",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "trained.safetensors",
+    ] {
+        assert!(job.join(f).is_file(), "missing {f}");
+    }
+    for png in ["training_curves.png", "confusion_matrix.png"] {
+        let bytes = std::fs::read(job.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+    }
+
+    // Results.csv: header + one row whose accuracy is real learning
+    // (the majority class is 61% of the test split).
+    let csv = std::fs::read_to_string(job.join("Results.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    let acc: f64 = col("accuracy").parse().unwrap();
+    assert!(acc > 0.85, "one epoch of fine-tuning reached only {acc}");
+    assert_eq!(col("variant"), "baseline");
+    assert_eq!(col("epochs"), "1");
+    assert_eq!(col("total_params"), "22714371");
+
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(job.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        metrics["data"]["unique"], 2259,
+        "5 exact duplicates removed"
+    );
+    let sizes = metrics["split_sizes"].as_array().unwrap();
+    let total: u64 = sizes.iter().map(|s| s.as_u64().unwrap()).sum();
+    assert_eq!(total, 2259);
+    assert_eq!(metrics["history"].as_array().unwrap().len(), 1);
+    assert!(metrics["speed"]["latency_samples"].as_u64().unwrap() >= 50);
+    assert!(metrics["speed"]["latency_b1_p50_ms"].as_f64().unwrap() > 0.0);
+    let confusion_total: u64 = metrics["test"]["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_u64().unwrap()))
+        .sum();
+    assert_eq!(confusion_total, sizes[2].as_u64().unwrap());
+
+    // The trained parameters carry the spec that produced them.
+    let bytes = std::fs::read(job.join("trained.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&meta["spec"]).unwrap();
+    assert_eq!(spec["train"]["epochs"], 1);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(st.names().contains(&"classifier.weight"));
+    assert!(
+        !st.names().iter().any(|n| n.contains("word_embeddings")),
+        "frozen weights are not saved"
+    );
+
+    // The sweep-level table and the skip of finished jobs.
+    assert!(sweep_dir.join("Results.csv").is_file());
+    let again = run();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already done"));
+}
+
+#[test]
+fn invalid_sweep_is_rejected_before_anything_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("bad.toml");
+    let text = sweep("bad", "", &fpb()) + "\n[grid]\n\"train.epochs\" = [1, 0]\n";
+    std::fs::write(&file, text).unwrap();
+    let runs = out.path().join("runs");
+    let o = Command::new(binary("worker"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            runs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("train.epochs"),
+        "{err}"
+    );
+    assert!(
+        !runs.exists(),
+        "nothing may be written for a rejected sweep"
+    );
+}
+
+#[test]
+fn missing_data_fails_the_job_naming_the_file() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("nodata.toml");
+    std::fs::write(&file, sweep("nodata", "", "/nonexistent/fpb")).unwrap();
+    let o = Command::new(binary("worker"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.path().join("runs").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/fpb"), "{err}");
+}
+
+#[test]
+fn producer_expands_the_shipped_sweeps() {
+    for (file, jobs) in [("sweeps/quickstart.toml", 1), ("sweeps/phi2-fpb.toml", 1)] {
+        let o = Command::new(binary("producer"))
+            .args(["expand", repo_root().join(file).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let listed = String::from_utf8_lossy(&o.stdout).lines().count();
+        assert_eq!(listed, jobs, "{file}");
+    }
+}
