@@ -18,4 +18,6 @@ if [ ! -f "$FPB_DIR/Sentences_AllAgree.txt" ]; then
   exit 1
 fi
 
-cargo test --workspace "$@"
+# The end-to-end tests run the binaries: build them first.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast "$@"
