@@ -4,5 +4,6 @@
 //! beyond reading the sweep file the caller names.
 
 pub mod artifacts;
+pub mod report;
 pub mod spec;
 pub mod sweep;

@@ -253,9 +253,6 @@ pub struct TrainSpec {
     /// Balanced class weights from the training split in the loss.
     #[serde(default = "default_true")]
     pub class_weights: bool,
-    /// Stop when the validation score has not improved for this many epochs.
-    #[serde(default)]
-    pub early_stop_patience: Option<usize>,
     /// Validation score that picks the best epoch.
     #[serde(default = "default_metric")]
     pub metric: Metric,
@@ -327,9 +324,189 @@ pub struct JobSpec {
     pub lora: Option<LoraSpec>,
     #[serde(default = "default_variant")]
     pub variant: Variant,
+    /// When to add dendrites and when to stop; the same rules for both variants.
+    #[serde(default)]
+    pub tracker: TrackerSpec,
+    /// Where and what kind of dendrites (used by the `dendritic` variant).
+    #[serde(default)]
+    pub dendrites: DendriteSpec,
     /// Seed of initialisation, shuffling and dropout.
     #[serde(default)]
     pub seed: u64,
+}
+
+/// When the tracker considers switching (adding dendrites, or stopping a baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchMode {
+    /// After `patience` epochs without improvement (and `patience` epochs since the last switch).
+    History,
+    /// Every `patience` epochs.
+    Fixed,
+    /// After every epoch.
+    EveryEpoch,
+    /// Never: plain training for `train.epochs` with best-epoch selection.
+    Never,
+}
+
+/// The validation-driven tracker (see the README's dendrite section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerSpec {
+    #[serde(default = "default_switch_mode")]
+    pub mode: SwitchMode,
+    /// Epochs without improvement before a switch (history mode), or the
+    /// switch period (fixed mode).
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+    /// Relative improvement needed, indexed by the number of dendrite sets added.
+    #[serde(default = "default_thresholds")]
+    pub improvement_thresholds: Vec<f64>,
+    /// Absolute improvement needed.
+    #[serde(default = "default_abs_threshold")]
+    pub abs_threshold: f64,
+    /// Running-score smoothing window (1: the raw score).
+    #[serde(default = "default_one")]
+    pub history_lookback: usize,
+    /// Smoke test: add a set after each of the first epochs up to
+    /// `dendrites.max` and stop; never for real experiments.
+    #[serde(default)]
+    pub testing_capacity: bool,
+    /// Score the test split every epoch (reported per architecture, never used to select).
+    #[serde(default = "default_true")]
+    pub test_every_epoch: bool,
+}
+
+fn default_switch_mode() -> SwitchMode {
+    SwitchMode::History
+}
+fn default_patience() -> usize {
+    10
+}
+fn default_thresholds() -> Vec<f64> {
+    vec![1e-3, 1e-4, 0.0]
+}
+fn default_abs_threshold() -> f64 {
+    1e-5
+}
+
+impl Default for TrackerSpec {
+    fn default() -> Self {
+        toml::from_str("").expect("all TrackerSpec fields have defaults")
+    }
+}
+
+impl TrackerSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.patience == 0 && self.mode != SwitchMode::EveryEpoch && self.mode != SwitchMode::Never {
+            return Err(bad("tracker.patience", "must be at least 1"));
+        }
+        if self.improvement_thresholds.is_empty() {
+            return Err(bad("tracker.improvement_thresholds", "needs at least one value"));
+        }
+        if self.improvement_thresholds.iter().any(|t| !(0.0..1.0).contains(t)) {
+            return Err(bad("tracker.improvement_thresholds", "values must be in [0, 1)"));
+        }
+        if !(self.abs_threshold >= 0.0) {
+            return Err(bad("tracker.abs_threshold", "must be >= 0"));
+        }
+        if self.history_lookback == 0 {
+            return Err(bad("tracker.history_lookback", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The shape of each dendrite module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DendriteKind {
+    /// `full` for layers with at most 1M weights, `low_rank` above.
+    Auto,
+    /// A full copy of the wrapped layer's shape (as the reference).
+    Full,
+    /// `B A x` with rank `dendrites.rank`: for big layers.
+    LowRank,
+}
+
+/// Non-linearity of the dendrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Sigmoid,
+    Tanh,
+    Relu,
+}
+
+/// Where and what kind of dendrites the `dendritic` variant adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DendriteSpec {
+    /// Layer-name patterns: a layer's full name or its last segment, `*`
+    /// matching any run of characters (empty: the architecture's default).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default = "default_dendrite_kind")]
+    pub kind: DendriteKind,
+    #[serde(default = "default_dendrite_rank")]
+    pub rank: usize,
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    /// Standard deviation of a new dendrite's weights.
+    #[serde(default = "default_init_scale")]
+    pub init_scale: f64,
+    /// Most dendrite sets added.
+    #[serde(default = "default_max_dendrites")]
+    pub max: usize,
+    /// Fresh sets tried when a set fails to beat the best score.
+    #[serde(default = "default_max_tries")]
+    pub max_tries: usize,
+}
+
+fn default_dendrite_kind() -> DendriteKind {
+    DendriteKind::Auto
+}
+fn default_dendrite_rank() -> usize {
+    8
+}
+fn default_activation() -> Activation {
+    Activation::Sigmoid
+}
+fn default_init_scale() -> f64 {
+    0.01
+}
+fn default_max_dendrites() -> usize {
+    3
+}
+fn default_max_tries() -> usize {
+    2
+}
+
+impl Default for DendriteSpec {
+    fn default() -> Self {
+        toml::from_str("").expect("all DendriteSpec fields have defaults")
+    }
+}
+
+impl DendriteSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.kind != DendriteKind::Full && self.rank == 0 {
+            return Err(bad("dendrites.rank", "must be at least 1"));
+        }
+        if !(self.init_scale > 0.0 && self.init_scale.is_finite()) {
+            return Err(bad("dendrites.init_scale", "must be a positive number"));
+        }
+        if self.max == 0 {
+            return Err(bad("dendrites.max", "must be at least 1"));
+        }
+        if self.max_tries == 0 {
+            return Err(bad("dendrites.max_tries", "must be at least 1"));
+        }
+        if self.targets.iter().any(|t| t.is_empty()) {
+            return Err(bad("dendrites.targets", "patterns must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 fn default_variant() -> Variant {
@@ -422,13 +599,20 @@ impl JobSpec {
                 "a quantized base cannot be fine-tuned in full; use finetune = \"lora\" or \"head\"",
             ));
         }
-        if self.variant == Variant::Dendritic {
-            return Err(bad(
-                "variant",
-                "dendritic runs are not available in this version of the engine",
-            ));
-        }
+        self.tracker.validate()?;
+        self.dendrites.validate()?;
         Ok(())
+    }
+
+    /// The hash shared by the runs that differ only in variant, dendrite
+    /// settings and seed: runs with the same group are compared, and paired
+    /// by seed.
+    pub fn comparison_group(&self) -> String {
+        let mut s = self.clone();
+        s.variant = Variant::Baseline;
+        s.dendrites = DendriteSpec::default();
+        s.seed = 0;
+        s.config_hash()
     }
 
     /// A stable hash of the spec (hex SHA-256 of its canonical JSON), shared

@@ -77,6 +77,38 @@ impl Progress for Bars {
     }
 }
 
+/// (variant, comparison group, seed, metric name, validation score per epoch)
+/// of every finished run of the sweep, read back from the store.
+async fn read_histories(
+    store: &dyn ObjectStore,
+    sweep: &Sweep,
+) -> anyhow::Result<Vec<(String, String, u64, String, Vec<(usize, f64)>)>> {
+    let mut out = Vec::new();
+    for j in &sweep.jobs {
+        let key = StorePath::from(format!(
+            "{}/{}",
+            artifacts::job_prefix(&sweep.name, &j.id),
+            files::METRICS_JSON
+        ));
+        let Ok(got) = store.get(&key).await else {
+            continue;
+        };
+        let m: serde_json::Value = serde_json::from_slice(&got.bytes().await?)?;
+        let points = m["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|r| Some((r["epoch"].as_u64()? as usize, r["val_score"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let variant = serde_json::to_value(j.spec.variant)?.as_str().unwrap_or_default().to_string();
+        let metric = serde_json::to_value(j.spec.train.metric)?.as_str().unwrap_or_default().to_string();
+        out.push((variant, j.spec.comparison_group(), j.spec.seed, metric, points));
+    }
+    Ok(out)
+}
+
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -172,14 +204,25 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if !rows.is_empty() {
-        let key = StorePath::from(format!(
-            "{}/{}",
-            artifacts::sweep_prefix(&sweep.name),
-            files::RESULTS_CSV
-        ));
+        let sweep_prefix = artifacts::sweep_prefix(&sweep.name);
         let body = format!("{}\n{}\n", report::RESULTS_HEADER, rows.join("\n"));
-        rt.block_on(store.put(&key, PutPayload::from(body.into_bytes())))?;
-        println!("sweep results: {}/{}", args.out.display(), key);
+        let mut files = vec![(files::RESULTS_CSV.to_string(), body.clone().into_bytes())];
+        let histories = rt.block_on(read_histories(store.as_ref(), &sweep))?;
+        match report::sweep_files(&sweep.name, &body, &histories) {
+            Ok(f) => files.extend(f),
+            Err(e) => eprintln!("sweep report: {e}"),
+        }
+        rt.block_on(async {
+            for (name, bytes) in files {
+                let key = StorePath::from(format!("{sweep_prefix}/{name}"));
+                store.put(&key, PutPayload::from(bytes)).await?;
+            }
+            anyhow::Ok(())
+        })?;
+        println!(
+            "sweep results: {}/{sweep_prefix}/ (Results.csv, report.md)",
+            args.out.display()
+        );
     }
     if failed > 0 {
         anyhow::bail!("{failed} job(s) failed");

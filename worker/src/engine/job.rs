@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Var};
-use common::spec::{Arch, Finetune, JobSpec, ModelSpec};
+use common::spec::{Arch, Finetune, JobSpec, ModelSpec, Variant};
 use serde::Serialize;
 
 use super::data::{self, LoadStats, LABELS};
@@ -53,16 +53,17 @@ pub struct Loaded {
     pub tok: Tok,
     pub trainable: Vec<(String, Var)>,
     pub frozen_params: usize,
+    /// Trainable parameters of the base, adapters and head (dendrites not included).
     pub trainable_params: usize,
+    /// Layers wrapped with dendrites (dendritic variant).
+    pub dendrite_layers: Vec<String>,
 }
 
-impl Loaded {
-    /// Names of the classification head's tensors (their own learning rate).
-    pub fn head_prefixes(&self) -> &'static [&'static str] {
-        match self.model {
-            Model::Bert(_) => &["classifier."],
-            Model::Phi(_) => &["score."],
-        }
+/// Names of the classification head's tensors (their own learning rate).
+pub fn head_prefixes(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Bert => &["classifier."],
+        Arch::Phi => &["score."],
     }
 }
 
@@ -197,6 +198,12 @@ pub fn load_model(
             )));
         }
     }
+    let mut model = model;
+    let dendrite_layers = if spec.variant == Variant::Dendritic {
+        model.attach_dendrites(&spec.dendrites, Some(&p))?
+    } else {
+        Vec::new()
+    };
     let tok = Tok::load(&dir.join("tokenizer.json"), m.max_len)?;
     let (frozen_params, trainable_params) = p.counts();
     let trainable = p.trainable().to_vec();
@@ -207,6 +214,7 @@ pub fn load_model(
         trainable,
         frozen_params,
         trainable_params,
+        dendrite_layers,
     })
 }
 
@@ -277,6 +285,13 @@ pub struct RunSummary {
     pub speed: Speed,
     pub total_params: usize,
     pub trainable_params: usize,
+    /// Dendrites per wrapped layer in the final (best) network.
+    pub dendrites: usize,
+    pub dendrite_params: usize,
+    pub dendrite_layers: Vec<String>,
+    /// Epochs after which a dendrite set was added.
+    pub switch_epochs: Vec<usize>,
+    pub tracker: super::train::tracker::TrackerState,
     pub train_seconds: f64,
     pub wall_seconds: f64,
 }
@@ -347,15 +362,25 @@ pub fn run(
         encode(&split.val)?,
         encode(&split.test)?,
     );
+    let mut model = loaded.model;
+    let base_trainable = loaded.trainable;
     let trained = train::train(
-        &loaded.model,
-        &loaded.trainable,
-        loaded.head_prefixes(),
-        &spec.train,
-        &tr,
-        &va,
-        &labels,
-        spec.seed,
+        &mut model,
+        &base_trainable,
+        &train::RunConfig {
+            train: &spec.train,
+            tracker: &spec.tracker,
+            dendrites: (spec.variant == Variant::Dendritic).then_some(&spec.dendrites),
+            head_prefixes: head_prefixes(spec.model.arch),
+            labels: &labels,
+            seed: spec.seed,
+            frozen_params: loaded.frozen_params,
+        },
+        &train::Sets {
+            train: &tr,
+            val: &va,
+            test: Some(&te),
+        },
         device,
         progress,
     )?;
@@ -364,13 +389,25 @@ pub fn run(
         .class_weights
         .then(|| train::balanced_weights(&tr.labels, labels.len()));
     let eval_bs = spec.train.batch_size.max(32);
-    let (_, val_pred) = train::evaluate(&loaded.model, &va, eval_bs, device, weights.as_deref())?;
-    let (_, test_pred) = train::evaluate(&loaded.model, &te, eval_bs, device, weights.as_deref())?;
+    let (_, val_pred) = train::evaluate(&model, &va, eval_bs, device, weights.as_deref())?;
+    let (_, test_pred) = train::evaluate(&model, &te, eval_bs, device, weights.as_deref())?;
     let val = metrics::scores(&val_pred, &va.labels, &labels);
     let test = metrics::scores(&test_pred, &te.labels, &labels);
-    let trained_file = report::trained_safetensors(&loaded.trainable, spec, ids)?;
+    let dendrite_tensors = model.dendrite_tensors();
+    let dendrite_params: usize = dendrite_tensors
+        .iter()
+        .map(|(_, p)| p.get(candle_core::DType::F32).map(|t| t.elem_count()))
+        .sum::<candle_core::Result<usize>>()?;
+    let dendrites = model.dendrite_summary()?.first().map_or(0, |d| d.1);
+    let mut saved: Vec<(String, candle_core::Tensor)> = base_trainable
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    for (n, p) in &dendrite_tensors {
+        saved.push((n.clone(), p.get(candle_core::DType::F32)?));
+    }
+    let trained_file = report::trained_safetensors(&saved, spec, ids, &trained.tracker)?;
 
-    let mut model = loaded.model;
     model.merge_lora()?;
     let speed = measure_speed(&model, &te.ids, device)?;
 
@@ -389,8 +426,13 @@ pub fn run(
         val,
         test,
         speed,
-        total_params: loaded.frozen_params + loaded.trainable_params,
-        trainable_params: loaded.trainable_params,
+        total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
+        trainable_params: loaded.trainable_params + dendrite_params,
+        dendrites,
+        dendrite_params,
+        dendrite_layers: loaded.dendrite_layers,
+        switch_epochs: trained.switch_epochs,
+        tracker: trained.tracker,
         train_seconds: trained.train_seconds,
         wall_seconds: started.elapsed().as_secs_f64(),
     };

@@ -8,7 +8,13 @@ pub mod phi;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use candle_core::Var;
+use common::spec::DendriteSpec;
+use rand_chacha::ChaCha8Rng;
+
+use crate::engine::nn::dendrite::{self, Dendrites};
 use crate::engine::nn::linear::Linear;
+use crate::engine::nn::params::{Param, Params};
 use crate::engine::nn::Ctx;
 
 /// One padded batch of token ids (right padding).
@@ -86,6 +92,125 @@ impl Model {
     pub fn merge_lora(&mut self) -> Result<()> {
         for l in self.linears_mut() {
             l.merge_lora()?;
+        }
+        Ok(())
+    }
+
+    /// Wraps every linear layer matching `spec.targets` (or the
+    /// architecture's default) with an empty dendrite set; rebuilds saved
+    /// dendrites from `saved` (trained parameters of an earlier run).
+    /// Returns the wrapped layer names.
+    pub fn attach_dendrites(
+        &mut self,
+        spec: &DendriteSpec,
+        saved: Option<&Params>,
+    ) -> candle_core::Result<Vec<String>> {
+        let targets = if spec.targets.is_empty() {
+            self.default_dendrite_targets()
+        } else {
+            spec.targets.clone()
+        };
+        let mut names = Vec::new();
+        for l in self.linears_mut() {
+            if !targets.iter().any(|t| dendrite::matches(t, &l.name)) {
+                continue;
+            }
+            let d = Dendrites::new(
+                spec.kind,
+                spec.rank,
+                spec.activation,
+                l.in_features,
+                l.out_features,
+                l.bias.is_some(),
+            );
+            let d = match saved {
+                Some(p) => d.from_saved(&l.name, |n| p.get_raw(n))?,
+                None => d,
+            };
+            l.dendrites = Some(d);
+            names.push(l.name.clone());
+        }
+        if names.is_empty() {
+            candle_core::bail!("`dendrites.targets` {targets:?} match no linear layer of this model");
+        }
+        Ok(names)
+    }
+
+    /// Default dendrite placement: the classification head plus, for BERT,
+    /// the pooler, and for Phi the MLP output of every block (low-rank
+    /// there under `kind = "auto"`).
+    pub fn default_dendrite_targets(&self) -> Vec<String> {
+        match self {
+            Model::Bert(_) => vec!["classifier".into(), "pooler.dense".into()],
+            Model::Phi(_) => vec!["score".into(), "fc2".into()],
+        }
+    }
+
+    /// Adds one dendrite to every wrapped layer.
+    pub fn add_dendrite_set(&mut self, rng: &mut ChaCha8Rng, init_scale: f64) -> candle_core::Result<()> {
+        for l in self.linears_mut() {
+            let device = match &l.weight {
+                crate::engine::nn::linear::Weight::Dense(p) => p.get(DType::F32)?.device().clone(),
+                crate::engine::nn::linear::Weight::Quantized(_) => l
+                    .bias
+                    .as_ref()
+                    .map(|b| b.get(DType::F32).map(|t| t.device().clone()))
+                    .transpose()?
+                    .unwrap_or(Device::Cpu),
+            };
+            if let Some(d) = &mut l.dendrites {
+                d.add(rng, init_scale, &device)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every dendrite tensor by name, trainable and frozen.
+    pub fn dendrite_tensors(&mut self) -> Vec<(String, Param)> {
+        let mut v = Vec::new();
+        for l in self.linears_mut() {
+            if let Some(d) = &l.dendrites {
+                v.extend(d.named(&l.name));
+            }
+        }
+        v
+    }
+
+    /// The trainable dendrite tensors (new gate rows, modules, cascades).
+    pub fn dendrite_trainables(&mut self) -> Vec<(String, Var)> {
+        self.dendrite_tensors()
+            .into_iter()
+            .filter_map(|(n, p)| match p {
+                Param::Train(v) => Some((n, v)),
+                Param::Frozen(_) => None,
+            })
+            .collect()
+    }
+
+    /// (layer name, dendrite count, mean |T|) of every wrapped layer.
+    pub fn dendrite_summary(&mut self) -> candle_core::Result<Vec<(String, usize, f64)>> {
+        let mut v = Vec::new();
+        for l in self.linears_mut() {
+            if let Some(d) = &l.dendrites {
+                v.push((l.name.clone(), d.count(), d.mean_abs_gate()?));
+            }
+        }
+        Ok(v)
+    }
+
+    /// Deep copies of every layer's dendrites (None where unwrapped).
+    pub fn dendrite_snapshot(&mut self) -> candle_core::Result<Vec<Option<Dendrites>>> {
+        self.linears_mut()
+            .into_iter()
+            .map(|l| l.dendrites.as_ref().map(|d| d.snapshot()).transpose())
+            .collect()
+    }
+
+    /// Puts back dendrites from [`Model::dendrite_snapshot`] (copied again,
+    /// so the snapshot can be restored more than once).
+    pub fn restore_dendrites(&mut self, snap: &[Option<Dendrites>]) -> candle_core::Result<()> {
+        for (l, s) in self.linears_mut().into_iter().zip(snap) {
+            l.dendrites = s.as_ref().map(|d| d.snapshot()).transpose()?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor};
 
 use super::ops;
+use super::dendrite::Dendrites;
 use super::params::{Init, Param, Params};
 use super::Ctx;
 
@@ -55,6 +56,8 @@ pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Param>,
     pub lora: Option<Lora>,
+    /// Dendrites wrapping this layer (the `dendritic` variant).
+    pub dendrites: Option<Dendrites>,
 }
 
 impl Linear {
@@ -92,6 +95,7 @@ impl Linear {
             weight,
             bias,
             lora,
+            dendrites: None,
         })
     }
 
@@ -125,6 +129,7 @@ impl Linear {
             weight: Weight::Dense(Param::Train(w)),
             bias: b,
             lora: None,
+            dendrites: None,
         })
     }
 
@@ -148,6 +153,11 @@ impl Linear {
             let b = l.b.get(dtype)?;
             let delta = xin.matmul(&a.t()?)?.matmul(&b.t()?)?;
             y = (y + (delta * l.scale)?)?;
+        }
+        if let Some(d) = &self.dendrites {
+            if let Some(term) = d.forward(&x2)? {
+                y = (y + term)?;
+            }
         }
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_features;

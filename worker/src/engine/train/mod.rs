@@ -4,12 +4,13 @@
 //! Progress goes to an injected [`Progress`] sink; the loop itself does no IO.
 
 pub mod optim;
+pub mod tracker;
 
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
-use common::spec::{Metric, TrainSpec};
+use common::spec::{DendriteSpec, Metric, TrackerSpec, TrainSpec};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::metrics::{self, Scores};
 use crate::engine::models::{Batch, Model};
 use crate::engine::nn::Ctx;
-use optim::{AdamW, Selection};
+use optim::AdamW;
+use tracker::{Decision, TrackerConfig, TrackerState};
 
 /// A tokenized split: token ids and labels.
 #[derive(Debug, Clone)]
@@ -35,9 +37,25 @@ pub struct EpochRecord {
     pub val_loss: f64,
     pub val_accuracy: f64,
     pub val_macro_f1: f64,
+    /// The selection metric's validation value, and its running score.
+    pub val_score: f64,
+    pub val_running: f64,
+    /// The selection metric on the test split (reporting only).
+    pub test_score: Option<f64>,
     pub lr: f64,
     pub seconds: f64,
+    pub train_seconds: f64,
+    pub val_seconds: f64,
+    /// Beat the best validation score so far (a snapshot was taken).
     pub improved: bool,
+    /// Its weights were thrown away by a later restore.
+    pub discarded: bool,
+    /// Dendrites per wrapped layer during this epoch.
+    pub dendrites: usize,
+    pub dendrite_params: usize,
+    pub total_params: usize,
+    /// Mean |T| per wrapped layer at the end of the epoch.
+    pub gates: Vec<(String, f64)>,
 }
 
 /// Receives progress while training runs.
@@ -55,6 +73,10 @@ impl Progress for Quiet {}
 pub struct Trained {
     pub history: Vec<EpochRecord>,
     pub best_epoch: usize,
+    /// Epochs after which a dendrite set was added.
+    pub switch_epochs: Vec<usize>,
+    /// The tracker state stored with the best snapshot.
+    pub tracker: TrackerState,
     pub train_seconds: f64,
     pub steps: usize,
 }
@@ -152,51 +174,99 @@ fn score_of(s: &Scores, metric: Metric) -> f64 {
     }
 }
 
-/// Trains `model` in place and leaves it holding the best epoch's weights.
-/// `trainable`: (name, var) of every trained tensor; names decide the
-/// weight-decay group and whether the head learning rate applies.
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    model: &Model,
+/// What a training run needs besides the model and data.
+pub struct RunConfig<'a> {
+    pub train: &'a TrainSpec,
+    pub tracker: &'a TrackerSpec,
+    /// `Some` for the dendritic variant.
+    pub dendrites: Option<&'a DendriteSpec>,
+    pub head_prefixes: &'a [&'a str],
+    pub labels: &'a [&'a str],
+    pub seed: u64,
+    /// Base parameters that never train (frozen or quantized), for counts.
+    pub frozen_params: usize,
+}
+
+/// The splits of a run.
+pub struct Sets<'a> {
+    pub train: &'a Encoded,
+    pub val: &'a Encoded,
+    /// Scored every epoch for the per-architecture table when configured.
+    pub test: Option<&'a Encoded>,
+}
+
+struct Snapshot {
+    vars: Vec<Tensor>,
+    dendrites: Vec<Option<crate::engine::nn::dendrite::Dendrites>>,
+    state: TrackerState,
+    epoch: usize,
+}
+
+fn build_optimizer(
     trainable: &[(String, Var)],
     head_prefixes: &[&str],
     spec: &TrainSpec,
-    train_set: &Encoded,
-    val_set: &Encoded,
-    labels: &[&str],
-    seed: u64,
-    device: &Device,
-    progress: &mut dyn Progress,
-) -> Result<Trained> {
-    let classes = labels.len();
-    let weights = spec
-        .class_weights
-        .then(|| balanced_weights(&train_set.labels, classes));
+) -> Result<AdamW> {
     let head_mult = spec.head_lr.map_or(1.0, |h| h / spec.lr);
     let groups: Vec<(String, Var, f64)> = trainable
         .iter()
         .map(|(n, v)| {
-            let mult = if head_prefixes.iter().any(|p| n.starts_with(p)) {
-                head_mult
-            } else {
-                1.0
-            };
-            (n.clone(), v.clone(), mult)
+            let head = head_prefixes.iter().any(|p| n.starts_with(p)) && !n.contains(".dendrites.");
+            (n.clone(), v.clone(), if head { head_mult } else { 1.0 })
         })
         .collect();
-    let vars: Vec<Var> = trainable.iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(&groups, spec.weight_decay)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let lengths: Vec<usize> = train_set.ids.iter().map(|r| r.len()).collect();
-    let micro_per_epoch = train_set.ids.len().div_ceil(spec.batch_size);
+    AdamW::new(&groups, spec.weight_decay)
+}
+
+fn param_count(vars: &[(String, Var)]) -> usize {
+    vars.iter().map(|(_, v)| v.elem_count()).sum()
+}
+
+/// Trains `model` in place under the tracker's rules and leaves it holding
+/// the best snapshot's weights and dendrites. `base_trainable`: every
+/// trained tensor of the base network, adapters and head (dendrite tensors
+/// are taken from the model as they are added).
+pub fn train(
+    model: &mut Model,
+    base_trainable: &[(String, Var)],
+    cfg: &RunConfig,
+    sets: &Sets,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Trained> {
+    let spec = cfg.train;
+    let classes = cfg.labels.len();
+    let weights = spec
+        .class_weights
+        .then(|| balanced_weights(&sets.train.labels, classes));
+    let tcfg = TrackerConfig::from_spec(
+        cfg.tracker,
+        cfg.dendrites.is_some(),
+        cfg.dendrites.map_or(0, |d| d.max),
+        cfg.dendrites.map_or(1, |d| d.max_tries),
+    );
+    let base_vars: Vec<Var> = base_trainable.iter().map(|(_, v)| v.clone()).collect();
+    let mut trainable: Vec<(String, Var)> = base_trainable.to_vec();
+    trainable.extend(model.dendrite_trainables());
+    let mut vars: Vec<Var> = trainable.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = build_optimizer(&trainable, cfg.head_prefixes, spec)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut dendrite_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x00de_4d21_7e00);
+    let lengths: Vec<usize> = sets.train.ids.iter().map(|r| r.len()).collect();
+    let micro_per_epoch = sets.train.ids.len().div_ceil(spec.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(spec.grad_accum);
-    let total_steps = steps_per_epoch * spec.epochs;
-    let warmup = (spec.warmup * total_steps as f64).round() as usize;
+    // The schedule restarts (warm-up, then decay over the remaining budget)
+    // whenever dendrites are added.
+    let mut phase_start = 0usize;
+    let mut phase_steps = steps_per_epoch * spec.epochs;
+    let mut warmup = (spec.warmup * phase_steps as f64).round() as usize;
     let mut plateau_mult = 1.0;
+    let mut last_reduce = 0usize;
     let mut step = 0usize;
-    let mut sel = Selection::default();
-    let mut best: Option<Vec<Tensor>> = None;
-    let mut history = Vec::new();
+    let mut state = TrackerState::default();
+    let mut best: Option<Snapshot> = None;
+    let mut history: Vec<EpochRecord> = Vec::new();
+    let mut switches = Vec::new();
     let started = Instant::now();
     for epoch in 1..=spec.epochs {
         let t0 = Instant::now();
@@ -204,15 +274,15 @@ pub fn train(
         progress.start_epoch(epoch, batches.len());
         let ctx = Ctx::new(
             true,
-            ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(epoch as u64)),
+            ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add(epoch as u64)),
         );
         let mut acc: Option<GradStore> = None;
         let mut in_acc = 0;
         let mut loss_sum = 0.0;
         let mut lr = 0.0;
         for (bi, b) in batches.iter().enumerate() {
-            let rows: Vec<Vec<u32>> = b.iter().map(|&i| train_set.ids[i].clone()).collect();
-            let ys: Vec<usize> = b.iter().map(|&i| train_set.labels[i]).collect();
+            let rows: Vec<Vec<u32>> = b.iter().map(|&i| sets.train.ids[i].clone()).collect();
+            let ys: Vec<usize> = b.iter().map(|&i| sets.train.labels[i]).collect();
             let batch = Batch::new(&rows, model.pad_id(), device)?;
             let logits = model.forward(&batch, &ctx)?;
             let loss = cross_entropy(&logits, &ys, weights.as_deref())?;
@@ -238,7 +308,7 @@ pub fn train(
                 if f != 1.0 {
                     optim::scale_grads(&mut store, &vars, f)?;
                 }
-                lr = optim::scheduled_lr(spec.lr, step, total_steps, warmup, spec.schedule)
+                lr = optim::scheduled_lr(spec.lr, step - phase_start, phase_steps, warmup, spec.schedule)
                     * plateau_mult;
                 opt.step(&store, lr)?;
                 step += 1;
@@ -246,58 +316,118 @@ pub fn train(
             }
             progress.step(epoch, bi + 1, loss_val);
         }
+        let train_seconds = t0.elapsed().as_secs_f64();
         let train_loss = loss_sum / batches.len().max(1) as f64;
-        let (val_loss, preds) = evaluate(
-            model,
-            val_set,
-            spec.batch_size.max(32),
-            device,
-            weights.as_deref(),
-        )?;
-        let s = metrics::scores(&preds, &val_set.labels, labels);
-        let (next, decision) = optim::on_epoch_end(
-            &sel,
-            epoch,
-            score_of(&s, spec.metric),
-            spec.plateau_factor.map(|f| (f, spec.plateau_patience)),
-            spec.early_stop_patience,
-        );
-        sel = next;
-        if decision.improved {
-            best = Some(
-                vars.iter()
-                    .map(|v| v.as_tensor().copy())
-                    .collect::<Result<_>>()?,
-            );
+        let t1 = Instant::now();
+        let (val_loss, preds) = evaluate(model, sets.val, spec.batch_size.max(32), device, weights.as_deref())?;
+        let s = metrics::scores(&preds, &sets.val.labels, cfg.labels);
+        let score = score_of(&s, spec.metric);
+        let val_seconds = t1.elapsed().as_secs_f64();
+        let test_score = match sets.test {
+            Some(test) if cfg.tracker.test_every_epoch => {
+                let (_, tp) = evaluate(model, test, spec.batch_size.max(32), device, weights.as_deref())?;
+                Some(score_of(&metrics::scores(&tp, &test.labels, cfg.labels), spec.metric))
+            }
+            _ => None,
+        };
+
+        let tstep = tracker::add_validation_score(&tcfg, &state, best.as_ref().map(|b| &b.state), score);
+        let improved = tstep.snapshot.is_some();
+        if let Some(snap_state) = tstep.snapshot.clone() {
+            best = Some(Snapshot {
+                vars: base_vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<_>>()?,
+                dendrites: model.dendrite_snapshot()?,
+                state: snap_state,
+                epoch,
+            });
         }
-        plateau_mult *= decision.lr_factor;
+        let summary = model.dendrite_summary()?;
+        let dendrite_params = param_count(&trainable) - param_count(base_trainable)
+            + frozen_dendrite_params(model);
         let record = EpochRecord {
             epoch,
             train_loss,
             val_loss,
             val_accuracy: s.accuracy,
             val_macro_f1: s.macro_f1,
+            val_score: score,
+            val_running: tstep.running,
+            test_score,
             lr,
-            seconds: t0.elapsed().as_secs_f64(),
-            improved: decision.improved,
+            seconds: train_seconds + val_seconds,
+            train_seconds,
+            val_seconds,
+            improved,
+            discarded: false,
+            dendrites: summary.first().map_or(0, |d| d.1),
+            dendrite_params,
+            total_params: cfg.frozen_params + param_count(base_trainable) + dendrite_params,
+            gates: summary.iter().map(|(n, _, g)| (n.clone(), *g)).collect(),
         };
         progress.end_epoch(&record);
         history.push(record);
-        if decision.stop {
-            break;
+
+        let mut decision = tstep.decision;
+        state = tstep.state;
+        if decision == Decision::Continue && epoch == spec.epochs {
+            decision = Decision::Complete;
         }
-    }
-    if let Some(best) = best {
-        for (v, t) in vars.iter().zip(best) {
-            v.set(&t)?;
+        if decision != Decision::Continue && !(decision == Decision::Restructure && tcfg.testing_capacity) {
+            if let Some(b) = &best {
+                for (v, t) in base_vars.iter().zip(&b.vars) {
+                    v.set(t)?;
+                }
+                model.restore_dendrites(&b.dendrites)?;
+                for r in history.iter_mut().filter(|r| r.epoch > b.epoch) {
+                    r.discarded = true;
+                }
+            }
+        }
+        match decision {
+            Decision::Continue => {
+                if let Some((factor, patience)) = spec.plateau_factor.map(|f| (f, spec.plateau_patience)) {
+                    let since_improved = state.epoch - 1 - state.epoch_last_improved.min(state.epoch - 1);
+                    if tracker::plateau_reduce(since_improved, epoch - last_reduce, patience) {
+                        plateau_mult *= factor;
+                        last_reduce = epoch;
+                    }
+                }
+            }
+            Decision::Restructure => {
+                model.add_dendrite_set(&mut dendrite_rng, cfg.dendrites.map_or(0.01, |d| d.init_scale))?;
+                switches.push(epoch);
+                trainable = base_trainable.to_vec();
+                trainable.extend(model.dendrite_trainables());
+                vars = trainable.iter().map(|(_, v)| v.clone()).collect();
+                opt = build_optimizer(&trainable, cfg.head_prefixes, spec)?;
+                phase_start = step;
+                phase_steps = steps_per_epoch * (spec.epochs - epoch).max(1);
+                warmup = (spec.warmup * phase_steps as f64).round() as usize;
+                plateau_mult = 1.0;
+                last_reduce = epoch;
+            }
+            Decision::Complete => break,
         }
     }
     Ok(Trained {
+        best_epoch: best.as_ref().map_or(history.len(), |b| b.epoch),
+        tracker: best.map(|b| b.state).unwrap_or(state),
         history,
-        best_epoch: sel.best_epoch,
+        switch_epochs: switches,
         train_seconds: started.elapsed().as_secs_f64(),
         steps: step,
     })
+}
+
+fn frozen_dendrite_params(model: &mut Model) -> usize {
+    model
+        .dendrite_tensors()
+        .iter()
+        .filter_map(|(_, p)| match p {
+            crate::engine::nn::params::Param::Frozen(t) => Some(t.elem_count()),
+            _ => None,
+        })
+        .sum()
 }
 
 /// A gradient store with no entries (candle offers no constructor): the

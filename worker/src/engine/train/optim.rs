@@ -1,7 +1,6 @@
 //! AdamW with parameter groups (no weight decay on biases and norms, a
 //! separate head learning rate), global-norm gradient clipping, and the
-//! learning-rate policies (warm-up + decay, reduce-on-plateau, early
-//! stopping) as pure functions returning decisions.
+//! learning-rate schedule as a pure function.
 
 use std::sync::Mutex;
 
@@ -211,66 +210,6 @@ pub fn scheduled_lr(base: f64, step: usize, total: usize, warmup: usize, kind: S
     }
 }
 
-/// What the epoch-end policies decided.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EpochDecision {
-    /// The validation score beat every earlier epoch: keep this checkpoint.
-    pub improved: bool,
-    /// Multiply the learning rate by this (1.0: unchanged).
-    pub lr_factor: f64,
-    /// Stop training now.
-    pub stop: bool,
-}
-
-/// Model-selection state across epochs (maximising a score).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Selection {
-    pub best: Option<f64>,
-    pub best_epoch: usize,
-    pub since_best: usize,
-    pub since_reduce: usize,
-}
-
-/// Pure epoch-end policy: best checkpoint, reduce-on-plateau, early stopping.
-pub fn on_epoch_end(
-    sel: &Selection,
-    epoch: usize,
-    score: f64,
-    plateau: Option<(f64, usize)>,
-    early_stop: Option<usize>,
-) -> (Selection, EpochDecision) {
-    let mut s = sel.clone();
-    let improved = match s.best {
-        None => true,
-        Some(b) => score > b,
-    };
-    if improved {
-        s.best = Some(score);
-        s.best_epoch = epoch;
-        s.since_best = 0;
-        s.since_reduce = 0;
-    } else {
-        s.since_best += 1;
-        s.since_reduce += 1;
-    }
-    let mut lr_factor = 1.0;
-    if let Some((factor, patience)) = plateau {
-        if !improved && s.since_reduce >= patience {
-            lr_factor = factor;
-            s.since_reduce = 0;
-        }
-    }
-    let stop = matches!(early_stop, Some(p) if s.since_best >= p);
-    (
-        s,
-        EpochDecision {
-            improved,
-            lr_factor,
-            stop,
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,20 +232,6 @@ mod tests {
         assert_eq!(clip_factor(0.5, Some(1.0)), 1.0);
         assert!((clip_factor(4.0, Some(1.0)) - 0.25).abs() < 1e-6);
         assert_eq!(clip_factor(4.0, None), 1.0);
-    }
-
-    #[test]
-    fn plateau_and_early_stop() {
-        let s0 = Selection::default();
-        let (s1, d) = on_epoch_end(&s0, 1, 0.5, Some((0.5, 1)), Some(2));
-        assert!(d.improved && !d.stop && d.lr_factor == 1.0);
-        let (s2, d) = on_epoch_end(&s1, 2, 0.4, Some((0.5, 1)), Some(2));
-        assert!(!d.improved && !d.stop);
-        assert_eq!(d.lr_factor, 0.5);
-        let (s3, d) = on_epoch_end(&s2, 3, 0.5, Some((0.5, 1)), Some(2));
-        assert!(!d.improved, "equal is not better");
-        assert!(d.stop);
-        assert_eq!(s3.best_epoch, 1);
     }
 
     #[test]
