@@ -182,7 +182,14 @@ fn missing_data_fails_the_job_naming_the_file() {
 
 #[test]
 fn producer_expands_the_shipped_sweeps() {
-    for (file, jobs) in [("sweeps/quickstart.toml", 1), ("sweeps/phi2-fpb.toml", 1), ("sweeps/exp1-benchmark.toml", 10), ("sweeps/exp1-benchmark-phi2.toml", 10), ("sweeps/exp2-pai.toml", 2)] {
+    for (file, jobs) in [
+        ("sweeps/quickstart.toml", 1),
+        ("sweeps/phi2-fpb.toml", 1),
+        ("sweeps/exp1-benchmark.toml", 10),
+        ("sweeps/exp1-benchmark-phi2.toml", 10),
+        ("sweeps/exp2-pai.toml", 2),
+        ("sweeps/exp2-pai-phi2.toml", 2),
+    ] {
         let o = Command::new(binary("producer"))
             .args(["expand", repo_root().join(file).to_str().unwrap()])
             .output()

@@ -41,7 +41,10 @@ pub struct Row {
 /// Parses a `Results.csv` (header line plus rows; fields without quotes
 /// or commas inside, as the worker writes them).
 pub fn parse_results(text: &str) -> Result<Vec<Row>, ReportError> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         return Ok(Vec::new());
     };
@@ -199,7 +202,11 @@ pub fn summarize(rows: &[Row]) -> Vec<GroupSummary> {
         }
         // Baseline first, then the rest by name.
         variants.sort_by_key(|v| (v.variant != "baseline", v.variant.clone()));
-        let base: BTreeMap<u64, &&Row> = rs.iter().filter(|r| r.variant == "baseline").map(|r| (r.seed, r)).collect();
+        let base: BTreeMap<u64, &&Row> = rs
+            .iter()
+            .filter(|r| r.variant == "baseline")
+            .map(|r| (r.seed, r))
+            .collect();
         let mut paired: Vec<PairedDiff> = rs
             .iter()
             .filter(|r| r.variant == "dendritic")
@@ -230,7 +237,10 @@ fn pm(x: (f64, f64), digits: usize) -> String {
 pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
     let mut s = format!("# Sweep `{sweep}`\n\n");
     for g in groups {
-        s.push_str(&format!("## {} (comparison group {})\n\n", g.model, g.group));
+        s.push_str(&format!(
+            "## {} (comparison group {})\n\n",
+            g.model, g.group
+        ));
         s.push_str("| variant | runs | accuracy | macro-F1 | weighted-F1 | trainable params | dendrites | dendrite params | epochs | train s |\n");
         s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
         for v in &g.variants {
@@ -260,7 +270,10 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
             ));
             s.push_str("| seed | Δ accuracy | Δ macro-F1 |\n| --- | --- | --- |\n");
             for p in &g.paired {
-                s.push_str(&format!("| {} | {:+.4} | {:+.4} |\n", p.seed, p.accuracy, p.macro_f1));
+                s.push_str(&format!(
+                    "| {} | {:+.4} | {:+.4} |\n",
+                    p.seed, p.accuracy, p.macro_f1
+                ));
             }
         }
         s.push('\n');
@@ -303,7 +316,9 @@ e,m,baseline,0,other,0.5,0.5,0.5,1,1,0,0,1,1
 
     #[test]
     fn bad_values_name_line_and_column() {
-        let e = parse_results(&CSV.replace("0.90,0.80", "x,0.80")).unwrap_err().to_string();
+        let e = parse_results(&CSV.replace("0.90,0.80", "x,0.80"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("accuracy"), "{e}");
         let e = parse_results("job_id\nx\n").unwrap_err().to_string();
         assert!(e.contains("missing column"), "{e}");

@@ -398,16 +398,29 @@ impl Default for TrackerSpec {
 
 impl TrackerSpec {
     fn validate(&self) -> Result<(), SpecError> {
-        if self.patience == 0 && self.mode != SwitchMode::EveryEpoch && self.mode != SwitchMode::Never {
+        if self.patience == 0
+            && self.mode != SwitchMode::EveryEpoch
+            && self.mode != SwitchMode::Never
+        {
             return Err(bad("tracker.patience", "must be at least 1"));
         }
         if self.improvement_thresholds.is_empty() {
-            return Err(bad("tracker.improvement_thresholds", "needs at least one value"));
+            return Err(bad(
+                "tracker.improvement_thresholds",
+                "needs at least one value",
+            ));
         }
-        if self.improvement_thresholds.iter().any(|t| !(0.0..1.0).contains(t)) {
-            return Err(bad("tracker.improvement_thresholds", "values must be in [0, 1)"));
+        if self
+            .improvement_thresholds
+            .iter()
+            .any(|t| !(0.0..1.0).contains(t))
+        {
+            return Err(bad(
+                "tracker.improvement_thresholds",
+                "values must be in [0, 1)",
+            ));
         }
-        if !(self.abs_threshold >= 0.0) {
+        if self.abs_threshold.is_nan() || self.abs_threshold < 0.0 {
             return Err(bad("tracker.abs_threshold", "must be >= 0"));
         }
         if self.history_lookback == 0 {

@@ -77,12 +77,12 @@ impl Progress for Bars {
     }
 }
 
-/// (variant, comparison group, seed, metric name, validation score per epoch)
-/// of every finished run of the sweep, read back from the store.
+/// The validation curves of every finished run of the sweep, read back
+/// from the store.
 async fn read_histories(
     store: &dyn ObjectStore,
     sweep: &Sweep,
-) -> anyhow::Result<Vec<(String, String, u64, String, Vec<(usize, f64)>)>> {
+) -> anyhow::Result<Vec<report::RunCurve>> {
     let mut out = Vec::new();
     for j in &sweep.jobs {
         let key = StorePath::from(format!(
@@ -102,9 +102,21 @@ async fn read_histories(
                     .collect()
             })
             .unwrap_or_default();
-        let variant = serde_json::to_value(j.spec.variant)?.as_str().unwrap_or_default().to_string();
-        let metric = serde_json::to_value(j.spec.train.metric)?.as_str().unwrap_or_default().to_string();
-        out.push((variant, j.spec.comparison_group(), j.spec.seed, metric, points));
+        let variant = serde_json::to_value(j.spec.variant)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let metric = serde_json::to_value(j.spec.train.metric)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        out.push(report::RunCurve {
+            variant,
+            group: j.spec.comparison_group(),
+            seed: j.spec.seed,
+            metric,
+            points,
+        });
     }
     Ok(out)
 }

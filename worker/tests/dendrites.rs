@@ -19,18 +19,31 @@ use worker::engine::train::cross_entropy;
 
 fn fixture(name: &str) -> (HashMap<String, Tensor>, serde_json::Value, Vec<Vec<u32>>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut t = candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu).unwrap();
+    let mut t =
+        candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)
+            .unwrap();
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
+            .unwrap();
     let ids = t.remove("input_ids").unwrap().to_vec2::<i64>().unwrap();
-    let mask = t.remove("attention_mask").unwrap().to_vec2::<i64>().unwrap();
+    let mask = t
+        .remove("attention_mask")
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap();
     for k in ["labels", "expected_logits"] {
         t.remove(k);
     }
     let rows = ids
         .iter()
         .zip(&mask)
-        .map(|(r, m)| r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&x, _)| x as u32).collect())
+        .map(|(r, m)| {
+            r.iter()
+                .zip(m)
+                .filter(|(_, &m)| m == 1)
+                .map(|(&x, _)| x as u32)
+                .collect()
+        })
         .collect();
     (t, meta, rows)
 }
@@ -48,14 +61,38 @@ fn build(name: &str, tensors: HashMap<String, Tensor>, meta: &serde_json::Value)
     );
     let cfg = meta["config"].clone();
     match name {
-        "bert" => Model::Bert(bert::Bert::load(&mut p, serde_json::from_value(cfg).unwrap(), 3, None, Some(0.0)).unwrap()),
-        _ => Model::Phi(phi::Phi::load(&mut p, serde_json::from_value(cfg).unwrap(), 3, None, Some(0.0)).unwrap()),
+        "bert" => Model::Bert(
+            bert::Bert::load(
+                &mut p,
+                serde_json::from_value(cfg).unwrap(),
+                3,
+                None,
+                Some(0.0),
+            )
+            .unwrap(),
+        ),
+        _ => Model::Phi(
+            phi::Phi::load(
+                &mut p,
+                serde_json::from_value(cfg).unwrap(),
+                3,
+                None,
+                Some(0.0),
+            )
+            .unwrap(),
+        ),
     }
 }
 
 fn logits(model: &Model, rows: &[Vec<u32>]) -> Vec<f32> {
     let b = Batch::new(rows, model.pad_id(), &Device::Cpu).unwrap();
-    model.forward(&b, &Ctx::eval()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    model
+        .forward(&b, &Ctx::eval())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Gives every trainable gate row non-zero values, as training would.
@@ -64,7 +101,8 @@ fn perturb_gates(model: &mut Model, rng_seed: u64) {
     for (n, v) in model.dendrite_trainables() {
         if n.ends_with(".T") || n.ends_with(".D") {
             i += 1.0;
-            let t = (Tensor::ones(v.shape(), DType::F32, &Device::Cpu).unwrap() * (0.1 * i as f64)).unwrap();
+            let t = (Tensor::ones(v.shape(), DType::F32, &Device::Cpu).unwrap() * (0.1 * i as f64))
+                .unwrap();
             v.set(&t).unwrap();
         }
     }
@@ -90,17 +128,34 @@ fn additions_keep_logits_bit_identical_and_freeze_old_gates() {
             let mut rng = ChaCha8Rng::seed_from_u64(0);
             let before = logits(&m, &rows);
             m.add_dendrite_set(&mut rng, 0.01).unwrap();
-            assert_eq!(before, logits(&m, &rows), "{name} {kind:?}: first addition changed the function");
+            assert_eq!(
+                before,
+                logits(&m, &rows),
+                "{name} {kind:?}: first addition changed the function"
+            );
             perturb_gates(&mut m, 1);
             let trained = logits(&m, &rows);
             assert_ne!(before, trained, "gates must matter once non-zero");
             m.add_dendrite_set(&mut rng, 0.01).unwrap();
-            assert_eq!(trained, logits(&m, &rows), "{name} {kind:?}: second addition changed the function");
-            let names: Vec<String> = m.dendrite_trainables().into_iter().map(|(n, _)| n).collect();
-            assert!(!names.iter().any(|n| n.ends_with(".dendrites.0.T")), "old gate rows are frozen");
+            assert_eq!(
+                trained,
+                logits(&m, &rows),
+                "{name} {kind:?}: second addition changed the function"
+            );
+            let names: Vec<String> = m
+                .dendrite_trainables()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            assert!(
+                !names.iter().any(|n| n.ends_with(".dendrites.0.T")),
+                "old gate rows are frozen"
+            );
             assert!(names.iter().any(|n| n.ends_with(".dendrites.1.T")));
             assert!(names.iter().any(|n| n.ends_with(".dendrites.1.D")));
-            assert!(names.iter().any(|n| n.ends_with(".dendrites.0.weight") || n.ends_with(".dendrites.0.lora_A")));
+            assert!(names
+                .iter()
+                .any(|n| n.ends_with(".dendrites.0.weight") || n.ends_with(".dendrites.0.lora_A")));
         }
     }
 }
@@ -109,7 +164,8 @@ fn additions_keep_logits_bit_identical_and_freeze_old_gates() {
 fn parameter_counts_follow_the_formula() {
     let (t, meta, _) = fixture("bert");
     let mut m = build("bert", t, &meta);
-    m.attach_dendrites(&spec_all(DendriteKind::Full), None).unwrap();
+    m.attach_dendrites(&spec_all(DendriteKind::Full), None)
+        .unwrap();
     let layers: Vec<(usize, usize, bool)> = m
         .linears_mut()
         .iter()
@@ -117,7 +173,10 @@ fn parameter_counts_follow_the_formula() {
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let count = |m: &mut Model| -> usize {
-        m.dendrite_tensors().iter().map(|(_, p)| p.get(DType::F32).unwrap().elem_count()).sum()
+        m.dendrite_tensors()
+            .iter()
+            .map(|(_, p)| p.get(DType::F32).unwrap().elem_count())
+            .sum()
     };
     let mut total = 0;
     for k in 0..3 {
@@ -159,7 +218,16 @@ fn dendrites_reload_from_saved_tensors() {
         0,
     );
     let cfg = meta["config"].clone();
-    let mut fresh = Model::Phi(phi::Phi::load(&mut p, serde_json::from_value(cfg).unwrap(), 3, None, Some(0.0)).unwrap());
+    let mut fresh = Model::Phi(
+        phi::Phi::load(
+            &mut p,
+            serde_json::from_value(cfg).unwrap(),
+            3,
+            None,
+            Some(0.0),
+        )
+        .unwrap(),
+    );
     fresh.attach_dendrites(&spec, Some(&p)).unwrap();
     assert_eq!(fresh.dendrite_summary().unwrap()[0].1, 2);
     assert_eq!(want, logits(&fresh, &rows));
@@ -174,9 +242,10 @@ fn dendrites_reload_from_saved_tensors() {
 
 #[test]
 fn dendrites_over_lora_on_a_quantized_base_get_gradients() {
-    let minilm = std::env::var("MINILM_DIR").expect("MINILM_DIR must point at MiniLM-L6 (scripts/test.sh sets it)");
+    let minilm = std::env::var("MINILM_DIR")
+        .expect("MINILM_DIR must point at MiniLM-L6 (scripts/test.sh sets it)");
     let spec: JobSpec = toml::from_str(&format!(
-        "variant = \"dendritic\"\n[model]\narch = \"bert\"\npath = {minilm:?}\nfinetune = \"lora\"\nquantize = \"q8_0\"\n[data]\npath = \"-\"\n[lora]\nr = 4\nrandom_b = true\n[dendrites]\ntargets = [\"classifier\", \"pooler.dense\", \"layer.5.output.dense\"]\nkind = \"low_rank\"\nrank = 4\n"
+        "variant = \"dendritic\"\n[model]\narch = \"bert\"\npath = {minilm:?}\nfinetune = \"lora\"\nquantize = \"q8_0\"\n[data]\npath = \"-\"\n[lora]\nr = 4\nrandom_b = true\n[dendrites]\ntargets = [\"classifier\", \"pooler.dense\", \"*layer.5.output.dense\"]\nkind = \"low_rank\"\nrank = 4\n"
     ))
     .unwrap();
     let mut loaded = load_model(&spec, 3, &Device::Cpu, &[]).unwrap();
@@ -184,15 +253,29 @@ fn dendrites_over_lora_on_a_quantized_base_get_gradients() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     loaded.model.add_dendrite_set(&mut rng, 0.01).unwrap();
     perturb_gates(&mut loaded.model, 0);
-    let ids = loaded.tok.encode_all(&["Profit rose.", "Sales fell sharply in the quarter."]).unwrap();
+    let ids = loaded
+        .tok
+        .encode_all(&["Profit rose.", "Sales fell sharply in the quarter."])
+        .unwrap();
     let batch = Batch::new(&ids, loaded.model.pad_id(), &Device::Cpu).unwrap();
     let out = loaded.model.forward(&batch, &Ctx::eval()).unwrap();
-    let grads = cross_entropy(&out, &[2, 0], None).unwrap().backward().unwrap();
+    let grads = cross_entropy(&out, &[2, 0], None)
+        .unwrap()
+        .backward()
+        .unwrap();
     let mut all = loaded.trainable.clone();
     all.extend(loaded.model.dendrite_trainables());
     for (n, v) in &all {
-        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{n}: no gradient"));
-        let s = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{n}: no gradient"));
+        let s = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(s > 0.0, "{n}: zero gradient");
     }
 }

@@ -438,6 +438,9 @@ pub fn run(
     };
     let mut files =
         report::run_files(spec, &summary).map_err(|e| JobError::Artifacts(e.to_string()))?;
+    if spec.variant == Variant::Dendritic {
+        files.extend(report::pai_files(spec, &summary).map_err(JobError::Artifacts)?);
+    }
     files.push((
         common::artifacts::files::TRAINED_SAFETENSORS.into(),
         trained_file,

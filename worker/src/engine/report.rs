@@ -253,13 +253,22 @@ pub fn pai_files(spec: &JobSpec, s: &RunSummary) -> Result<Vec<(String, Vec<u8>)
             r.discarded,
             r.dendrites
         ));
-        times.push_str(&format!("{},{:.3},{:.3}\n", r.epoch, r.train_seconds, r.val_seconds));
+        times.push_str(&format!(
+            "{},{:.3},{:.3}\n",
+            r.epoch, r.train_seconds, r.val_seconds
+        ));
         lrs.push_str(&format!("{},{:.6e}\n", r.epoch, r.lr));
-        params.push_str(&format!("{},{},{},{}\n", r.epoch, r.dendrites, r.dendrite_params, r.total_params));
+        params.push_str(&format!(
+            "{},{},{},{}\n",
+            r.epoch, r.dendrites, r.dendrite_params, r.total_params
+        ));
     }
     let mut switches = String::from("switch,epoch,dendrites_after\n");
     for (i, e) in s.switch_epochs.iter().enumerate() {
-        let after = h.iter().find(|r| r.epoch == e + 1).map_or(String::new(), |r| r.dendrites.to_string());
+        let after = h
+            .iter()
+            .find(|r| r.epoch == e + 1)
+            .map_or(String::new(), |r| r.dendrites.to_string());
         switches.push_str(&format!("{},{},{}\n", i + 1, e, after));
     }
     let mut arch = String::from("dendrites,total_params,best_epoch,best_val_score,test_score\n");
@@ -327,7 +336,7 @@ pub fn pai_files(spec: &JobSpec, s: &RunSummary) -> Result<Vec<(String, Vec<u8>)
         best_epoch: Some(s.best_epoch),
         last_improved_epoch: Some(s.tracker.epoch_last_improved + 1),
         layers,
-        layer_quantity: "mean |T| (dendrite gate weight) per wrapped layer".to_string(),
+        layer_quantity: "mean |T| (gate weight) per layer".to_string(),
     };
     let dir = temp_dir(&s.job_id, "pai")?;
     let png = dir.join("PAI.png");
@@ -348,6 +357,17 @@ fn temp_dir(job: &str, what: &str) -> Result<std::path::PathBuf, String> {
     Ok(dir)
 }
 
+/// One finished run's validation curve, for sweep comparisons.
+#[derive(Debug, Clone)]
+pub struct RunCurve {
+    pub variant: String,
+    pub group: String,
+    pub seed: u64,
+    pub metric: String,
+    /// (epoch, validation score)
+    pub points: Vec<(usize, f64)>,
+}
+
 /// Sweep-level comparison files from the sweep's `Results.csv` text and the
 /// runs' histories: `report.md`, `Accuracy_Improvement.png` (paired
 /// differences), `variant_comparison.png` and
@@ -356,7 +376,7 @@ fn temp_dir(job: &str, what: &str) -> Result<std::path::PathBuf, String> {
 pub fn sweep_files(
     sweep: &str,
     results_csv: &str,
-    histories: &[(String, String, u64, String, Vec<(usize, f64)>)],
+    histories: &[RunCurve],
 ) -> Result<Vec<(String, Vec<u8>)>, String> {
     let rows = common::report::parse_results(results_csv).map_err(|e| e.to_string())?;
     let groups = common::report::summarize(&rows);
@@ -373,18 +393,35 @@ pub fn sweep_files(
         };
         let mut pngs = Vec::new();
         let variants: Vec<String> = g.variants.iter().map(|v| v.variant.clone()).collect();
-        let values: Vec<Vec<f64>> = g.variants.iter().map(|v| v.accuracy_values.clone()).collect();
+        let values: Vec<Vec<f64>> = g
+            .variants
+            .iter()
+            .map(|v| v.accuracy_values.clone())
+            .collect();
         let p = dir.join(format!("variant_comparison{suffix}.png"));
-        plots::variant_comparison(&p, &format!("{}: test accuracy per seed", g.model), "test accuracy", &variants, &values)
-            .map_err(|e| e.to_string())?;
+        plots::variant_comparison(
+            &p,
+            &format!("{}: test accuracy per seed", g.model),
+            "test accuracy",
+            &variants,
+            &values,
+        )
+        .map_err(|e| e.to_string())?;
         pngs.push(p);
         if !g.paired.is_empty() {
-            let seeds: Vec<String> = g.paired.iter().map(|p| format!("seed {}", p.seed)).collect();
+            let seeds: Vec<String> = g
+                .paired
+                .iter()
+                .map(|p| format!("seed {}", p.seed))
+                .collect();
             let diffs: Vec<f64> = g.paired.iter().map(|p| p.accuracy).collect();
             let p = dir.join(format!("Accuracy_Improvement{suffix}.png"));
             plots::paired_differences(
                 &p,
-                &format!("{}: dendritic − baseline test accuracy, same seed and split", g.model),
+                &format!(
+                    "{}: dendritic − baseline test accuracy, same seed and split",
+                    g.model
+                ),
                 "Δ test accuracy",
                 &seeds,
                 &diffs,
@@ -392,21 +429,38 @@ pub fn sweep_files(
             .map_err(|e| e.to_string())?;
             pngs.push(p);
         }
-        let runs: Vec<(String, String, Vec<(usize, f64)>)> = histories
+        let runs: Vec<_> = histories
             .iter()
-            .filter(|(_, group, _, _, _)| *group == g.group)
-            .map(|(variant, _, seed, _, pts)| (variant.clone(), format!("seed {seed}"), pts.clone()))
+            .filter(|c| c.group == g.group)
+            .map(|c| {
+                (
+                    c.variant.clone(),
+                    format!("seed {}", c.seed),
+                    c.points.clone(),
+                )
+            })
             .collect();
         if !runs.is_empty() {
-            let metric = histories.first().map(|h| h.3.clone()).unwrap_or_default();
+            let metric = histories
+                .first()
+                .map(|h| h.metric.clone())
+                .unwrap_or_default();
             let p = dir.join(format!("Dendrite_vs_Baseline_Training{suffix}.png"));
-            plots::training_comparison(&p, &format!("{}: validation {metric} per epoch", g.model), &metric, &runs)
-                .map_err(|e| e.to_string())?;
+            plots::training_comparison(
+                &p,
+                &format!("{}: validation {metric} per epoch", g.model),
+                &metric,
+                &runs,
+            )
+            .map_err(|e| e.to_string())?;
             pngs.push(p);
         }
         for p in pngs {
             let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             out.push((name, bytes));
         }
     }
@@ -443,7 +497,12 @@ mod tests {
 
     #[test]
     fn arch_scores_take_best_validation_epoch_per_architecture() {
-        let h = [rec(1, 0, 0.5, 0.4), rec(2, 0, 0.6, 0.55), rec(3, 1, 0.58, 0.6), rec(4, 1, 0.7, 0.65)];
+        let h = [
+            rec(1, 0, 0.5, 0.4),
+            rec(2, 0, 0.6, 0.55),
+            rec(3, 1, 0.58, 0.6),
+            rec(4, 1, 0.7, 0.65),
+        ];
         let a = best_arch_scores(&h);
         assert_eq!(a.len(), 2);
         assert_eq!((a[0].best_epoch, a[0].test_score), (2, Some(0.55)));

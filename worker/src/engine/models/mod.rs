@@ -131,7 +131,9 @@ impl Model {
             names.push(l.name.clone());
         }
         if names.is_empty() {
-            candle_core::bail!("`dendrites.targets` {targets:?} match no linear layer of this model");
+            candle_core::bail!(
+                "`dendrites.targets` {targets:?} match no linear layer of this model"
+            );
         }
         Ok(names)
     }
@@ -147,7 +149,11 @@ impl Model {
     }
 
     /// Adds one dendrite to every wrapped layer.
-    pub fn add_dendrite_set(&mut self, rng: &mut ChaCha8Rng, init_scale: f64) -> candle_core::Result<()> {
+    pub fn add_dendrite_set(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        init_scale: f64,
+    ) -> candle_core::Result<()> {
         for l in self.linears_mut() {
             let device = match &l.weight {
                 crate::engine::nn::linear::Weight::Dense(p) => p.get(DType::F32)?.device().clone(),

@@ -25,7 +25,11 @@ pub enum Module {
     /// `x W^T + b`, W `[C, in]`.
     Full { w: Param, b: Option<Param> },
     /// `x A^T B^T + b`, A `[r, in]`, B `[C, r]`.
-    LowRank { a: Param, b_mat: Param, b: Option<Param> },
+    LowRank {
+        a: Param,
+        b_mat: Param,
+        b: Option<Param>,
+    },
 }
 
 impl Module {
@@ -33,7 +37,9 @@ impl Module {
         let dt = x.dtype();
         let (y, b) = match self {
             Module::Full { w, b } => (x.matmul(&w.get(dt)?.t()?)?, b),
-            Module::LowRank { a, b_mat, b } => (x.matmul(&a.get(dt)?.t()?)?.matmul(&b_mat.get(dt)?.t()?)?, b),
+            Module::LowRank { a, b_mat, b } => {
+                (x.matmul(&a.get(dt)?.t()?)?.matmul(&b_mat.get(dt)?.t()?)?, b)
+            }
         };
         match b {
             Some(b) => y.broadcast_add(&b.get(dt)?),
@@ -86,7 +92,12 @@ fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
     }
 }
 
-fn draw(rng: &mut ChaCha8Rng, shape: &[usize], std: f64, device: &candle_core::Device) -> Result<Tensor> {
+fn draw(
+    rng: &mut ChaCha8Rng,
+    shape: &[usize],
+    std: f64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| (normal(rng) * std) as f32).collect();
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?.to_device(device)
@@ -124,7 +135,12 @@ impl Dendrites {
 
     /// Adds one dendrite: `g_k` drawn from `N(0, 1) * init_scale`, `T_k = 0`,
     /// `D_k = 0`; the previous gate row is frozen at its current value.
-    pub fn add(&mut self, rng: &mut ChaCha8Rng, init_scale: f64, device: &candle_core::Device) -> Result<()> {
+    pub fn add(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        init_scale: f64,
+        device: &candle_core::Device,
+    ) -> Result<()> {
         if let Some(last) = self.t.last_mut() {
             if let Param::Train(v) = last {
                 *last = Param::Frozen(v.as_tensor().copy()?);
@@ -151,7 +167,8 @@ impl Dendrites {
         self.modules.push(module);
         self.t.push(var(Tensor::zeros(c, DType::F32, device)?)?);
         if k >= 1 {
-            self.d.push(var(Tensor::zeros((k, c), DType::F32, device)?)?);
+            self.d
+                .push(var(Tensor::zeros((k, c), DType::F32, device)?)?);
         }
         Ok(())
     }
@@ -225,10 +242,13 @@ impl Dendrites {
         let copy = |p: &Param| -> Result<Param> {
             Ok(match p {
                 Param::Frozen(t) => Param::Frozen(t.copy()?),
-                Param::Train(v) => Param::Train(candle_core::Var::from_tensor(&v.as_tensor().copy()?)?),
+                Param::Train(v) => {
+                    Param::Train(candle_core::Var::from_tensor(&v.as_tensor().copy()?)?)
+                }
             })
         };
-        let copy_opt = |p: &Option<Param>| -> Result<Option<Param>> { p.as_ref().map(copy).transpose() };
+        let copy_opt =
+            |p: &Option<Param>| -> Result<Option<Param>> { p.as_ref().map(copy).transpose() };
         let modules = self
             .modules
             .iter()
@@ -264,10 +284,15 @@ impl Dendrites {
         let mut j = 0;
         while let Some(t) = get(&format!("{prefix}.dendrites.{j}.T")) {
             let p = |get: &mut dyn FnMut(&str) -> Option<Tensor>, n: &str| -> Result<Tensor> {
-                get(&format!("{prefix}.dendrites.{j}.{n}"))
-                    .ok_or_else(|| candle_core::Error::Msg(format!("{prefix}.dendrites.{j}.{n} missing")))
+                get(&format!("{prefix}.dendrites.{j}.{n}")).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{prefix}.dendrites.{j}.{n} missing"))
+                })
             };
-            let b = if self.bias { Some(var(p(&mut get, "bias")?)?) } else { None };
+            let b = if self.bias {
+                Some(var(p(&mut get, "bias")?)?)
+            } else {
+                None
+            };
             let m = match self.kind {
                 DendriteKind::Full | DendriteKind::Auto => Module::Full {
                     w: var(p(&mut get, "weight")?)?,
@@ -337,8 +362,14 @@ mod tests {
     fn patterns() {
         assert!(matches("classifier", "classifier"));
         assert!(matches("fc2", "model.layers.31.mlp.fc2"));
-        assert!(matches("model.layers.3*.mlp.fc2", "model.layers.31.mlp.fc2"));
-        assert!(!matches("model.layers.3*.mlp.fc2", "model.layers.2.mlp.fc2"));
+        assert!(matches(
+            "model.layers.3*.mlp.fc2",
+            "model.layers.31.mlp.fc2"
+        ));
+        assert!(!matches(
+            "model.layers.3*.mlp.fc2",
+            "model.layers.2.mlp.fc2"
+        ));
         assert!(matches("*", "anything.at.all"));
         assert!(!matches("query", "bert.encoder.layer.0.attention.self.key"));
     }
@@ -350,7 +381,10 @@ mod tests {
         let (i, c) = (7, 5);
         let mut d = Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, i, c, true);
         let count = |d: &Dendrites| -> usize {
-            d.named("x").iter().map(|(_, p)| p.get(DType::F32).unwrap().elem_count()).sum()
+            d.named("x")
+                .iter()
+                .map(|(_, p)| p.get(DType::F32).unwrap().elem_count())
+                .sum()
         };
         for k in 0..4 {
             let cost = d.addition_cost();
@@ -373,7 +407,15 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
         d.add(&mut rng, 0.01, &dev).unwrap();
         let y = d.forward(&x).unwrap().unwrap();
-        assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            y.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
         assert!(matches!(d.t[0], Param::Train(_)));
         d.add(&mut rng, 0.01, &dev).unwrap();
         assert!(matches!(d.t[0], Param::Frozen(_)));

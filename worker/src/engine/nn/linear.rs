@@ -7,8 +7,8 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor};
 
-use super::ops;
 use super::dendrite::Dendrites;
+use super::ops;
 use super::params::{Init, Param, Params};
 use super::Ctx;
 

@@ -163,7 +163,11 @@ impl Params {
 
     /// A checkpoint tensor by name, as stored (f32 master copies are made by callers).
     pub fn get_raw(&self, name: &str) -> Option<Tensor> {
-        self.tensors.get(name).map(|t| t.to_dtype(DType::F32).and_then(|t| t.to_device(&self.device)).ok()).flatten()
+        self.tensors.get(name).and_then(|t| {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.to_device(&self.device))
+                .ok()
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -308,8 +308,13 @@ pub fn train(
                 if f != 1.0 {
                     optim::scale_grads(&mut store, &vars, f)?;
                 }
-                lr = optim::scheduled_lr(spec.lr, step - phase_start, phase_steps, warmup, spec.schedule)
-                    * plateau_mult;
+                lr = optim::scheduled_lr(
+                    spec.lr,
+                    step - phase_start,
+                    phase_steps,
+                    warmup,
+                    spec.schedule,
+                ) * plateau_mult;
                 opt.step(&store, lr)?;
                 step += 1;
                 in_acc = 0;
@@ -319,31 +324,50 @@ pub fn train(
         let train_seconds = t0.elapsed().as_secs_f64();
         let train_loss = loss_sum / batches.len().max(1) as f64;
         let t1 = Instant::now();
-        let (val_loss, preds) = evaluate(model, sets.val, spec.batch_size.max(32), device, weights.as_deref())?;
+        let (val_loss, preds) = evaluate(
+            model,
+            sets.val,
+            spec.batch_size.max(32),
+            device,
+            weights.as_deref(),
+        )?;
         let s = metrics::scores(&preds, &sets.val.labels, cfg.labels);
         let score = score_of(&s, spec.metric);
         let val_seconds = t1.elapsed().as_secs_f64();
         let test_score = match sets.test {
             Some(test) if cfg.tracker.test_every_epoch => {
-                let (_, tp) = evaluate(model, test, spec.batch_size.max(32), device, weights.as_deref())?;
-                Some(score_of(&metrics::scores(&tp, &test.labels, cfg.labels), spec.metric))
+                let (_, tp) = evaluate(
+                    model,
+                    test,
+                    spec.batch_size.max(32),
+                    device,
+                    weights.as_deref(),
+                )?;
+                Some(score_of(
+                    &metrics::scores(&tp, &test.labels, cfg.labels),
+                    spec.metric,
+                ))
             }
             _ => None,
         };
 
-        let tstep = tracker::add_validation_score(&tcfg, &state, best.as_ref().map(|b| &b.state), score);
+        let tstep =
+            tracker::add_validation_score(&tcfg, &state, best.as_ref().map(|b| &b.state), score);
         let improved = tstep.snapshot.is_some();
         if let Some(snap_state) = tstep.snapshot.clone() {
             best = Some(Snapshot {
-                vars: base_vars.iter().map(|v| v.as_tensor().copy()).collect::<Result<_>>()?,
+                vars: base_vars
+                    .iter()
+                    .map(|v| v.as_tensor().copy())
+                    .collect::<Result<_>>()?,
                 dendrites: model.dendrite_snapshot()?,
                 state: snap_state,
                 epoch,
             });
         }
         let summary = model.dendrite_summary()?;
-        let dendrite_params = param_count(&trainable) - param_count(base_trainable)
-            + frozen_dendrite_params(model);
+        let dendrite_params =
+            param_count(&trainable) - param_count(base_trainable) + frozen_dendrite_params(model);
         let record = EpochRecord {
             epoch,
             train_loss,
@@ -372,7 +396,9 @@ pub fn train(
         if decision == Decision::Continue && epoch == spec.epochs {
             decision = Decision::Complete;
         }
-        if decision != Decision::Continue && !(decision == Decision::Restructure && tcfg.testing_capacity) {
+        if decision != Decision::Continue
+            && !(decision == Decision::Restructure && tcfg.testing_capacity)
+        {
             if let Some(b) = &best {
                 for (v, t) in base_vars.iter().zip(&b.vars) {
                     v.set(t)?;
@@ -385,8 +411,11 @@ pub fn train(
         }
         match decision {
             Decision::Continue => {
-                if let Some((factor, patience)) = spec.plateau_factor.map(|f| (f, spec.plateau_patience)) {
-                    let since_improved = state.epoch - 1 - state.epoch_last_improved.min(state.epoch - 1);
+                if let Some((factor, patience)) =
+                    spec.plateau_factor.map(|f| (f, spec.plateau_patience))
+                {
+                    let since_improved =
+                        state.epoch - 1 - state.epoch_last_improved.min(state.epoch - 1);
                     if tracker::plateau_reduce(since_improved, epoch - last_reduce, patience) {
                         plateau_mult *= factor;
                         last_reduce = epoch;
@@ -394,7 +423,10 @@ pub fn train(
                 }
             }
             Decision::Restructure => {
-                model.add_dendrite_set(&mut dendrite_rng, cfg.dendrites.map_or(0.01, |d| d.init_scale))?;
+                model.add_dendrite_set(
+                    &mut dendrite_rng,
+                    cfg.dendrites.map_or(0.01, |d| d.init_scale),
+                )?;
                 switches.push(epoch);
                 trainable = base_trainable.to_vec();
                 trainable.extend(model.dendrite_trainables());

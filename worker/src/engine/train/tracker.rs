@@ -27,7 +27,12 @@ pub struct TrackerConfig {
 }
 
 impl TrackerConfig {
-    pub fn from_spec(t: &TrackerSpec, dendrites: bool, max_dendrites: usize, max_tries: usize) -> Self {
+    pub fn from_spec(
+        t: &TrackerSpec,
+        dendrites: bool,
+        max_dendrites: usize,
+        max_tries: usize,
+    ) -> Self {
         TrackerConfig {
             mode: t.mode,
             patience: t.patience,
@@ -165,6 +170,8 @@ pub fn add_validation_score(
         Decision::Restructure
     };
     let epoch = s.epoch;
+    // A snapshot taken this epoch is the best one to restore.
+    let best = snapshot.as_ref().or(best);
     let mut next = match decision {
         Decision::Continue => s,
         Decision::Complete => restored(&s, best, epoch),
@@ -208,7 +215,11 @@ fn after_addition(mut s: TrackerState, epoch: usize) -> TrackerState {
 }
 
 /// Whether the learning rate should drop on a plateau (pure).
-pub fn plateau_reduce(epochs_since_improved: usize, epochs_since_reduce: usize, patience: usize) -> bool {
+pub fn plateau_reduce(
+    epochs_since_improved: usize,
+    epochs_since_reduce: usize,
+    patience: usize,
+) -> bool {
     epochs_since_improved >= patience && epochs_since_reduce >= patience
 }
 
@@ -275,7 +286,12 @@ mod tests {
             num_dendrites_added: 9,
             ..s0.clone()
         };
-        assert_eq!(add_validation_score(&c, &s9, None, 0.9005).state.current_best, Some(0.9005));
+        assert_eq!(
+            add_validation_score(&c, &s9, None, 0.9005)
+                .state
+                .current_best,
+            Some(0.9005)
+        );
     }
 
     #[test]
@@ -288,7 +304,9 @@ mod tests {
             global_best: Some(0.5),
             ..Default::default()
         };
-        assert!(add_validation_score(&c, &s0, None, 0.505).snapshot.is_none());
+        assert!(add_validation_score(&c, &s0, None, 0.505)
+            .snapshot
+            .is_none());
         assert!(add_validation_score(&c, &s0, None, 0.52).snapshot.is_some());
     }
 
@@ -316,7 +334,10 @@ mod tests {
         let s = &out[2].1;
         assert_eq!(s.num_dendrites_added, 1);
         assert_eq!(s.num_tries, 0);
-        assert_eq!(s.current_best, None, "a new set starts without a current best");
+        assert_eq!(
+            s.current_best, None,
+            "a new set starts without a current best"
+        );
         assert!(!s.set_improved_global);
         assert_eq!(s.last_switch_epoch, 2);
         assert_eq!(s.global_best, Some(0.5), "restored from the best snapshot");
@@ -345,9 +366,15 @@ mod tests {
             ]
         );
         assert_eq!(out[3].1.num_tries, 1);
-        assert_eq!(out[3].1.num_dendrites_added, 1, "the failed set is discarded, a fresh one added");
+        assert_eq!(
+            out[3].1.num_dendrites_added, 1,
+            "the failed set is discarded, a fresh one added"
+        );
         assert_eq!(out[5].1.global_best, Some(0.5));
-        assert_eq!(out[5].1.num_dendrites_added, 0, "complete restores the best (pre-dendrite) state");
+        assert_eq!(
+            out[5].1.num_dendrites_added, 0,
+            "complete restores the best (pre-dendrite) state"
+        );
     }
 
     #[test]
@@ -418,7 +445,15 @@ mod tests {
         let c = cfg(SwitchMode::History, 2, false);
         let out = run(&c, &[0.5, 0.6, 0.55, 0.58, 0.7]);
         let decisions: Vec<_> = out.iter().map(|(d, _)| *d).collect();
-        assert_eq!(decisions, vec![Decision::Continue, Decision::Continue, Decision::Continue, Decision::Complete]);
+        assert_eq!(
+            decisions,
+            vec![
+                Decision::Continue,
+                Decision::Continue,
+                Decision::Continue,
+                Decision::Complete
+            ]
+        );
         assert_eq!(out[3].1.global_best, Some(0.6));
         assert_eq!(out[3].1.num_dendrites_added, 0);
     }
@@ -438,7 +473,12 @@ mod tests {
         let decisions: Vec<_> = out.iter().map(|(d, _)| *d).collect();
         assert_eq!(
             decisions,
-            vec![Decision::Restructure, Decision::Restructure, Decision::Restructure, Decision::Complete]
+            vec![
+                Decision::Restructure,
+                Decision::Restructure,
+                Decision::Restructure,
+                Decision::Complete
+            ]
         );
     }
 
