@@ -1,9 +1,14 @@
-//! The vocabulary shared by the producer and the worker: what a job is
-//! ([`spec`]), how a sweep file expands into jobs ([`sweep`]) and where a
-//! job's artifacts live ([`artifacts`]). Everything here is pure: no IO
-//! beyond reading the sweep file the caller names.
+//! The vocabulary shared by the producer and the worker: what a run is
+//! ([`spec`]), how a sweep file expands into jobs ([`sweep`]), the queue
+//! message ([`job`]) and broker topology with its retry policy ([`queue`]),
+//! job states ([`state`]), where artifacts live ([`artifacts`]) and how runs
+//! are compared ([`report`]). Everything here is pure: no IO beyond reading
+//! the sweep file the caller names.
 
 pub mod artifacts;
+pub mod job;
+pub mod queue;
 pub mod report;
 pub mod spec;
+pub mod state;
 pub mod sweep;
