@@ -6,6 +6,7 @@
 //! the sweep file the caller names.
 
 pub mod artifacts;
+pub mod config;
 pub mod job;
 pub mod queue;
 pub mod report;
