@@ -1,0 +1,243 @@
+//! The artifact store: S3 or MinIO (or a local directory) through
+//! object_store, with keys under a configured prefix built by
+//! [`common::artifacts`] so they cannot escape it. Uploads are retried with
+//! exponential backoff; a caller treats a job as done only after
+//! [`Artifacts::put_all`] returned `Ok`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::config::S3Config;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+/// Artifact store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("artifact store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("upload of {key} failed after {attempts} attempts: {last}")]
+    GaveUp {
+        key: String,
+        attempts: u32,
+        last: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, ArtifactError>;
+
+/// How uploads are retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UploadRetry {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for UploadRetry {
+    fn default() -> Self {
+        UploadRetry {
+            attempts: 8,
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl UploadRetry {
+    /// The wait before retry number `n` (1-based): doubling, capped.
+    pub fn delay(&self, n: u32) -> Duration {
+        (self.first_delay * (1u32 << n.saturating_sub(1).min(16))).min(self.max_delay)
+    }
+}
+
+/// A store plus the key prefix everything lives under.
+#[derive(Clone)]
+pub struct Artifacts {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    pub retry: UploadRetry,
+    /// `s3://bucket/prefix` or a local path, for messages.
+    pub location: String,
+}
+
+impl Artifacts {
+    /// S3 or MinIO from configuration. The client's own retries are kept
+    /// short: [`Artifacts::put_all`] retries whole uploads itself.
+    pub fn s3(cfg: &S3Config) -> Result<Artifacts> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_virtual_hosted_style_request(false)
+            .with_retry(RetryConfig {
+                max_retries: 1,
+                retry_timeout: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .with_client_options(
+                // allow_http lives in the client options: set it here.
+                ClientOptions::new()
+                    .with_allow_http(cfg.allow_http)
+                    .with_timeout(Duration::from_secs(120))
+                    .with_connect_timeout(Duration::from_secs(5)),
+            );
+        if let Some(e) = &cfg.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(k) = &cfg.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &cfg.secret_access_key {
+            b = b.with_secret_access_key(s.expose());
+        }
+        Ok(Artifacts {
+            store: Arc::new(b.build()?),
+            prefix: cfg.prefix.trim_matches('/').to_string(),
+            retry: UploadRetry::default(),
+            location: format!("s3://{}/{}", cfg.bucket, cfg.prefix.trim_matches('/')),
+        })
+    }
+
+    /// A local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> Result<Artifacts> {
+        std::fs::create_dir_all(dir).map_err(|e| object_store::Error::Generic {
+            store: "local",
+            source: Box::new(e),
+        })?;
+        Ok(Artifacts {
+            store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            prefix: String::new(),
+            retry: UploadRetry::default(),
+            location: dir.display().to_string(),
+        })
+    }
+
+    fn path(&self, key: &str) -> StorePath {
+        if self.prefix.is_empty() {
+            StorePath::from(key)
+        } else {
+            StorePath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// Uploads one object, retrying failures with backoff.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(key);
+        let mut last = String::new();
+        for attempt in 1..=self.retry.attempts {
+            match self.store.put(&path, PutPayload::from(bytes.clone())).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    last = error_chain(&e);
+                    tracing::warn!(key, attempt, error = %last, "upload failed");
+                    if attempt < self.retry.attempts {
+                        tokio::time::sleep(self.retry.delay(attempt)).await;
+                    }
+                }
+            }
+        }
+        Err(ArtifactError::GaveUp {
+            key: key.to_string(),
+            attempts: self.retry.attempts,
+            last,
+        })
+    }
+
+    /// Uploads every `(name, bytes)` under `folder`; stops at the first
+    /// object that cannot be stored.
+    pub async fn put_all(&self, folder: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
+        for (name, bytes) in files {
+            self.put(&format!("{folder}/{name}"), Bytes::from(bytes.clone()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        Ok(self.store.get(&self.path(key)).await?.bytes().await?)
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keys under `folder`, relative to the store prefix, sorted.
+    pub async fn list(&self, folder: &str) -> Result<Vec<String>> {
+        let base = self.path(folder);
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&base))
+            .map_ok(|m| m.location.to_string()[strip..].to_string())
+            .try_collect()
+            .await?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// An error with its sources, for messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let r = UploadRetry {
+            attempts: 5,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(350),
+        };
+        assert_eq!(r.delay(1), Duration::from_millis(100));
+        assert_eq!(r.delay(2), Duration::from_millis(200));
+        assert_eq!(r.delay(3), Duration::from_millis(350));
+    }
+
+    #[tokio::test]
+    async fn local_store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Artifacts::local(dir.path()).unwrap();
+        a.put_all(
+            "sweeps/s/jobs/j",
+            &[
+                ("a.txt".into(), b"x".to_vec()),
+                ("PAI/b.csv".into(), b"y".to_vec()),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.list("sweeps/s").await.unwrap(),
+            vec!["sweeps/s/jobs/j/PAI/b.csv", "sweeps/s/jobs/j/a.txt"]
+        );
+        assert_eq!(&a.get("sweeps/s/jobs/j/a.txt").await.unwrap()[..], b"x");
+        assert!(!a.exists("nope").await.unwrap());
+    }
+}

@@ -1,0 +1,389 @@
+//! Job, sweep and worker state in Redis. Every state change goes through
+//! [`StateStore::transition`], a compare-and-set (Lua) that applies only
+//! the transitions [`common::state::next`] allows, so concurrent workers
+//! and redeliveries cannot overwrite a finished job. Leases (`SET NX PX`)
+//! say which live worker holds a job; worker records expire unless their
+//! heartbeat refreshes them; a stream per sweep carries progress events.
+//!
+//! Keys, under the namespace `ns`: `ns:job:<id>` (hash), `ns:sweep:<name>`
+//! (set of job ids), `ns:sweeps` (set), `ns:lease:<job>`, `ns:cancel:<job>`,
+//! `ns:worker:<id>` (hash with expiry), `ns:workers` (set),
+//! `ns:events:<sweep>` (stream).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::state::{next, Event, JobState};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+/// State store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("job {0} is not known")]
+    UnknownJob(String),
+    #[error("job {job} is {from}, which does not allow {event:?}")]
+    Refused {
+        job: String,
+        from: String,
+        event: Event,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+const ALL_STATES: [JobState; 6] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Cancelled,
+    JobState::Dead,
+];
+
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Dead => "dead",
+    }
+}
+
+pub fn parse_state(s: &str) -> Option<JobState> {
+    ALL_STATES.into_iter().find(|x| state_name(*x) == s)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+const TRANSITION: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == cur then
+    redis.call('HSET', KEYS[1], 'state', ARGV[2])
+    for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    return {1, cur}
+  end
+end
+return {2, cur}
+"#;
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// A worker's self-description, refreshed by its heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub devices: String,
+    pub version: String,
+    pub jobs: String,
+    pub heartbeat_ms: u64,
+}
+
+/// Redis-backed state.
+#[derive(Clone)]
+pub struct StateStore {
+    conn: ConnectionManager,
+    ns: String,
+}
+
+impl StateStore {
+    pub async fn connect(url: &str, namespace: &str) -> Result<StateStore> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(StateStore {
+            conn,
+            ns: namespace.to_string(),
+        })
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.ns.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
+    /// Records a job as queued unless it is already known; returns its state.
+    pub async fn register_job(
+        &self,
+        sweep: &str,
+        job: &str,
+        fields: &[(&str, String)],
+    ) -> Result<JobState> {
+        let mut c = self.conn.clone();
+        let key = self.key(&["job", job]);
+        let created: bool = c.hset_nx(&key, "state", "queued").await?;
+        if created {
+            let mut f: Vec<(String, String)> = vec![
+                ("sweep".into(), sweep.into()),
+                ("attempt".into(), "1".into()),
+                ("queued_at".into(), now_ms().to_string()),
+            ];
+            f.extend(fields.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            let _: () = c.hset_multiple(&key, &f).await?;
+            let _: () = c.sadd(self.key(&["sweep", sweep]), job).await?;
+            let _: () = c.sadd(self.key(&["sweeps"]), sweep).await?;
+        }
+        self.state(job)
+            .await?
+            .ok_or_else(|| StateError::UnknownJob(job.into()))
+    }
+
+    /// Applies `event` if the current state allows it, setting `fields` too.
+    /// Returns the previous state.
+    pub async fn transition(
+        &self,
+        job: &str,
+        event: Event,
+        fields: &[(&str, String)],
+    ) -> Result<JobState> {
+        let allowed: Vec<&str> = ALL_STATES
+            .into_iter()
+            .filter(|s| next(*s, event).is_ok())
+            .map(state_name)
+            .collect();
+        let Some(to) = ALL_STATES.into_iter().find_map(|s| next(s, event).ok()) else {
+            return Err(StateError::Refused {
+                job: job.into(),
+                from: "?".into(),
+                event,
+            });
+        };
+        let script = redis::Script::new(TRANSITION);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&["job", job]))
+            .arg(allowed.join(","))
+            .arg(state_name(to));
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        let mut c = self.conn.clone();
+        let (code, prev): (i64, String) = inv.invoke_async(&mut c).await?;
+        match code {
+            0 => Err(StateError::UnknownJob(job.into())),
+            1 => Ok(parse_state(&prev).unwrap_or(JobState::Queued)),
+            _ => Err(StateError::Refused {
+                job: job.into(),
+                from: prev,
+                event,
+            }),
+        }
+    }
+
+    pub async fn state(&self, job: &str) -> Result<Option<JobState>> {
+        let mut c = self.conn.clone();
+        let s: Option<String> = c.hget(self.key(&["job", job]), "state").await?;
+        Ok(s.as_deref().and_then(parse_state))
+    }
+
+    /// Every field of a job.
+    pub async fn job(&self, job: &str) -> Result<HashMap<String, String>> {
+        let mut c = self.conn.clone();
+        Ok(c.hgetall(self.key(&["job", job])).await?)
+    }
+
+    pub async fn set_fields(&self, job: &str, fields: &[(&str, String)]) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.hset_multiple(self.key(&["job", job]), fields).await?;
+        Ok(())
+    }
+
+    /// Job ids of a sweep, sorted.
+    pub async fn sweep_jobs(&self, sweep: &str) -> Result<Vec<String>> {
+        let mut c = self.conn.clone();
+        let mut v: Vec<String> = c.smembers(self.key(&["sweep", sweep])).await?;
+        v.sort();
+        Ok(v)
+    }
+
+    pub async fn sweeps(&self) -> Result<Vec<String>> {
+        let mut c = self.conn.clone();
+        let mut v: Vec<String> = c.smembers(self.key(&["sweeps"])).await?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// Appends an event to the sweep's stream (capped near 10000 entries).
+    pub async fn event(&self, sweep: &str, fields: &[(&str, String)]) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("XADD")
+            .arg(self.key(&["events", sweep]))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10000)
+            .arg("*")
+            .arg(fields)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Events of a sweep after stream id `after` ("0" for all).
+    pub async fn events(
+        &self,
+        sweep: &str,
+        after: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let mut c = self.conn.clone();
+        let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(self.key(&["events", sweep]))
+            .arg(if after == "0" {
+                "-".to_string()
+            } else {
+                format!("({after}")
+            })
+            .arg("+")
+            .query_async(&mut c)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|(id, kv)| (id, kv.into_iter().collect()))
+            .collect())
+    }
+
+    /// Takes the job's lease for `worker` if nobody holds it.
+    pub async fn acquire_lease(&self, job: &str, worker: &str, ttl: Duration) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(self.key(&["lease", job]))
+            .arg(worker)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut c)
+            .await?;
+        Ok(ok.is_some())
+    }
+
+    /// Extends the lease if `worker` still holds it.
+    pub async fn renew_lease(&self, job: &str, worker: &str, ttl: Duration) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::Script::new(RENEW)
+            .key(self.key(&["lease", job]))
+            .arg(worker)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn release_lease(&self, job: &str, worker: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(self.key(&["lease", job]))
+            .arg(worker)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// The worker holding the job's lease, if any.
+    pub async fn lease_holder(&self, job: &str) -> Result<Option<String>> {
+        let mut c = self.conn.clone();
+        Ok(c.get(self.key(&["lease", job])).await?)
+    }
+
+    pub async fn request_cancel(&self, job: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.set(self.key(&["cancel", job]), "1").await?;
+        Ok(())
+    }
+
+    pub async fn cancel_requested(&self, job: &str) -> Result<bool> {
+        let mut c = self.conn.clone();
+        Ok(c.exists(self.key(&["cancel", job])).await?)
+    }
+
+    pub async fn clear_cancel(&self, job: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: () = c.del(self.key(&["cancel", job])).await?;
+        Ok(())
+    }
+
+    /// Records the worker as alive for `ttl`.
+    pub async fn heartbeat(&self, w: &WorkerInfo, ttl: Duration) -> Result<()> {
+        let mut c = self.conn.clone();
+        let key = self.key(&["worker", &w.id]);
+        let fields = [
+            ("host", w.host.clone()),
+            ("devices", w.devices.clone()),
+            ("version", w.version.clone()),
+            ("jobs", w.jobs.clone()),
+            ("heartbeat_ms", now_ms().to_string()),
+        ];
+        let _: () = redis::pipe()
+            .hset_multiple(&key, &fields)
+            .pexpire(&key, ttl.as_millis() as i64)
+            .sadd(self.key(&["workers"]), &w.id)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Live workers (whose heartbeat has not expired).
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c.smembers(self.key(&["workers"])).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let h: HashMap<String, String> = c.hgetall(self.key(&["worker", &id])).await?;
+            if h.is_empty() {
+                let _: () = c.srem(self.key(&["workers"]), &id).await?;
+                continue;
+            }
+            let g = |k: &str| h.get(k).cloned().unwrap_or_default();
+            out.push(WorkerInfo {
+                id,
+                host: g("host"),
+                devices: g("devices"),
+                version: g("version"),
+                jobs: g("jobs"),
+                heartbeat_ms: g("heartbeat_ms").parse().unwrap_or(0),
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Deletes every key of the namespace (tests).
+    pub async fn delete_namespace(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        let keys: Vec<String> = {
+            let mut it = c.scan_match::<_, String>(format!("{}:*", self.ns)).await?;
+            let mut v = Vec::new();
+            while let Some(k) = futures::StreamExt::next(&mut it).await {
+                v.push(k?);
+            }
+            v
+        };
+        if !keys.is_empty() {
+            let _: () = c.del(keys).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! The adapters against the real services: RabbitMQ and Redis on
+//! 127.0.0.1 (as on the development machines and in CI) and an S3 server
+//! (moto_server, started on a free port). Every test uses its own queue
+//! names and key prefix and removes them afterwards.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::config::S3Config;
+use common::job::{DeviceClass, JobMessage};
+use common::queue::Topology;
+use common::state::{Event, JobState};
+use common::sweep::Sweep;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::BasicProperties;
+use services::artifacts::{Artifacts, UploadRetry};
+use services::broker::{header, Broker, BrokerError, ATTEMPT_HEADER, REASON_HEADER};
+use services::state::{StateError, StateStore, WorkerInfo};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("test-{tag}-{}-{nanos}", std::process::id())
+}
+
+fn job_message() -> JobMessage {
+    let s = Sweep::parse(
+        "t.toml",
+        "[sweep]\nname = \"t\"\n[base.model]\narch = \"bert\"\npath = \"/m\"\n[base.data]\npath = \"/d\"\n",
+    )
+    .unwrap();
+    JobMessage::train(&s.name, &s.jobs[0], DeviceClass::Cpu)
+}
+
+async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("consumer open")
+        .expect("delivery ok")
+}
+
+#[tokio::test]
+async fn broker_publishes_consumes_retries_and_dead_letters() {
+    let b = Broker::connect(AMQP, Topology::new(&unique("broker")), 1)
+        .await
+        .unwrap();
+    let msg = job_message();
+    b.publish_job(&msg).await.unwrap();
+    let (_ch, mut consumer) = b.consume(DeviceClass::Cpu, "t1").await.unwrap();
+    let d = next_delivery(&mut consumer).await;
+    assert_eq!(JobMessage::decode(&d.data).unwrap(), msg);
+    assert!(d.ack(BasicAckOptions::default()).await.unwrap());
+
+    // Unroutable publishes are errors, not silence.
+    let e = b
+        .publish(
+            &b.topology.jobs_exchange(),
+            "no-such-class",
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BrokerError::Unroutable { .. }), "{e}");
+
+    // Delay queue: back on the work queue after the delay, with its attempt.
+    let t0 = Instant::now();
+    b.retry_later(
+        DeviceClass::Cpu,
+        &msg.encode(),
+        2,
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    let d = next_delivery(&mut consumer).await;
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+    assert_eq!(header(&d.properties, ATTEMPT_HEADER).as_deref(), Some("2"));
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    // Explicit dead letter with a reason.
+    b.dead_letter(b"garbage", "malformed message: expected value")
+        .await
+        .unwrap();
+    let (_dch, mut dead) = b.consume_dead("d1").await.unwrap();
+    let d = next_delivery(&mut dead).await;
+    assert_eq!(&d.data[..], b"garbage");
+    assert!(header(&d.properties, REASON_HEADER)
+        .unwrap()
+        .contains("malformed"));
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    // A job that keeps crashing its consumer goes to the dead letters
+    // after the delivery limit (limit 1: two deliveries).
+    b.publish_job(&msg).await.unwrap();
+    for _ in 0..2 {
+        let d = next_delivery(&mut consumer).await;
+        d.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let d = next_delivery(&mut dead).await;
+    assert_eq!(JobMessage::decode(&d.data).unwrap().job_id, msg.job_id);
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    b.delete_topology().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_transitions_leases_workers_and_events() {
+    let s = StateStore::connect(REDIS, &unique("state")).await.unwrap();
+    assert_eq!(
+        s.register_job("sw", "j1", &[("variant", "baseline".into())])
+            .await
+            .unwrap(),
+        JobState::Queued
+    );
+    // Registering again keeps the existing state.
+    s.transition("j1", Event::Start, &[("worker", "w1".into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.register_job("sw", "j1", &[]).await.unwrap(),
+        JobState::Running
+    );
+    s.transition("j1", Event::Succeed, &[]).await.unwrap();
+    // A redelivery of a succeeded job cannot restart it.
+    let e = s.transition("j1", Event::Start, &[]).await.unwrap_err();
+    assert!(matches!(e, StateError::Refused { .. }), "{e}");
+    assert_eq!(s.state("j1").await.unwrap(), Some(JobState::Succeeded));
+    assert_eq!(s.job("j1").await.unwrap()["worker"], "w1");
+    assert!(matches!(
+        s.transition("nope", Event::Start, &[]).await,
+        Err(StateError::UnknownJob(_))
+    ));
+    assert_eq!(s.sweep_jobs("sw").await.unwrap(), vec!["j1"]);
+
+    // Leases: one holder at a time; renew and release only by the holder.
+    let ttl = Duration::from_millis(400);
+    assert!(s.acquire_lease("j2", "w1", ttl).await.unwrap());
+    assert!(!s.acquire_lease("j2", "w2", ttl).await.unwrap());
+    assert!(!s.renew_lease("j2", "w2", ttl).await.unwrap());
+    assert!(s.renew_lease("j2", "w1", ttl).await.unwrap());
+    assert_eq!(s.lease_holder("j2").await.unwrap().as_deref(), Some("w1"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        s.acquire_lease("j2", "w2", ttl).await.unwrap(),
+        "an expired lease is free"
+    );
+    s.release_lease("j2", "w1").await.unwrap();
+    assert_eq!(s.lease_holder("j2").await.unwrap().as_deref(), Some("w2"));
+
+    // Workers vanish when their heartbeat stops.
+    let w = WorkerInfo {
+        id: "w1".into(),
+        host: "h".into(),
+        devices: "cpu".into(),
+        version: "0".into(),
+        jobs: "".into(),
+        heartbeat_ms: 0,
+    };
+    s.heartbeat(&w, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(s.workers().await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s.workers().await.unwrap().is_empty());
+
+    s.request_cancel("j3").await.unwrap();
+    assert!(s.cancel_requested("j3").await.unwrap());
+    s.clear_cancel("j3").await.unwrap();
+    assert!(!s.cancel_requested("j3").await.unwrap());
+
+    s.event("sw", &[("job", "j1".into()), ("epoch", "1".into())])
+        .await
+        .unwrap();
+    s.event("sw", &[("job", "j1".into()), ("epoch", "2".into())])
+        .await
+        .unwrap();
+    let all = s.events("sw", "0").await.unwrap();
+    assert_eq!(all.len(), 2);
+    let after = s.events("sw", &all[0].0).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].1["epoch"], "2");
+
+    s.delete_namespace().await.unwrap();
+    assert!(s.sweeps().await.unwrap().is_empty());
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Moto(Child);
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts moto_server on `port` and creates `bucket`.
+fn start_moto(port: u16, bucket: &str) -> Moto {
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server must be installed (pip install 'moto[server]')");
+    let moto = Moto(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.1 200") {
+                    return moto;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn s3_config(port: u16, bucket: &str) -> S3Config {
+    S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        bucket: bucket.into(),
+        region: "us-east-1".into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some(common::config::Secret::new("test")),
+        allow_http: true,
+        prefix: "runs".into(),
+    }
+}
+
+#[tokio::test]
+async fn s3_uploads_survive_an_outage() {
+    let port = free_port();
+    let bucket = "artifacts";
+    // Nothing listens yet: the upload retries until the server is back.
+    let mut a = Artifacts::s3(&s3_config(port, bucket)).unwrap();
+    a.retry = UploadRetry {
+        attempts: 12,
+        first_delay: Duration::from_millis(300),
+        max_delay: Duration::from_secs(2),
+    };
+    let starter = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        start_moto(port, bucket)
+    });
+    let t0 = Instant::now();
+    a.put_all(
+        "sweeps/s/jobs/j",
+        &[("Results.csv".into(), b"a,b\n1,2\n".to_vec())],
+    )
+    .await
+    .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "the first attempts must have failed"
+    );
+    let _moto = starter.await.unwrap();
+    assert_eq!(
+        &a.get("sweeps/s/jobs/j/Results.csv").await.unwrap()[..],
+        b"a,b\n1,2\n"
+    );
+    assert_eq!(
+        a.list("sweeps/s").await.unwrap(),
+        vec!["sweeps/s/jobs/j/Results.csv"]
+    );
+    assert!(a.exists("sweeps/s/jobs/j/Results.csv").await.unwrap());
+
+    // Down for good: the upload gives up with the key and the reason.
+    drop(_moto);
+    a.retry = UploadRetry {
+        attempts: 2,
+        first_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(50),
+    };
+    let e = a
+        .put("sweeps/s/x", bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sweeps/s/x") && e.contains("2 attempts"), "{e}");
+}
