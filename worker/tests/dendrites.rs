@@ -279,3 +279,46 @@ fn dendrites_over_lora_on_a_quantized_base_get_gradients() {
         assert!(s > 0.0, "{n}: zero gradient");
     }
 }
+
+/// In bf16 compute, frozen f32 gate rows are cast on use: two additions
+/// (one frozen row) still run forward and backward.
+#[test]
+fn bf16_compute_with_frozen_gate_rows() {
+    let (t, meta, rows) = fixture("bert");
+    let mut p = Params::from_tensors(
+        t,
+        &Device::Cpu,
+        DType::BF16,
+        TrainPolicy {
+            train_base: false,
+            freeze: vec![],
+        },
+        0,
+    );
+    let cfg = meta["config"].clone();
+    let mut m = Model::Bert(
+        bert::Bert::load(
+            &mut p,
+            serde_json::from_value(cfg).unwrap(),
+            3,
+            None,
+            Some(0.0),
+        )
+        .unwrap(),
+    );
+    m.attach_dendrites(&spec_all(DendriteKind::Full), None)
+        .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    m.add_dendrite_set(&mut rng, 0.01).unwrap();
+    perturb_gates(&mut m, 1);
+    m.add_dendrite_set(&mut rng, 0.01).unwrap();
+    perturb_gates(&mut m, 2);
+    let b = Batch::new(&rows, m.pad_id(), &Device::Cpu).unwrap();
+    let out = m.forward(&b, &Ctx::eval()).unwrap();
+    let loss = cross_entropy(&out, &[0, 2, 1], None).unwrap();
+    assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+    let grads = loss.backward().unwrap();
+    for (n, v) in m.dendrite_trainables() {
+        assert!(grads.get(v.as_tensor()).is_some(), "{n}: no gradient");
+    }
+}

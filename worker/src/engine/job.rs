@@ -398,7 +398,8 @@ pub fn run(
         .iter()
         .map(|(_, p)| p.get(candle_core::DType::F32).map(|t| t.elem_count()))
         .sum::<candle_core::Result<usize>>()?;
-    let dendrites = model.dendrite_summary()?.first().map_or(0, |d| d.1);
+    let layout = model.dendrite_summary()?;
+    let dendrites = layout.first().map_or(0, |d| d.1);
     let mut saved: Vec<(String, candle_core::Tensor)> = base_trainable
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
@@ -406,7 +407,7 @@ pub fn run(
     for (n, p) in &dendrite_tensors {
         saved.push((n.clone(), p.get(candle_core::DType::F32)?));
     }
-    let trained_file = report::trained_safetensors(&saved, spec, ids, &trained.tracker)?;
+    let trained_file = report::trained_safetensors(&saved, spec, ids, &trained.tracker, &layout)?;
 
     model.merge_lora()?;
     let speed = measure_speed(&model, &te.ids, device)?;

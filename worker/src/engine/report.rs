@@ -161,6 +161,7 @@ pub fn trained_safetensors(
     spec: &JobSpec,
     ids: &RunIds,
     tracker: &TrackerState,
+    dendrite_layout: &[(String, usize, f64)],
 ) -> Result<Vec<u8>, JobError> {
     let mut tensors = Vec::with_capacity(trained.len());
     for (name, t) in trained {
@@ -184,6 +185,20 @@ pub fn trained_safetensors(
     meta.insert(
         "tracker".to_string(),
         serde_json::to_string(tracker).map_err(|e| JobError::Artifacts(e.to_string()))?,
+    );
+    let layout: Vec<serde_json::Value> = dendrite_layout
+        .iter()
+        .map(|(layer, count, _)| serde_json::json!({"layer": layer, "dendrites": count}))
+        .collect();
+    meta.insert(
+        "dendrites".to_string(),
+        serde_json::json!({
+            "layers": layout,
+            "kind": spec.dendrites.kind,
+            "rank": spec.dendrites.rank,
+            "activation": spec.dendrites.activation,
+        })
+        .to_string(),
     );
     meta.insert("job_id".to_string(), ids.job_id.to_string());
     meta.insert("sweep".to_string(), ids.sweep.to_string());
@@ -334,7 +349,7 @@ pub fn pai_files(spec: &JobSpec, s: &RunSummary) -> Result<Vec<(String, Vec<u8>)
             .collect(),
         switch_epochs: s.switch_epochs.clone(),
         best_epoch: Some(s.best_epoch),
-        last_improved_epoch: Some(s.tracker.epoch_last_improved + 1),
+        last_improved_epoch: h.iter().rev().find(|r| r.improved_current).map(|r| r.epoch),
         layers,
         layer_quantity: "mean |T| (gate weight) per layer".to_string(),
     };
@@ -487,6 +502,7 @@ mod tests {
             train_seconds: 0.0,
             val_seconds: 0.0,
             improved: false,
+            improved_current: false,
             discarded: false,
             dendrites,
             dendrite_params: dendrites * 10,

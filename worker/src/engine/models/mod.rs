@@ -157,12 +157,7 @@ impl Model {
         for l in self.linears_mut() {
             let device = match &l.weight {
                 crate::engine::nn::linear::Weight::Dense(p) => p.get(DType::F32)?.device().clone(),
-                crate::engine::nn::linear::Weight::Quantized(_) => l
-                    .bias
-                    .as_ref()
-                    .map(|b| b.get(DType::F32).map(|t| t.device().clone()))
-                    .transpose()?
-                    .unwrap_or(Device::Cpu),
+                crate::engine::nn::linear::Weight::Quantized(q) => q.device(),
             };
             if let Some(d) = &mut l.dendrites {
                 d.add(rng, init_scale, &device)?;

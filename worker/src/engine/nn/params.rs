@@ -49,7 +49,9 @@ impl Param {
     /// The tensor to compute with, in `dtype`.
     pub fn get(&self, dtype: DType) -> candle_core::Result<Tensor> {
         match self {
-            Param::Frozen(t) => Ok(t.clone()),
+            Param::Frozen(t) if t.dtype() == dtype => Ok(t.clone()),
+            // Frozen dendrite gate rows are kept in f32.
+            Param::Frozen(t) => t.to_dtype(dtype),
             Param::Train(v) if v.dtype() == dtype => Ok(v.as_tensor().clone()),
             Param::Train(v) => v.as_tensor().to_dtype(dtype),
         }

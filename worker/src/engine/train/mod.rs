@@ -48,6 +48,9 @@ pub struct EpochRecord {
     pub val_seconds: f64,
     /// Beat the best validation score so far (a snapshot was taken).
     pub improved: bool,
+    /// Beat the best score of the current dendrite set (the tracker's
+    /// "last improved" epoch).
+    pub improved_current: bool,
     /// Its weights were thrown away by a later restore.
     pub discarded: bool,
     /// Dendrites per wrapped layer during this epoch.
@@ -354,6 +357,7 @@ pub fn train(
         let tstep =
             tracker::add_validation_score(&tcfg, &state, best.as_ref().map(|b| &b.state), score);
         let improved = tstep.snapshot.is_some();
+        let improved_current = tstep.improved_current;
         if let Some(snap_state) = tstep.snapshot.clone() {
             best = Some(Snapshot {
                 vars: base_vars
@@ -382,6 +386,7 @@ pub fn train(
             train_seconds,
             val_seconds,
             improved,
+            improved_current,
             discarded: false,
             dendrites: summary.first().map_or(0, |d| d.1),
             dendrite_params,
@@ -393,12 +398,12 @@ pub fn train(
 
         let mut decision = tstep.decision;
         state = tstep.state;
-        if decision == Decision::Continue && epoch == spec.epochs {
+        // The budget is spent: nothing more is added, the best snapshot wins.
+        if epoch == spec.epochs && decision != Decision::Complete {
             decision = Decision::Complete;
         }
-        if decision != Decision::Continue
-            && !(decision == Decision::Restructure && tcfg.testing_capacity)
-        {
+        // The smoke mode keeps what it grew; real runs restore the best.
+        if decision != Decision::Continue && !tcfg.testing_capacity {
             if let Some(b) = &best {
                 for (v, t) in base_vars.iter().zip(&b.vars) {
                     v.set(t)?;

@@ -84,6 +84,8 @@ pub struct Step {
     pub snapshot: Option<TrackerState>,
     /// The running score of this epoch.
     pub running: f64,
+    /// This epoch beat the current set's best score.
+    pub improved_current: bool,
 }
 
 fn threshold(cfg: &TrackerConfig, n: usize) -> f64 {
@@ -136,7 +138,8 @@ pub fn add_validation_score(
     s.running = Some(run);
     let t = threshold(cfg, s.num_dendrites_added);
     let mut snapshot = None;
-    if beats(cfg, run, s.current_best, t) {
+    let improved_current = beats(cfg, run, s.current_best, t);
+    if improved_current {
         s.current_best = Some(run);
         s.epoch_last_improved = s.epoch;
         if beats(cfg, run, s.global_best, t) {
@@ -196,6 +199,7 @@ pub fn add_validation_score(
         decision,
         snapshot,
         running: run,
+        improved_current,
     }
 }
 
@@ -203,7 +207,6 @@ pub fn add_validation_score(
 fn restored(current: &TrackerState, best: Option<&TrackerState>, epoch: usize) -> TrackerState {
     let mut r = best.cloned().unwrap_or_else(|| current.clone());
     r.epoch = epoch;
-    r.running = current.running;
     r
 }
 
