@@ -1,51 +1,474 @@
-//! `producer`: the researcher's command line. `producer expand SWEEP.toml`
-//! validates a sweep file and lists the jobs it expands to (id, config
-//! hash, grid point), or prints them as JSON job specs with `--json`.
+//! `producer`: the researcher's command line. Expands sweep files into
+//! jobs, publishes them on RabbitMQ, shows state and progress from Redis,
+//! cancels and retries jobs, and fetches and aggregates artifacts from
+//! S3/MinIO. Services come from `AMQP_URL`, `REDIS_URL`, `AWS_*` and
+//! `QUEUE_PREFIX` (see the README).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use common::artifacts::sweep_prefix;
+use common::config::Services;
+use common::job::{DeviceClass, JobMessage};
+use common::queue::Topology;
+use common::state::{Event, JobState};
 use common::sweep::Sweep;
+use services::artifacts::Artifacts;
+use services::broker::Broker;
+use services::state::{now_ms, parse_state, StateStore};
 
 #[derive(Parser)]
 #[command(
     name = "producer",
     version,
-    about = "Plans and tracks fine-tuning sweeps"
+    about = "Plans, runs and tracks fine-tuning sweeps"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Class {
+    Gpu,
+    Cpu,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate a sweep file and list the jobs it expands to.
     Expand {
-        /// The sweep file (TOML).
         sweep: PathBuf,
         /// Print one JSON object per job (id, axes, config hash, full spec).
         #[arg(long)]
         json: bool,
     },
+    /// Queue every job of a sweep that has not succeeded yet.
+    Submit {
+        sweep: PathBuf,
+        /// List what would be queued, queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The device class whose workers run the jobs.
+        #[arg(long, value_enum, default_value = "gpu")]
+        device: Class,
+    },
+    /// Jobs and their progress (all sweeps without an argument).
+    Status {
+        sweep: Option<String>,
+        /// Refresh every few seconds until every job has finished.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Live workers.
+    Workers,
+    /// Cancel a job, or every unfinished job of a sweep.
+    Cancel { target: String },
+    /// Queue failed, dead and cancelled jobs of a sweep (or one job) again.
+    Retry { target: String },
+    /// Download a sweep's artifacts.
+    Fetch {
+        sweep: String,
+        #[arg(long, default_value = "fetched")]
+        out: PathBuf,
+    },
+    /// Aggregate a sweep's results: report.md and comparison PNGs, written
+    /// locally and uploaded next to the runs.
+    Report {
+        sweep: String,
+        #[arg(long, default_value = "reports")]
+        out: PathBuf,
+    },
+}
+
+struct Conn {
+    services: Services,
+    state: StateStore,
+}
+
+async fn connect() -> anyhow::Result<Conn> {
+    let services = Services::from_env()?;
+    let state = StateStore::connect(services.redis_url.expose(), &services.namespace)
+        .await
+        .context("cannot reach Redis (REDIS_URL)")?;
+    Ok(Conn { services, state })
+}
+
+async fn broker(c: &Conn) -> anyhow::Result<Broker> {
+    Broker::connect(
+        c.services.amqp_url.expose(),
+        Topology::new(&c.services.namespace),
+        3,
+    )
+    .await
+    .context("cannot reach RabbitMQ (AMQP_URL)")
+}
+
+fn artifacts(c: &Conn) -> anyhow::Result<Artifacts> {
+    let s3 = c
+        .services
+        .s3
+        .as_ref()
+        .context("no artifact store: set AWS_BUCKET (and AWS_ENDPOINT)")?;
+    Ok(Artifacts::s3(s3)?)
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Expand { sweep, json } => {
-            let s = Sweep::load(&sweep)?;
-            for j in &s.jobs {
-                if json {
-                    println!("{}", serde_json::to_string(j).context("serialising a job")?);
-                } else {
-                    let axes: Vec<String> =
-                        j.axes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!("{}  {}  {}", j.id, j.config_hash, axes.join(" "));
-                }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Command::Expand { sweep, json } = &cli.command {
+        let s = Sweep::load(sweep)?;
+        for j in &s.jobs {
+            if *json {
+                println!("{}", serde_json::to_string(j).context("serialising a job")?);
+            } else {
+                let axes: Vec<String> = j.axes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("{}  {}  {}", j.id, j.config_hash, axes.join(" "));
             }
-            eprintln!("{}: {} job(s)", s.name, s.jobs.len());
+        }
+        eprintln!("{}: {} job(s)", s.name, s.jobs.len());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli.command))
+}
+
+async fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Expand { .. } => Ok(()),
+        Command::Submit {
+            sweep,
+            dry_run,
+            device,
+        } => submit(&sweep, dry_run, device).await,
+        Command::Status { sweep, watch } => status(sweep, watch).await,
+        Command::Workers => {
+            let c = connect().await?;
+            let ws = c.state.workers().await?;
+            if ws.is_empty() {
+                println!("no live workers");
+            }
+            for w in ws {
+                let age = now_ms().saturating_sub(w.heartbeat_ms) / 1000;
+                println!(
+                    "{}  host={} devices={} version={} heartbeat {age}s ago",
+                    w.id, w.host, w.devices, w.version
+                );
+            }
             Ok(())
         }
+        Command::Cancel { target } => cancel(&target).await,
+        Command::Retry { target } => retry(&target).await,
+        Command::Fetch { sweep, out } => fetch(&sweep, &out).await,
+        Command::Report { sweep, out } => report(&sweep, &out).await,
     }
+}
+
+async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow::Result<()> {
+    // The whole sweep is validated before anything is queued.
+    let sweep = Sweep::load(file)?;
+    let class = match device {
+        Class::Gpu => DeviceClass::Gpu,
+        Class::Cpu => DeviceClass::Cpu,
+    };
+    if dry_run {
+        for j in &sweep.jobs {
+            let axes: Vec<String> = j.axes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("{}  {}  {}", j.id, j.config_hash, axes.join(" "));
+        }
+        println!(
+            "{}: {} job(s) would be queued on the {} queue",
+            sweep.name,
+            sweep.jobs.len(),
+            class.as_str()
+        );
+        return Ok(());
+    }
+    let c = connect().await?;
+    let b = broker(&c).await?;
+    let (mut queued, mut skipped) = (0, 0);
+    for j in &sweep.jobs {
+        let msg = JobMessage::train(&sweep.name, j, class);
+        let fields = [
+            ("variant", format!("{:?}", j.spec.variant).to_lowercase()),
+            ("seed", j.spec.seed.to_string()),
+            ("config_hash", j.config_hash.clone()),
+            ("device_class", class.as_str().to_string()),
+            (
+                "message",
+                String::from_utf8_lossy(&msg.encode()).to_string(),
+            ),
+        ];
+        let before = c.state.state(&j.id).await?;
+        match before {
+            Some(JobState::Succeeded) | Some(JobState::Queued) | Some(JobState::Running) => {
+                skipped += 1;
+                println!(
+                    "{}: {} (skipped)",
+                    j.id,
+                    services::state::state_name(before.unwrap_or(JobState::Queued))
+                );
+                continue;
+            }
+            Some(_) => {
+                c.state.transition(&j.id, Event::Requeue, &fields).await?;
+            }
+            None => {
+                c.state.register_job(&sweep.name, &j.id, &fields).await?;
+            }
+        }
+        b.publish_job(&msg).await?;
+        c.state
+            .event(
+                &sweep.name,
+                &[("job", j.id.clone()), ("state", "queued".into())],
+            )
+            .await?;
+        queued += 1;
+    }
+    println!("{}: {queued} job(s) queued, {skipped} skipped", sweep.name);
+    Ok(())
+}
+
+fn field<'a>(h: &'a HashMap<String, String>, k: &str) -> &'a str {
+    h.get(k).map(String::as_str).unwrap_or("")
+}
+
+async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
+    let c = connect().await?;
+    loop {
+        let sweeps = match &sweep {
+            Some(s) => vec![s.clone()],
+            None => c.state.sweeps().await?,
+        };
+        let workers = c.state.workers().await?;
+        let mut unfinished = 0;
+        let mut waiting_classes = std::collections::BTreeSet::new();
+        for s in &sweeps {
+            let jobs = c.state.sweep_jobs(s).await?;
+            println!("sweep {s}: {} job(s)", jobs.len());
+            println!(
+                "  {:<36} {:<10} {:>3} {:<20} {:>9} {:>8} {:>8}",
+                "job", "state", "try", "worker", "epoch", "loss", "val acc"
+            );
+            for j in jobs {
+                let h = c.state.job(&j).await?;
+                let st = field(&h, "state");
+                if !parse_state(st).is_some_and(|s| s.is_terminal()) {
+                    unfinished += 1;
+                }
+                if st == "queued" {
+                    waiting_classes.insert(field(&h, "device_class").to_string());
+                }
+                let epoch = if h.contains_key("epoch") {
+                    format!(
+                        "{}:{}/{}",
+                        field(&h, "epoch"),
+                        field(&h, "step"),
+                        field(&h, "steps")
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {:<36} {:<10} {:>3} {:<20} {:>9} {:>8} {:>8}",
+                    j,
+                    st,
+                    field(&h, "attempt"),
+                    field(&h, "worker"),
+                    epoch,
+                    field(&h, "loss"),
+                    field(&h, "val_accuracy")
+                );
+                let err = field(&h, "error");
+                if !err.is_empty() {
+                    println!("      error: {err}");
+                }
+            }
+        }
+        for class in waiting_classes {
+            let serves = workers.iter().any(|w| {
+                w.devices
+                    .split(',')
+                    .any(|d| (class == "gpu") == d.trim().starts_with("cuda"))
+            });
+            if !serves {
+                println!("WARNING: jobs wait on the {class} queue and no live worker serves it (start `worker serve --devices ...`)");
+            }
+        }
+        if !watch || unfinished == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        println!();
+    }
+}
+
+/// Job ids of a target: a job id, or every job of a sweep.
+async fn targets(c: &Conn, target: &str) -> anyhow::Result<Vec<String>> {
+    let jobs = c.state.sweep_jobs(target).await?;
+    if !jobs.is_empty() {
+        return Ok(jobs);
+    }
+    if c.state.state(target).await?.is_some() {
+        return Ok(vec![target.to_string()]);
+    }
+    anyhow::bail!("no sweep or job called {target:?}")
+}
+
+async fn cancel(target: &str) -> anyhow::Result<()> {
+    let c = connect().await?;
+    for j in targets(&c, target).await? {
+        match c.state.state(&j).await? {
+            Some(JobState::Queued) => {
+                c.state.transition(&j, Event::Cancel, &[]).await?;
+                println!("{j}: cancelled (was queued)");
+            }
+            Some(JobState::Running) => {
+                c.state.request_cancel(&j).await?;
+                println!("{j}: cancellation requested (running)");
+            }
+            Some(s) => println!(
+                "{j}: {} (nothing to cancel)",
+                services::state::state_name(s)
+            ),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn retry(target: &str) -> anyhow::Result<()> {
+    let c = connect().await?;
+    let b = broker(&c).await?;
+    let mut n = 0;
+    for j in targets(&c, target).await? {
+        let st = c.state.state(&j).await?;
+        if !matches!(
+            st,
+            Some(JobState::Failed | JobState::Dead | JobState::Cancelled)
+        ) {
+            continue;
+        }
+        // The spec comes from the job's recorded message.
+        let h = c.state.job(&j).await?;
+        let Some(raw) = h.get("message") else {
+            println!("{j}: no stored message; submit its sweep again");
+            continue;
+        };
+        let mut msg = JobMessage::decode(raw.as_bytes())?;
+        msg.attempt = field(&h, "attempt").parse::<u32>().unwrap_or(1) + 1;
+        c.state.clear_cancel(&j).await?;
+        c.state
+            .transition(
+                &j,
+                Event::Requeue,
+                &[
+                    ("attempt", msg.attempt.to_string()),
+                    ("error", String::new()),
+                ],
+            )
+            .await?;
+        b.publish_job(&msg).await?;
+        println!("{j}: queued again (attempt {})", msg.attempt);
+        n += 1;
+    }
+    println!("{n} job(s) queued again");
+    Ok(())
+}
+
+async fn fetch(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let c = connect().await?;
+    let a = artifacts(&c)?;
+    let keys = a.list(&sweep_prefix(sweep)).await?;
+    if keys.is_empty() {
+        anyhow::bail!("no artifacts of sweep {sweep} in {}", a.location);
+    }
+    for k in &keys {
+        let path = out.join(k);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(&path, a.get(k).await?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "{} file(s) of sweep {sweep} in {}",
+        keys.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let c = connect().await?;
+    let a = artifacts(&c)?;
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    let mut header = String::new();
+    for j in c.state.sweep_jobs(sweep).await? {
+        let h = c.state.job(&j).await?;
+        if field(&h, "state") != "succeeded" {
+            continue;
+        }
+        let folder = field(&h, "artifacts");
+        let csv = String::from_utf8(a.get(&format!("{folder}/Results.csv")).await?.to_vec())?;
+        let mut lines = csv.lines();
+        header = lines.next().unwrap_or_default().to_string();
+        rows.extend(lines.map(String::from));
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&a.get(&format!("{folder}/metrics.json")).await?)?;
+        let spec_doc: serde_json::Value =
+            serde_json::from_slice(&a.get(&format!("{folder}/spec.json")).await?)?;
+        let spec: common::spec::JobSpec = serde_json::from_value(spec_doc["spec"].clone())?;
+        let points = metrics["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|r| Some((r["epoch"].as_u64()? as usize, r["val_score"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        curves.push(worker::engine::report::RunCurve {
+            variant: format!("{:?}", spec.variant).to_lowercase(),
+            group: spec.comparison_group(),
+            seed: spec.seed,
+            metric: format!("{:?}", spec.train.metric).to_lowercase(),
+            points,
+        });
+    }
+    if rows.is_empty() {
+        anyhow::bail!("sweep {sweep} has no succeeded jobs yet");
+    }
+    let body = format!("{header}\n{}\n", rows.join("\n"));
+    let mut files = vec![("Results.csv".to_string(), body.clone().into_bytes())];
+    files.extend(
+        worker::engine::report::sweep_files(sweep, &body, &curves).map_err(anyhow::Error::msg)?,
+    );
+    let dir = out.join(sweep);
+    std::fs::create_dir_all(&dir)?;
+    for (name, bytes) in &files {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    a.put_all(&sweep_prefix(sweep), &files).await?;
+    println!(
+        "{} run(s); report in {} and {}/{}",
+        rows.len(),
+        dir.display(),
+        a.location,
+        sweep_prefix(sweep)
+    );
+    Ok(())
 }

@@ -1,9 +1,10 @@
 //! The worker's library: the training engine ([`engine`]) and the
-//! commands the `worker` binary exposes ([`run`], [`bench`]).
+//! commands the `worker` binary exposes ([`run`], [`bench`], [`serve`]).
 
 pub mod bench;
 pub mod engine;
 pub mod run;
+pub mod serve;
 
 use anyhow::Context;
 

@@ -5,7 +5,7 @@
 //! - `worker bench` measures training and inference speed on one model.
 
 use clap::{Parser, Subcommand};
-use worker::{bench, run};
+use worker::{bench, run, serve};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,9 @@ enum Command {
     Run(run::RunArgs),
     /// Measure training samples/s and inference latency of a model.
     Bench(bench::BenchArgs),
+    /// Consume jobs from RabbitMQ (AMQP_URL), record state in Redis
+    /// (REDIS_URL) and upload artifacts to S3 (AWS_*).
+    Serve(serve::ServeArgs),
 }
 
 /// Keeps freed tensor buffers in the heap instead of returning them to the
@@ -54,5 +57,27 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Serve(args) => {
+            let services = common::config::Services::from_env()?;
+            tracing::info!(?services, "configuration");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    tracing::info!("shutting down: the running job is handed back");
+                    let _ = tx.send(true);
+                });
+                serve::serve(args, services, rx).await
+            })
+        }
     }
 }

@@ -38,12 +38,17 @@ pub enum JobError {
     Candle(#[from] candle_core::Error),
     #[error("cannot write artifacts: {0}")]
     Artifacts(String),
+    #[error("stopped on request")]
+    Stopped,
 }
 
 impl JobError {
     /// Whether retrying the same spec cannot help.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, JobError::Candle(_) | JobError::Artifacts(_))
+        !matches!(
+            self,
+            JobError::Candle(_) | JobError::Artifacts(_) | JobError::Stopped
+        )
     }
 }
 
@@ -383,7 +388,14 @@ pub fn run(
         },
         device,
         progress,
-    )?;
+    )
+    .map_err(|e| {
+        if e.to_string().contains(train::STOPPED) {
+            JobError::Stopped
+        } else {
+            JobError::Candle(e)
+        }
+    })?;
     let weights = spec
         .train
         .class_weights

@@ -66,7 +66,14 @@ pub trait Progress {
     fn start_epoch(&mut self, _epoch: usize, _steps: usize) {}
     fn step(&mut self, _epoch: usize, _step: usize, _loss: f64) {}
     fn end_epoch(&mut self, _record: &EpochRecord) {}
+    /// Polled before every batch: `true` stops training with [`STOPPED`].
+    fn should_stop(&self) -> bool {
+        false
+    }
 }
+
+/// The error message of a run stopped through [`Progress::should_stop`].
+pub const STOPPED: &str = "training stopped on request";
 
 /// A sink that ignores progress.
 pub struct Quiet;
@@ -284,6 +291,9 @@ pub fn train(
         let mut loss_sum = 0.0;
         let mut lr = 0.0;
         for (bi, b) in batches.iter().enumerate() {
+            if progress.should_stop() {
+                candle_core::bail!("{STOPPED}");
+            }
             let rows: Vec<Vec<u32>> = b.iter().map(|&i| sets.train.ids[i].clone()).collect();
             let ys: Vec<usize> = b.iter().map(|&i| sets.train.labels[i]).collect();
             let batch = Batch::new(&rows, model.pad_id(), device)?;

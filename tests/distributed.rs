@@ -1,0 +1,285 @@
+//! The distributed path end to end on the real services: `producer submit`
+//! puts a sweep of small real training jobs on RabbitMQ, one `worker serve`
+//! process with two CPU slots runs them, state goes to Redis, artifacts to
+//! an S3 server (moto_server on a free port). A malformed message on the
+//! same queue is dead-lettered with its reason while the worker goes on.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::job::DeviceClass;
+use common::queue::Topology;
+use futures::StreamExt;
+use lapin::options::BasicAckOptions;
+use services::broker::{header, Broker, REASON_HEADER};
+use services::state::StateStore;
+use system_tests::{binary, required_env};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_moto(port: u16, bucket: &str) -> Killed {
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server must be installed (pip install 'moto[server]')");
+    let k = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.1 200") {
+                    return k;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn env(ns: &str, port: u16) -> HashMap<String, String> {
+    HashMap::from([
+        ("AMQP_URL".into(), AMQP.into()),
+        ("REDIS_URL".into(), REDIS.into()),
+        ("QUEUE_PREFIX".into(), ns.into()),
+        ("AWS_BUCKET".into(), "runs".into()),
+        ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+    ])
+}
+
+fn producer(env: &HashMap<String, String>, args: &[&str]) -> (bool, String) {
+    let o = Command::new(binary("producer"))
+        .args(args)
+        .envs(env)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_runs_across_two_slots_and_malformed_messages_are_dead_lettered() {
+    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fpb = required_env("FPB_DIR", "the Financial PhraseBank directory");
+    let ns = format!("test-dist-{}", std::process::id());
+    let port = free_port();
+    let _moto = start_moto(port, "runs");
+    let env = env(&ns, port);
+    let broker = Broker::connect(AMQP, Topology::new(&ns), 3).await.unwrap();
+    let state = StateStore::connect(REDIS, &ns).await.unwrap();
+
+    // A malformed message waits on the queue before the worker starts.
+    broker
+        .publish_raw(DeviceClass::Cpu, b"{\"version\": 1, \"oops\": true}")
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = dir.path().join("dist.toml");
+    std::fs::write(
+        &sweep,
+        format!(
+            r#"
+[sweep]
+name = "dist"
+[base.model]
+arch = "bert"
+path = "{minilm}"
+finetune = "head"
+max_len = 48
+[base.data]
+path = "{fpb}"
+[base.train]
+epochs = 1
+batch_size = 64
+lr = 2e-2
+schedule = "constant"
+warmup = 0.0
+[base.tracker]
+mode = "every_epoch"
+test_every_epoch = false
+[base.dendrites]
+targets = ["classifier"]
+[grid]
+variant = ["baseline", "dendritic"]
+seed = [0, 1]
+"#
+        ),
+    )
+    .unwrap();
+    let (ok, out) = producer(
+        &env,
+        &["submit", sweep.to_str().unwrap(), "--device", "cpu"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("4 job(s) queued"), "{out}");
+    let (_, out) = producer(&env, &["status", "dist"]);
+    assert!(out.contains("no live worker serves it"), "{out}");
+
+    let worker = Killed(
+        Command::new(binary("worker"))
+            .args([
+                "serve",
+                "--devices",
+                "cpu,cpu",
+                "--threads",
+                "1",
+                "--lease-secs",
+                "10",
+                "--heartbeat-secs",
+                "2",
+            ])
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The malformed message lands in the dead letters with its reason.
+    let (_ch, mut dead) = broker.consume_dead("test-dead").await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(120), dead.next())
+        .await
+        .expect("a dead letter within 2 minutes")
+        .unwrap()
+        .unwrap();
+    let reason = header(&d.properties, REASON_HEADER).unwrap();
+    assert!(
+        reason.contains("job_id") || reason.contains("missing field"),
+        "{reason}"
+    );
+    d.ack(BasicAckOptions::default()).await.unwrap();
+
+    // Every job succeeds exactly once.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let jobs = state.sweep_jobs("dist").await.unwrap();
+    assert_eq!(jobs.len(), 4);
+    loop {
+        let mut done = 0;
+        for j in &jobs {
+            let h = state.job(j).await.unwrap();
+            let st = h.get("state").cloned().unwrap_or_default();
+            assert!(
+                !["failed", "dead", "cancelled"].contains(&st.as_str()),
+                "{j}: {h:?}"
+            );
+            if st == "succeeded" {
+                done += 1;
+            }
+        }
+        if done == jobs.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish in time");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let mut workers_used = std::collections::HashSet::new();
+    for j in &jobs {
+        let h = state.job(j).await.unwrap();
+        assert_eq!(h["attempt"], "1", "{j}");
+        assert!(h["artifacts"].ends_with("/attempt-1"), "{h:?}");
+        workers_used.insert(h["device"].clone());
+        assert!(h.contains_key("val_accuracy"), "progress recorded: {h:?}");
+    }
+    let events = state.events("dist", "0").await.unwrap();
+    assert!(
+        events
+            .iter()
+            .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+            .count()
+            == 4
+    );
+
+    // Artifacts, report and fetch.
+    let (ok, out) = producer(
+        &env,
+        &[
+            "report",
+            "dist",
+            "--out",
+            dir.path().join("rep").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let md = std::fs::read_to_string(dir.path().join("rep/dist/report.md")).unwrap();
+    assert!(
+        md.contains("| baseline | 2 |") && md.contains("| dendritic | 2 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Paired dendritic − baseline over 2 seed(s)"),
+        "{md}"
+    );
+    let (ok, out) = producer(
+        &env,
+        &[
+            "fetch",
+            "dist",
+            "--out",
+            dir.path().join("f").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let fetched = dir.path().join("f/sweeps/dist");
+    assert!(fetched.join("report.md").is_file());
+    assert!(fetched.join("Accuracy_Improvement.png").is_file());
+    let dendritic = jobs
+        .iter()
+        .find(|j| j.contains("-001-") || j.contains("-003-"))
+        .unwrap();
+    let h = state.job(dendritic).await.unwrap();
+    assert!(
+        dir.path()
+            .join("f")
+            .join(&h["artifacts"])
+            .join("PAI/PAI.png")
+            .is_file(),
+        "{h:?}"
+    );
+
+    // Re-submitting skips what succeeded.
+    let (ok, out) = producer(
+        &env,
+        &["submit", sweep.to_str().unwrap(), "--device", "cpu"],
+    );
+    assert!(ok && out.contains("0 job(s) queued, 4 skipped"), "{out}");
+    let (_, out) = producer(&env, &["workers"]);
+    assert!(out.contains("devices=cpu,cpu"), "{out}");
+
+    drop(worker);
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

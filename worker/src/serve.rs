@@ -1,0 +1,576 @@
+//! `worker serve`: consumes jobs from RabbitMQ, one slot per device, and
+//! runs them with the engine on a blocking thread so the async runtime
+//! (and with it the AMQP heartbeats) never stalls.
+//!
+//! Delivery handling, in order:
+//! 1. An unreadable message or invalid spec is dead-lettered with its reason.
+//! 2. A job already succeeded or cancelled is acknowledged and skipped.
+//! 3. The job's lease (Redis `SET NX PX`, renewed while it runs) must be
+//!    free or held by a worker whose heartbeat has expired; a live holder
+//!    means the job already runs elsewhere, so this delivery is dropped.
+//! 4. The run's files go to `sweeps/<sweep>/jobs/<job>/attempt-<n>/`; the
+//!    job becomes `succeeded` (recording that folder) only after every file
+//!    is stored, and the message is acknowledged only after that.
+//! 5. Failures follow [`common::queue::disposition`]: permanent ones fail at
+//!    once, transient ones go to the delay queue, crashes count towards the
+//!    queue's delivery limit.
+//!
+//! Cancellation (a Redis flag) and shutdown stop training at the next batch;
+//! on shutdown the job is handed back to the queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::artifacts::job_prefix;
+use common::config::Services;
+use common::job::{DeviceClass, JobKind, JobMessage};
+use common::queue::{disposition, Disposition, Outcome, Topology};
+use common::state::{Event, JobState};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use services::artifacts::Artifacts;
+use services::broker::Broker;
+use services::state::{now_ms, StateStore, WorkerInfo};
+use tokio::sync::watch;
+
+use crate::engine::job::{self, JobError, RunIds};
+use crate::engine::train::{EpochRecord, Progress};
+
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Devices, one job slot each: `cpu`, or `cuda:0,cuda:1`.
+    #[arg(long, default_value = "cpu")]
+    pub devices: String,
+    /// This worker's id (default: host name and process id).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Seconds a job's lease lasts without renewal.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Seconds between heartbeats (the worker record lives three times that).
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_secs: u64,
+    /// Attempts of a job that fails transiently before it is dead-lettered.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Deliveries of a job that keeps crashing its worker before RabbitMQ dead-letters it.
+    #[arg(long, default_value_t = 3)]
+    pub delivery_limit: i64,
+    /// First retry delay in seconds (doubles per attempt).
+    #[arg(long, default_value_t = 30)]
+    pub retry_delay_secs: u64,
+    /// CPU threads for tensor kernels.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Everything a slot needs.
+struct Ctx {
+    args: ServeArgs,
+    worker_id: String,
+    broker: Arc<Broker>,
+    state: StateStore,
+    artifacts: Artifacts,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Runs until `shutdown` turns true; reconnects after broker failures.
+pub async fn serve(
+    args: ServeArgs,
+    services: Services,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if let Some(t) = args.threads {
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let s3 = services
+        .s3
+        .as_ref()
+        .context("no artifact store: set AWS_BUCKET (and AWS_ENDPOINT for MinIO)")?;
+    let artifacts = Artifacts::s3(s3)?;
+    let state = StateStore::connect(services.redis_url.expose(), &services.namespace).await?;
+    let slots: Vec<(String, DeviceClass)> = args
+        .devices
+        .split(',')
+        .map(|d| {
+            let d = d.trim().to_string();
+            let class = if d.starts_with("cuda") {
+                DeviceClass::Gpu
+            } else {
+                DeviceClass::Cpu
+            };
+            (d, class)
+        })
+        .collect();
+    let info = WorkerInfo {
+        id: worker_id.clone(),
+        host: std::env::var("HOSTNAME").unwrap_or_default(),
+        devices: args.devices.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        jobs: String::new(),
+        heartbeat_ms: 0,
+    };
+    let hb_state = state.clone();
+    let hb_every = Duration::from_secs(args.heartbeat_secs.max(1));
+    let mut hb_shutdown = shutdown.clone();
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            if let Err(e) = hb_state.heartbeat(&info, hb_every * 3).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(hb_every) => {}
+                _ = hb_shutdown.changed() => break,
+            }
+        }
+    });
+    let mut backoff = Duration::from_secs(1);
+    while !*shutdown.borrow() {
+        let broker = match Broker::connect(
+            services.amqp_url.expose(),
+            Topology::new(&services.namespace),
+            args.delivery_limit,
+        )
+        .await
+        {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach RabbitMQ; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        tracing::info!(worker = %worker_id, devices = %args.devices, "serving");
+        let ctx = Arc::new(Ctx {
+            args: args.clone(),
+            worker_id: worker_id.clone(),
+            broker,
+            state: state.clone(),
+            artifacts: artifacts.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let mut tasks = Vec::new();
+        for (i, (device, class)) in slots.iter().enumerate() {
+            let ctx = ctx.clone();
+            let device = device.clone();
+            let class = *class;
+            tasks.push(tokio::spawn(
+                async move { slot(ctx, i, device, class).await },
+            ));
+        }
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "slot stopped; reconnecting"),
+                Err(e) => tracing::error!(error = %e, "slot panicked; reconnecting"),
+            }
+        }
+    }
+    heartbeat.abort();
+    Ok(())
+}
+
+async fn slot(
+    ctx: Arc<Ctx>,
+    index: usize,
+    device: String,
+    class: DeviceClass,
+) -> anyhow::Result<()> {
+    let tag = format!("{}-slot{index}", ctx.worker_id);
+    let (_channel, mut consumer) = ctx.broker.consume(class, &tag).await?;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let delivery = tokio::select! {
+            d = consumer.next() => d,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        match delivery {
+            Some(Ok(d)) => handle(&ctx, &device, class, d).await?,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("consumer closed"),
+        }
+        if *ctx.shutdown.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until the lease is ours, or returns false when a live worker holds it.
+async fn take_lease(ctx: &Ctx, job: &str) -> anyhow::Result<bool> {
+    let ttl = Duration::from_secs(ctx.args.lease_secs);
+    let patience = Duration::from_secs(ctx.args.heartbeat_secs * 3 + 1);
+    let started = std::time::Instant::now();
+    loop {
+        if ctx.state.acquire_lease(job, &ctx.worker_id, ttl).await? {
+            return Ok(true);
+        }
+        let holder = ctx.state.lease_holder(job).await?;
+        if holder.as_deref() == Some(ctx.worker_id.as_str()) {
+            return Ok(true);
+        }
+        let alive = ctx
+            .state
+            .workers()
+            .await?
+            .iter()
+            .any(|w| Some(&w.id) == holder.as_ref());
+        if !alive {
+            // The holder died: its lease is stale. Take it over.
+            if let Some(h) = &holder {
+                ctx.state.release_lease(job, h).await?;
+            }
+            continue;
+        }
+        if started.elapsed() > patience {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> anyhow::Result<()> {
+    let msg = match JobMessage::decode(&d.data) {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = format!("rejected by worker {}: {e}", ctx.worker_id);
+            tracing::warn!(%reason, "dead-lettering a message");
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.data) {
+                if let Some(job) = v.get("job_id").and_then(|j| j.as_str()) {
+                    let _ = ctx
+                        .state
+                        .transition(job, Event::DeadLetter, &[("error", reason.clone())])
+                        .await;
+                }
+            }
+            ctx.broker.dead_letter(&d.data, &reason).await?;
+            d.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+    };
+    let job = msg.job_id.clone();
+    ctx.state
+        .register_job(
+            &msg.sweep,
+            &job,
+            &[("variant", format!("{:?}", msg.variant).to_lowercase())],
+        )
+        .await?;
+    match ctx.state.state(&job).await? {
+        Some(JobState::Succeeded) | Some(JobState::Cancelled) => {
+            tracing::info!(%job, "already finished; skipping this delivery");
+            d.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    if !take_lease(ctx, &job).await? {
+        tracing::info!(%job, "a live worker holds this job; dropping the duplicate delivery");
+        d.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    if ctx.state.cancel_requested(&job).await? {
+        ctx.state.transition(&job, Event::Cancel, &[]).await.ok();
+        ctx.state.release_lease(&job, &ctx.worker_id).await?;
+        d.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    let attempt = msg.attempt.max(
+        services::broker::header(&d.properties, services::broker::ATTEMPT_HEADER)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1),
+    );
+    ctx.state
+        .transition(
+            &job,
+            Event::Start,
+            &[
+                ("worker", ctx.worker_id.clone()),
+                ("device", device.to_string()),
+                ("attempt", attempt.to_string()),
+                ("started_at", now_ms().to_string()),
+                ("error", String::new()),
+            ],
+        )
+        .await?;
+    ctx.state
+        .event(
+            &msg.sweep,
+            &[
+                ("job", job.clone()),
+                ("state", "running".into()),
+                ("worker", ctx.worker_id.clone()),
+            ],
+        )
+        .await?;
+
+    let outcome = run_job(ctx, device, &msg, attempt).await;
+    let (o, artifacts) = match outcome {
+        Ok(folder) => (Outcome::Succeeded, Some(folder)),
+        Err(RunFailure::Stopped) if *ctx.shutdown.borrow() => {
+            // Hand the job back: another worker (or this one, restarted) runs it.
+            ctx.state
+                .transition(
+                    &job,
+                    Event::Requeue,
+                    &[("error", "worker shut down".into())],
+                )
+                .await
+                .ok();
+            ctx.state.release_lease(&job, &ctx.worker_id).await?;
+            d.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+            return Ok(());
+        }
+        Err(RunFailure::Stopped) => (Outcome::Cancelled, None),
+        Err(RunFailure::Permanent(e)) => (Outcome::Permanent(e), None),
+        Err(RunFailure::Transient(e)) => (Outcome::Transient(e), None),
+    };
+    let disp = disposition(
+        &o,
+        attempt,
+        ctx.args.max_attempts,
+        Duration::from_secs(ctx.args.retry_delay_secs),
+        Duration::from_secs(3600),
+    );
+    let finished = now_ms().to_string();
+    match (&o, &disp) {
+        (Outcome::Succeeded, _) => {
+            let folder = artifacts.unwrap_or_default();
+            ctx.state
+                .transition(
+                    &job,
+                    Event::Succeed,
+                    &[("finished_at", finished), ("artifacts", folder)],
+                )
+                .await
+                .ok();
+        }
+        (Outcome::Cancelled, _) => {
+            ctx.state
+                .transition(&job, Event::Cancel, &[("finished_at", finished)])
+                .await
+                .ok();
+            ctx.state.clear_cancel(&job).await?;
+        }
+        (Outcome::Permanent(e), _) => {
+            ctx.state
+                .transition(
+                    &job,
+                    Event::Fail,
+                    &[("finished_at", finished), ("error", e.clone())],
+                )
+                .await
+                .ok();
+        }
+        (Outcome::Transient(e), Disposition::RetryAfter(delay)) => {
+            let mut next = msg.clone();
+            next.attempt = attempt + 1;
+            ctx.broker
+                .retry_later(class, &next.encode(), attempt + 1, *delay)
+                .await?;
+            ctx.state
+                .transition(
+                    &job,
+                    Event::Requeue,
+                    &[(
+                        "error",
+                        format!("attempt {attempt}: {e}; retrying in {delay:?}"),
+                    )],
+                )
+                .await
+                .ok();
+        }
+        (_, Disposition::DeadLetter(reason)) => {
+            ctx.broker.dead_letter(&d.data, reason).await?;
+            ctx.state
+                .transition(
+                    &job,
+                    Event::DeadLetter,
+                    &[("finished_at", finished), ("error", reason.clone())],
+                )
+                .await
+                .ok();
+        }
+        _ => {}
+    }
+    let state_now = ctx
+        .state
+        .state(&job)
+        .await?
+        .map(services::state::state_name)
+        .unwrap_or("?");
+    ctx.state
+        .event(
+            &msg.sweep,
+            &[("job", job.clone()), ("state", state_now.to_string())],
+        )
+        .await?;
+    ctx.state.release_lease(&job, &ctx.worker_id).await?;
+    let acked = d.ack(BasicAckOptions::default()).await?;
+    if !acked {
+        tracing::warn!(%job, "the broker no longer knew this delivery (channel closed); its outcome is recorded");
+    }
+    Ok(())
+}
+
+enum RunFailure {
+    Stopped,
+    Permanent(String),
+    Transient(String),
+}
+
+/// Sends progress to Redis from the training thread, and tells it to stop.
+struct Reporter {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<(&'static str, String)>>,
+    stop: Arc<AtomicBool>,
+    last_step_ms: u64,
+}
+
+impl Progress for Reporter {
+    fn start_epoch(&mut self, epoch: usize, steps: usize) {
+        let _ = self.tx.send(vec![
+            ("epoch", epoch.to_string()),
+            ("steps", steps.to_string()),
+            ("step", "0".into()),
+        ]);
+    }
+    fn step(&mut self, _epoch: usize, step: usize, loss: f64) {
+        let now = now_ms();
+        if now - self.last_step_ms >= 2000 {
+            self.last_step_ms = now;
+            let _ = self.tx.send(vec![
+                ("step", step.to_string()),
+                ("loss", format!("{loss:.4}")),
+            ]);
+        }
+    }
+    fn end_epoch(&mut self, r: &EpochRecord) {
+        let _ = self.tx.send(vec![
+            ("epoch", r.epoch.to_string()),
+            ("val_accuracy", format!("{:.4}", r.val_accuracy)),
+            ("val_macro_f1", format!("{:.4}", r.val_macro_f1)),
+            ("train_loss", format!("{:.4}", r.train_loss)),
+            ("dendrites", r.dendrites.to_string()),
+            ("epoch_done", "1".into()),
+        ]);
+    }
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+async fn run_job(
+    ctx: &Ctx,
+    device: &str,
+    msg: &JobMessage,
+    attempt: u32,
+) -> Result<String, RunFailure> {
+    if let JobKind::Validate { .. } = msg.kind {
+        return Err(RunFailure::Permanent(
+            "validate jobs are not supported by this worker version".into(),
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(&'static str, String)>>();
+    // Progress writer, lease renewal and cancel / shutdown watch.
+    let job = msg.job_id.clone();
+    let sweep = msg.sweep.clone();
+    let state = ctx.state.clone();
+    let worker = ctx.worker_id.clone();
+    let lease = Duration::from_secs(ctx.args.lease_secs);
+    let stop2 = stop.clone();
+    let mut shutdown = ctx.shutdown.clone();
+    let watcher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(500)));
+        loop {
+            tokio::select! {
+                fields = rx.recv() => {
+                    let Some(fields) = fields else { break };
+                    let epoch_done = fields.iter().any(|(k, _)| *k == "epoch_done");
+                    let f: Vec<(&str, String)> = fields.into_iter().filter(|(k, _)| *k != "epoch_done").collect();
+                    let _ = state.set_fields(&job, &f).await;
+                    if epoch_done {
+                        let mut ev = vec![("job", job.clone())];
+                        ev.extend(f.iter().map(|(k, v)| (*k, v.clone())));
+                        let _ = state.event(&sweep, &ev).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !matches!(state.renew_lease(&job, &worker, lease).await, Ok(true)) {
+                        tracing::warn!(%job, "lease lost");
+                    }
+                    if matches!(state.cancel_requested(&job).await, Ok(true)) {
+                        stop2.store(true, Ordering::Relaxed);
+                    }
+                }
+                _ = shutdown.changed() => stop2.store(true, Ordering::Relaxed),
+            }
+        }
+    });
+    let spec = msg.spec.clone();
+    let sweep_name = msg.sweep.clone();
+    let job_id = msg.job_id.clone();
+    let hash = msg.config_hash.clone();
+    let device_name = device.to_string();
+    let reporter = Reporter {
+        tx,
+        stop: stop.clone(),
+        last_step_ms: 0,
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let mut reporter = reporter;
+        let device =
+            crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
+        let ids = RunIds {
+            sweep: &sweep_name,
+            job_id: &job_id,
+            config_hash: &hash,
+        };
+        job::run(&spec, &ids, &device, &mut reporter)
+    })
+    .await;
+    watcher.abort();
+    let out = match result {
+        Err(join) => {
+            let what = if join.is_panic() {
+                "training panicked"
+            } else {
+                "training thread failed"
+            };
+            return Err(RunFailure::Transient(format!("{what}: {join}")));
+        }
+        Ok(Err(JobError::Stopped)) => return Err(RunFailure::Stopped),
+        Ok(Err(e)) if e.is_permanent() => return Err(RunFailure::Permanent(e.to_string())),
+        Ok(Err(e)) => return Err(RunFailure::Transient(e.to_string())),
+        Ok(Ok(out)) => out,
+    };
+    let folder = format!("{}/attempt-{attempt}", job_prefix(&msg.sweep, &msg.job_id));
+    let mut files = out.files;
+    let manifest = serde_json::json!({
+        "job_id": msg.job_id,
+        "attempt": attempt,
+        "worker": ctx.worker_id,
+        "files": files.iter().map(|(n, b)| serde_json::json!({"name": n, "bytes": b.len()})).collect::<Vec<_>>(),
+    });
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    ));
+    ctx.artifacts
+        .put_all(&folder, &files)
+        .await
+        .map_err(|e| RunFailure::Transient(e.to_string()))?;
+    Ok(folder)
+}
