@@ -210,7 +210,7 @@ seed = [0, 1]
     for j in &jobs {
         let h = state.job(j).await.unwrap();
         assert_eq!(h["attempt"], "1", "{j}");
-        assert!(h["artifacts"].ends_with("/attempt-1"), "{h:?}");
+        assert!(h["artifacts"].ends_with("/attempt-1-w1"), "{h:?}");
         workers_used.insert(h["device"].clone());
         assert!(h.contains_key("val_accuracy"), "progress recorded: {h:?}");
     }
@@ -277,7 +277,10 @@ seed = [0, 1]
     );
     assert!(ok && out.contains("0 job(s) queued, 4 skipped"), "{out}");
     let (_, out) = producer(&env, &["workers"]);
-    assert!(out.contains("devices=cpu,cpu"), "{out}");
+    assert!(
+        out.contains("w1") && out.contains("devices=cpu,cpu"),
+        "{out}"
+    );
 
     drop(worker);
     broker.delete_topology().await.unwrap();

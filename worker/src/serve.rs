@@ -8,7 +8,7 @@
 //! 3. The job's lease (Redis `SET NX PX`, renewed while it runs) must be
 //!    free or held by a worker whose heartbeat has expired; a live holder
 //!    means the job already runs elsewhere, so this delivery is dropped.
-//! 4. The run's files go to `sweeps/<sweep>/jobs/<job>/attempt-<n>/`; the
+//! 4. The run's files go to `sweeps/<sweep>/jobs/<job>/attempt-<n>-<worker>/`; the
 //!    job becomes `succeeded` (recording that folder) only after every file
 //!    is stored, and the message is acknowledged only after that.
 //! 5. Failures follow [`common::queue::disposition`]: permanent ones fail at
@@ -207,7 +207,8 @@ async fn slot(
 /// Waits until the lease is ours, or returns false when a live worker holds it.
 async fn take_lease(ctx: &Ctx, job: &str) -> anyhow::Result<bool> {
     let ttl = Duration::from_secs(ctx.args.lease_secs);
-    let patience = Duration::from_secs(ctx.args.heartbeat_secs * 3 + 1);
+    // Longer than a worker record lives without heartbeats (3 periods).
+    let patience = Duration::from_secs(ctx.args.heartbeat_secs * 6 + 2);
     let started = std::time::Instant::now();
     loop {
         if ctx.state.acquire_lease(job, &ctx.worker_id, ttl).await? {
@@ -556,7 +557,13 @@ async fn run_job(
         Ok(Err(e)) => return Err(RunFailure::Transient(e.to_string())),
         Ok(Ok(out)) => out,
     };
-    let folder = format!("{}/attempt-{attempt}", job_prefix(&msg.sweep, &msg.job_id));
+    // Unique per attempt and worker: a rerun after a crash never mixes
+    // its files with what the crashed worker may have left.
+    let folder = format!(
+        "{}/attempt-{attempt}-{}",
+        job_prefix(&msg.sweep, &msg.job_id),
+        common::artifacts::sanitize(&ctx.worker_id)
+    );
     let mut files = out.files;
     let manifest = serde_json::json!({
         "job_id": msg.job_id,

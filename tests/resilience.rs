@@ -1,0 +1,250 @@
+//! Failure handling on the real services: a worker killed with SIGKILL in
+//! the middle of a job (the job reruns on another worker and succeeds
+//! exactly once), and the cancellation of a running job (it stops within
+//! seconds and the worker goes on serving).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::queue::Topology;
+use services::broker::Broker;
+use services::state::StateStore;
+use system_tests::{binary, required_env};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_moto(port: u16, bucket: &str) -> Killed {
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server must be installed (pip install 'moto[server]')");
+    let k = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.1 200") {
+                    return k;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Setup {
+    env: HashMap<String, String>,
+    ns: String,
+    _moto: Killed,
+    dir: tempfile::TempDir,
+}
+
+fn setup(tag: &str) -> Setup {
+    let ns = format!("test-{tag}-{}", std::process::id());
+    let port = free_port();
+    let moto = start_moto(port, "runs");
+    let env = HashMap::from([
+        ("AMQP_URL".to_string(), AMQP.to_string()),
+        ("REDIS_URL".into(), REDIS.into()),
+        ("QUEUE_PREFIX".into(), ns.clone()),
+        ("AWS_BUCKET".into(), "runs".into()),
+        ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ]);
+    Setup {
+        env,
+        ns,
+        _moto: moto,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// A sweep of `seeds` head-only MiniLM jobs of `epochs` epochs.
+fn sweep(s: &Setup, name: &str, epochs: usize, seeds: &str) -> std::path::PathBuf {
+    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fpb = required_env("FPB_DIR", "the Financial PhraseBank directory");
+    let path = s.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[sweep]\nname = \"{name}\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\nmax_len = 48\n\
+             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = {epochs}\nbatch_size = 32\nlr = 2e-2\nschedule = \"constant\"\nwarmup = 0.0\n\
+             [base.tracker]\ntest_every_epoch = false\n[grid]\nseed = [{seeds}]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn worker(s: &Setup, id: &str) -> Killed {
+    Killed(
+        Command::new(binary("worker"))
+            .args([
+                "serve",
+                "--devices",
+                "cpu",
+                "--worker-id",
+                id,
+                "--threads",
+                "2",
+                "--lease-secs",
+                "6",
+                "--heartbeat-secs",
+                "1",
+            ])
+            .envs(&s.env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn submit(s: &Setup, file: &std::path::Path) {
+    let o = Command::new(binary("producer"))
+        .args(["submit", file.to_str().unwrap(), "--device", "cpu"])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+async fn wait_for(
+    state: &StateStore,
+    job: &str,
+    secs: u64,
+    done: impl Fn(&HashMap<String, String>) -> bool,
+) -> HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let h = state.job(job).await.unwrap();
+        if done(&h) {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{job}: condition not met in {secs} s: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn training(h: &HashMap<String, String>) -> bool {
+    h.get("state").map(String::as_str) == Some("running") && h.get("step").is_some_and(|s| s != "0")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_worker_job_reruns_elsewhere_and_succeeds_once() {
+    let s = setup("kill");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let file = sweep(&s, "kill", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("kill").await.unwrap().remove(0);
+
+    let mut a = worker(&s, "wa");
+    wait_for(&state, &job, 300, training).await;
+    // SIGKILL: no chance to clean up, lease and heartbeat left behind.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let _b = worker(&s, "wb");
+    let h = wait_for(&state, &job, 600, |h| {
+        h.get("state").map(String::as_str) == Some("succeeded")
+    })
+    .await;
+    assert_eq!(h["worker"], "wb");
+    assert!(h["artifacts"].ends_with("-wb"), "{h:?}");
+    let events = state.events("kill", "0").await.unwrap();
+    let succeeded = events
+        .iter()
+        .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+        .count();
+    assert_eq!(succeeded, 1, "{events:?}");
+    // Nothing is left on the queue, nothing was dead-lettered.
+    let q = broker
+        .queue_counts(&broker.topology.jobs_queue(common::job::DeviceClass::Cpu))
+        .await
+        .unwrap();
+    assert_eq!(q.0, 0);
+    let dead = broker
+        .queue_counts(&broker.topology.dead_queue())
+        .await
+        .unwrap();
+    assert_eq!(dead.0, 0);
+
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_running_job_stops_and_the_worker_goes_on() {
+    let s = setup("cancel");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let long = sweep(&s, "cancel", 20, "0");
+    submit(&s, &long);
+    let job = state.sweep_jobs("cancel").await.unwrap().remove(0);
+    let _w = worker(&s, "wc");
+    wait_for(&state, &job, 300, training).await;
+    let t0 = Instant::now();
+    let o = Command::new(binary("producer"))
+        .args(["cancel", &job])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cancellation requested"));
+    wait_for(&state, &job, 60, |h| {
+        h.get("state").map(String::as_str) == Some("cancelled")
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
+
+    // The same worker takes the next job.
+    let short = sweep(&s, "after", 1, "0");
+    submit(&s, &short);
+    let next = state.sweep_jobs("after").await.unwrap().remove(0);
+    let h = wait_for(&state, &next, 600, |h| {
+        h.get("state").map(String::as_str) == Some("succeeded")
+    })
+    .await;
+    assert_eq!(h["worker"], "wc");
+
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
