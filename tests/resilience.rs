@@ -248,3 +248,39 @@ async fn cancelled_running_job_stops_and_the_worker_goes_on() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// Every broker connection (the worker's included) is closed under the
+/// worker; it reconnects and serves the next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_recovers_when_its_broker_connection_is_closed() {
+    let s = setup("restart");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let _w = worker(&s, "wr");
+    // Wait until the worker serves (its heartbeat is recorded and it consumes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state.workers().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "worker did not start");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let o = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "connection closed by a test"])
+        .output()
+        .expect("rabbitmqctl (the RabbitMQ server's CLI) must be installed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let file = sweep(&s, "restart", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("restart").await.unwrap().remove(0);
+    let h = wait_for(&state, &job, 600, |h| {
+        h.get("state").map(String::as_str) == Some("succeeded")
+    })
+    .await;
+    assert_eq!(h["worker"], "wr");
+
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
