@@ -123,16 +123,18 @@ max_len = 48
 [base.data]
 path = "{fpb}"
 [base.train]
-epochs = 1
+epochs = 2
 batch_size = 64
 lr = 2e-2
 schedule = "constant"
 warmup = 0.0
 [base.tracker]
-mode = "every_epoch"
+# Smoke mode: one dendrite set after epoch 1, kept to the end.
+testing_capacity = true
 test_every_epoch = false
 [base.dendrites]
 targets = ["classifier"]
+max = 1
 [grid]
 variant = ["baseline", "dendritic"]
 seed = [0, 1]
@@ -155,6 +157,8 @@ seed = [0, 1]
                 "serve",
                 "--devices",
                 "cpu,cpu",
+                "--worker-id",
+                "w1",
                 "--threads",
                 "1",
                 "--lease-secs",
@@ -269,6 +273,60 @@ seed = [0, 1]
             .is_file(),
         "{h:?}"
     );
+
+    // A validate job reloads the trained parameters (dendrites included)
+    // and reproduces the run's test scores exactly.
+    let (ok, out) = producer(
+        &env,
+        &["validate", dendritic, "--split", "test", "--device", "cpu"],
+    );
+    assert!(ok, "{out}");
+    let vjob = format!("{dendritic}-validate-test");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let vh = loop {
+        let vh = state.job(&vjob).await.unwrap();
+        match vh.get("state").map(String::as_str) {
+            Some("succeeded") => break vh,
+            Some("failed") | Some("dead") => panic!("{vh:?}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "validation did not finish");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let (ok, _) = producer(
+        &env,
+        &[
+            "fetch",
+            "dist",
+            "--out",
+            dir.path().join("f2").to_str().unwrap(),
+        ],
+    );
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("f2")
+                .join(&vh["artifacts"])
+                .join("validation.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("f2")
+                .join(&h["artifacts"])
+                .join("metrics.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["scores"]["accuracy"], m["test"]["accuracy"], "{v} vs {m}");
+    assert_eq!(v["scores"]["confusion"], m["test"]["confusion"]);
+    assert_eq!(v["dendrites"], 1, "the dendrite set is reloaded");
+    assert_eq!(m["dendrites"], 1);
 
     // Re-submitting skips what succeeded.
     let (ok, out) = producer(

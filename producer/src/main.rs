@@ -37,6 +37,12 @@ enum Class {
     Cpu,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Val,
+    Test,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate a sweep file and list the jobs it expands to.
@@ -69,6 +75,19 @@ enum Command {
     Cancel { target: String },
     /// Queue failed, dead and cancelled jobs of a sweep (or one job) again.
     Retry { target: String },
+    /// Score a finished job's trained parameters again on a split, with
+    /// latency (a `validate` job; its results land next to the job's).
+    Validate {
+        /// The trained job (its spec and, without --uri, its parameters).
+        job: String,
+        #[arg(long, value_enum, default_value = "test")]
+        split: SplitArg,
+        /// Trained parameters elsewhere: `s3://<bucket>/<key>` of a trained.safetensors.
+        #[arg(long)]
+        uri: Option<String>,
+        #[arg(long, value_enum, default_value = "gpu")]
+        device: Class,
+    },
     /// Download a sweep's artifacts.
     Fetch {
         sweep: String,
@@ -171,6 +190,12 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Cancel { target } => cancel(&target).await,
         Command::Retry { target } => retry(&target).await,
         Command::Fetch { sweep, out } => fetch(&sweep, &out).await,
+        Command::Validate {
+            job,
+            split,
+            uri,
+            device,
+        } => validate(&job, split, uri, device).await,
         Command::Report { sweep, out } => report(&sweep, &out).await,
     }
 }
@@ -470,5 +495,61 @@ async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
         a.location,
         sweep_prefix(sweep)
     );
+    Ok(())
+}
+
+async fn validate(
+    job: &str,
+    split: SplitArg,
+    uri: Option<String>,
+    device: Class,
+) -> anyhow::Result<()> {
+    let c = connect().await?;
+    let h = c.state.job(job).await?;
+    let raw = h
+        .get("message")
+        .with_context(|| format!("no job {job:?} with a stored message"))?;
+    let source_msg = JobMessage::decode(raw.as_bytes())?;
+    let (split, split_name) = match split {
+        SplitArg::Val => (common::job::EvalSplit::Val, "val"),
+        SplitArg::Test => (common::job::EvalSplit::Test, "test"),
+    };
+    let mut msg = source_msg.clone();
+    msg.job_id = format!("{job}-validate-{split_name}");
+    msg.kind = common::job::JobKind::Validate {
+        source: uri.unwrap_or_else(|| job.to_string()),
+        split,
+    };
+    msg.attempt = 1;
+    msg.device = match device {
+        Class::Gpu => DeviceClass::Gpu,
+        Class::Cpu => DeviceClass::Cpu,
+    };
+    let fields = [
+        ("kind", "validate".to_string()),
+        ("device_class", msg.device.as_str().to_string()),
+        (
+            "message",
+            String::from_utf8_lossy(&msg.encode()).to_string(),
+        ),
+    ];
+    match c.state.state(&msg.job_id).await? {
+        None => {
+            c.state
+                .register_job(&msg.sweep, &msg.job_id, &fields)
+                .await?;
+        }
+        Some(JobState::Queued | JobState::Running) => {
+            println!("{}: already queued or running", msg.job_id);
+            return Ok(());
+        }
+        Some(_) => {
+            c.state
+                .transition(&msg.job_id, Event::Requeue, &fields)
+                .await?;
+        }
+    }
+    broker(&c).await?.publish_job(&msg).await?;
+    println!("{}: queued", msg.job_id);
     Ok(())
 }

@@ -478,10 +478,8 @@ async fn run_job(
     msg: &JobMessage,
     attempt: u32,
 ) -> Result<String, RunFailure> {
-    if let JobKind::Validate { .. } = msg.kind {
-        return Err(RunFailure::Permanent(
-            "validate jobs are not supported by this worker version".into(),
-        ));
+    if let JobKind::Validate { source, split } = &msg.kind {
+        return validate_job(ctx, device, msg, attempt, source, *split).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(&'static str, String)>>();
@@ -575,6 +573,119 @@ async fn run_job(
         "manifest.json".into(),
         serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
     ));
+    ctx.artifacts
+        .put_all(&folder, &files)
+        .await
+        .map_err(|e| RunFailure::Transient(e.to_string()))?;
+    Ok(folder)
+}
+
+/// The artifact key of the trained parameters a validate job names: a job
+/// id (of a succeeded job) or `s3://<bucket>/<key>` in the configured bucket.
+async fn trained_key(ctx: &Ctx, source: &str) -> Result<String, RunFailure> {
+    if let Some(rest) = source.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| RunFailure::Permanent(format!("bad S3 URI {source:?}")))?;
+        if !ctx
+            .artifacts
+            .location
+            .starts_with(&format!("s3://{bucket}/"))
+        {
+            return Err(RunFailure::Permanent(format!(
+                "{source} is not in this worker's bucket ({})",
+                ctx.artifacts.location
+            )));
+        }
+        let prefix = ctx
+            .artifacts
+            .location
+            .trim_start_matches(&format!("s3://{bucket}/"))
+            .to_string();
+        let key = if prefix.is_empty() {
+            key
+        } else {
+            key.strip_prefix(&format!("{prefix}/")).unwrap_or(key)
+        };
+        return Ok(key.to_string());
+    }
+    let h = ctx
+        .state
+        .job(source)
+        .await
+        .map_err(|e| RunFailure::Transient(e.to_string()))?;
+    match (h.get("state").map(String::as_str), h.get("artifacts")) {
+        (Some("succeeded"), Some(folder)) => Ok(format!(
+            "{folder}/{}",
+            common::artifacts::files::TRAINED_SAFETENSORS
+        )),
+        (Some(st), _) => Err(RunFailure::Permanent(format!(
+            "job {source} is {st}, not succeeded"
+        ))),
+        (None, _) => Err(RunFailure::Permanent(format!("no job {source:?}"))),
+    }
+}
+
+async fn validate_job(
+    ctx: &Ctx,
+    device: &str,
+    msg: &JobMessage,
+    attempt: u32,
+    source: &str,
+    split: common::job::EvalSplit,
+) -> Result<String, RunFailure> {
+    let key = trained_key(ctx, source).await?;
+    let bytes = ctx.artifacts.get(&key).await.map_err(|e| match e {
+        services::artifacts::ArtifactError::Store(object_store::Error::NotFound { .. }) => {
+            RunFailure::Permanent(format!("{key} not found"))
+        }
+        e => RunFailure::Transient(e.to_string()),
+    })?;
+    let tmp = tempfile::Builder::new()
+        .suffix(".safetensors")
+        .tempfile()
+        .map_err(|e| RunFailure::Transient(e.to_string()))?;
+    std::fs::write(tmp.path(), &bytes).map_err(|e| RunFailure::Transient(e.to_string()))?;
+    let spec = msg.spec.clone();
+    let path = tmp.path().to_path_buf();
+    let (source, job_id, device_name) =
+        (source.to_string(), msg.job_id.clone(), device.to_string());
+    let split_name = match split {
+        common::job::EvalSplit::Val => "val",
+        common::job::EvalSplit::Test => "test",
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let device =
+            crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
+        job::validate(&spec, &path, &source, split_name, &job_id, &device)
+    })
+    .await;
+    drop(tmp);
+    let (summary, files) = match result {
+        Err(join) => {
+            return Err(RunFailure::Transient(format!(
+                "validation thread failed: {join}"
+            )))
+        }
+        Ok(Err(e)) if e.is_permanent() => return Err(RunFailure::Permanent(e.to_string())),
+        Ok(Err(e)) => return Err(RunFailure::Transient(e.to_string())),
+        Ok(Ok(v)) => v,
+    };
+    let _ = ctx
+        .state
+        .set_fields(
+            &msg.job_id,
+            &[
+                ("val_accuracy", format!("{:.4}", summary.scores.accuracy)),
+                ("val_macro_f1", format!("{:.4}", summary.scores.macro_f1)),
+            ],
+        )
+        .await;
+    let folder = format!(
+        "{}/attempt-{attempt}-{}",
+        job_prefix(&msg.sweep, &msg.job_id),
+        common::artifacts::sanitize(&ctx.worker_id)
+    );
     ctx.artifacts
         .put_all(&folder, &files)
         .await

@@ -18,6 +18,7 @@ use super::nn::params::{Params, TrainPolicy};
 use super::nn::{compute_dtype, Ctx};
 use super::tokenize::Tok;
 use super::train::{self, Encoded, EpochRecord, Progress};
+
 use super::{report, spec_path};
 
 /// Why a run failed. `Permanent` failures (bad spec, missing files) will
@@ -475,4 +476,76 @@ fn hub_data(id: &str) -> Result<PathBuf, JobError> {
     Err(JobError::Spec(format!(
         "`data.hub_id` = {id:?} needs a worker built with `--features hub`; or set `data.path`"
     )))
+}
+
+/// What a validation of earlier trained parameters reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationSummary {
+    pub job_id: String,
+    pub source: String,
+    pub split: String,
+    pub scores: Scores,
+    pub speed: Speed,
+    pub dendrites: usize,
+    pub wall_seconds: f64,
+}
+
+/// Scores trained parameters (`trained`, a `trained.safetensors` of an
+/// earlier run of `spec`) on the `val` or `test` split of that run, with
+/// latency. Writes `validation.json` and `confusion_matrix.png`.
+pub fn validate(
+    spec: &JobSpec,
+    trained: &Path,
+    source: &str,
+    split_name: &str,
+    job_id: &str,
+    device: &Device,
+) -> Result<(ValidationSummary, Vec<(String, Vec<u8>)>), JobError> {
+    let started = Instant::now();
+    spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
+    let data_path = match (&spec.data.path, &spec.data.hub_id) {
+        (Some(p), _) => spec_path("data.path", p).map_err(JobError::Spec)?,
+        (None, Some(id)) => hub_data(id)?,
+        (None, None) => return Err(JobError::Spec("`data.path`: not set".into())),
+    };
+    let (examples, _) = data::dedupe(data::load(&data_path, spec.data.agreement)?);
+    let split = data::split(&examples, &spec.data.split)?;
+    let set = match split_name {
+        "val" => split.val,
+        "test" => split.test,
+        other => {
+            return Err(JobError::Spec(format!(
+                "unknown split {other:?} (val or test)"
+            )))
+        }
+    };
+    let labels: Vec<&str> = LABELS.to_vec();
+    let mut loaded = load_model(spec, labels.len(), device, &[trained.to_path_buf()])?;
+    let texts: Vec<&str> = set.iter().map(|e| e.text.as_str()).collect();
+    let enc = Encoded {
+        ids: loaded.tok.encode_all(&texts)?,
+        labels: set.iter().map(|e| e.label).collect(),
+    };
+    let (_, pred) = train::evaluate(
+        &loaded.model,
+        &enc,
+        spec.train.batch_size.max(32),
+        device,
+        None,
+    )?;
+    let scores = metrics::scores(&pred, &enc.labels, &labels);
+    let dendrites = loaded.model.dendrite_summary()?.first().map_or(0, |d| d.1);
+    loaded.model.merge_lora()?;
+    let speed = measure_speed(&loaded.model, &enc.ids, device)?;
+    let summary = ValidationSummary {
+        job_id: job_id.to_string(),
+        source: source.to_string(),
+        split: split_name.to_string(),
+        scores,
+        speed,
+        dendrites,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let files = report::validation_files(&summary).map_err(JobError::Artifacts)?;
+    Ok((summary, files))
 }

@@ -206,6 +206,32 @@ pub fn trained_safetensors(
     safetensors::serialize(views, Some(meta)).map_err(|e| JobError::Artifacts(e.to_string()))
 }
 
+/// `validation.json` and `confusion_matrix.png` of a validation.
+pub fn validation_files(
+    v: &super::job::ValidationSummary,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = vec![(
+        "validation.json".to_string(),
+        serde_json::to_vec_pretty(v).map_err(|e| e.to_string())?,
+    )];
+    let dir = temp_dir(&v.job_id, "validate")?;
+    let png = dir.join(files::CONFUSION_PNG);
+    let labels: Vec<String> = v.scores.per_class.iter().map(|c| c.label.clone()).collect();
+    plots::confusion_matrix(
+        &png,
+        &format!("{} split of {} (n = {})", v.split, v.source, v.scores.n),
+        &labels,
+        &v.scores.confusion,
+    )
+    .map_err(|e| e.to_string())?;
+    out.push((
+        files::CONFUSION_PNG.to_string(),
+        std::fs::read(&png).map_err(|e| format!("{}: {e}", png.display()))?,
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
 /// Per architecture (dendrite count): the best validation score, its epoch,
 /// the parameter count and the test score at that epoch.
 #[derive(Debug, Clone, PartialEq)]

@@ -152,7 +152,7 @@ pub fn add_validation_score(
         Decision::Continue
     } else if !cfg.dendrites {
         match cfg.mode {
-            SwitchMode::History => Decision::Complete,
+            SwitchMode::History if !cfg.testing_capacity => Decision::Complete,
             _ => Decision::Continue,
         }
     } else if cfg.testing_capacity {
@@ -483,6 +483,14 @@ mod tests {
                 Decision::Complete
             ]
         );
+    }
+
+    #[test]
+    fn baseline_in_testing_capacity_mode_keeps_training() {
+        let mut c = cfg(SwitchMode::History, 10, false);
+        c.testing_capacity = true;
+        let out = run(&c, &[0.1, 0.1, 0.1]);
+        assert!(out.iter().all(|(d, _)| *d == Decision::Continue));
     }
 
     #[test]
