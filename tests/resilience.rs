@@ -284,3 +284,55 @@ async fn worker_recovers_when_its_broker_connection_is_closed() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// S3 goes down while a job runs and comes back: the upload is retried, the
+/// job is not `succeeded` (nor acknowledged) before its files are stored,
+/// and it succeeds once.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_outage_during_upload_is_retried_before_success() {
+    let s = setup("s3down");
+    let port: u16 = s.env["AWS_ENDPOINT"]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "s3down", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("s3down").await.unwrap().remove(0);
+    let _w = worker(&s, "ws");
+    wait_for(&state, &job, 300, training).await;
+    // Take S3 away before the run ends.
+    let Setup {
+        _moto,
+        env,
+        ns,
+        dir,
+    } = s;
+    drop(_moto);
+    // The epoch ends (its record lands in Redis) while S3 is down.
+    wait_for(&state, &job, 600, |h| h.contains_key("val_accuracy")).await;
+    // Final scoring and latency take ~20 s, then uploads start failing.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        state.state(&job).await.unwrap(),
+        Some(common::state::JobState::Running)
+    );
+    let _moto = start_moto(port, "runs");
+    let h = wait_for(&state, &job, 300, |h| {
+        h.get("state").map(String::as_str) == Some("succeeded")
+    })
+    .await;
+    assert_eq!(h["attempt"], "1");
+    let events = state.events("s3down", "0").await.unwrap();
+    let succeeded = events
+        .iter()
+        .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+        .count();
+    assert_eq!(succeeded, 1);
+    let _ = (env, dir);
+    let broker = Broker::connect(AMQP, Topology::new(&ns), 3).await.unwrap();
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

@@ -75,6 +75,8 @@ struct Ctx {
     state: StateStore,
     artifacts: Artifacts,
     shutdown: watch::Receiver<bool>,
+    /// Jobs this worker runs now (reported by the heartbeat).
+    current: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Runs until `shutdown` turns true; reconnects after broker failures.
@@ -117,11 +119,17 @@ pub async fn serve(
         jobs: String::new(),
         heartbeat_ms: 0,
     };
+    let current: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    let hb_current = current.clone();
     let hb_state = state.clone();
     let hb_every = Duration::from_secs(args.heartbeat_secs.max(1));
     let mut hb_shutdown = shutdown.clone();
     let heartbeat = tokio::spawn(async move {
         loop {
+            let mut info = info.clone();
+            if let Ok(c) = hb_current.lock() {
+                info.jobs = c.iter().cloned().collect::<Vec<_>>().join(",");
+            }
             if let Err(e) = hb_state.heartbeat(&info, hb_every * 3).await {
                 tracing::warn!(error = %e, "heartbeat failed");
             }
@@ -157,6 +165,7 @@ pub async fn serve(
             state: state.clone(),
             artifacts: artifacts.clone(),
             shutdown: shutdown.clone(),
+            current: current.clone(),
         });
         let mut tasks = Vec::new();
         for (i, (device, class)) in slots.iter().enumerate() {
@@ -313,7 +322,13 @@ async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> any
         )
         .await?;
 
+    if let Ok(mut c) = ctx.current.lock() {
+        c.insert(job.clone());
+    }
     let outcome = run_job(ctx, device, &msg, attempt).await;
+    if let Ok(mut c) = ctx.current.lock() {
+        c.remove(&job);
+    }
     let (o, artifacts) = match outcome {
         Ok(folder) => (Outcome::Succeeded, Some(folder)),
         Err(RunFailure::Stopped) if *ctx.shutdown.borrow() => {
