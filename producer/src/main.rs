@@ -181,8 +181,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             for w in ws {
                 let age = now_ms().saturating_sub(w.heartbeat_ms) / 1000;
                 println!(
-                    "{}  host={} devices={} version={} heartbeat {age}s ago",
-                    w.id, w.host, w.devices, w.version
+                    "{}  host={} devices={} version={} jobs=[{}] heartbeat {age}s ago",
+                    w.id, w.host, w.devices, w.version, w.jobs
                 );
             }
             Ok(())
