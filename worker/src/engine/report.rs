@@ -463,7 +463,7 @@ pub fn sweep_files(
                     "{}: dendritic − baseline test accuracy, same seed and split",
                     g.model
                 ),
-                "Δ test accuracy",
+                "test accuracy",
                 &seeds,
                 &diffs,
             )
