@@ -218,14 +218,22 @@ seed = [0, 1]
         workers_used.insert(h["device"].clone());
         assert!(h.contains_key("val_accuracy"), "progress recorded: {h:?}");
     }
-    let events = state.events("dist", "0").await.unwrap();
-    assert!(
-        events
+    // The events follow the state changes by a few milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let succeeded = loop {
+        let n = state
+            .events("dist", "0")
+            .await
+            .unwrap()
             .iter()
             .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
-            .count()
-            == 4
-    );
+            .count();
+        if n >= 4 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(succeeded, 4);
 
     // Artifacts, report and fetch.
     let (ok, out) = producer(

@@ -157,6 +157,33 @@ async fn wait_for(
     }
 }
 
+/// The number of `succeeded` events of a sweep, once the worker has written
+/// them (the event follows the state change by a few milliseconds).
+async fn succeeded_events(state: &StateStore, sweep: &str, expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = state
+            .events(sweep, "0")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+            .count();
+        if n >= expected || Instant::now() > deadline {
+            // Give a duplicate, if any, the time to show up too.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return state
+                .events(sweep, "0")
+                .await
+                .unwrap()
+                .iter()
+                .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+                .count();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn training(h: &HashMap<String, String>) -> bool {
     h.get("state").map(String::as_str) == Some("running") && h.get("step").is_some_and(|s| s != "0")
 }
@@ -184,12 +211,7 @@ async fn killed_worker_job_reruns_elsewhere_and_succeeds_once() {
     .await;
     assert_eq!(h["worker"], "wb");
     assert!(h["artifacts"].ends_with("-wb"), "{h:?}");
-    let events = state.events("kill", "0").await.unwrap();
-    let succeeded = events
-        .iter()
-        .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
-        .count();
-    assert_eq!(succeeded, 1, "{events:?}");
+    assert_eq!(succeeded_events(&state, "kill", 1).await, 1);
     // Nothing is left on the queue, nothing was dead-lettered.
     let q = broker
         .queue_counts(&broker.topology.jobs_queue(common::job::DeviceClass::Cpu))
@@ -325,12 +347,7 @@ async fn s3_outage_during_upload_is_retried_before_success() {
     })
     .await;
     assert_eq!(h["attempt"], "1");
-    let events = state.events("s3down", "0").await.unwrap();
-    let succeeded = events
-        .iter()
-        .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
-        .count();
-    assert_eq!(succeeded, 1);
+    assert_eq!(succeeded_events(&state, "s3down", 1).await, 1);
     let _ = (env, dir);
     let broker = Broker::connect(AMQP, Topology::new(&ns), 3).await.unwrap();
     broker.delete_topology().await.unwrap();
