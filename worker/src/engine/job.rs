@@ -302,6 +302,9 @@ pub struct RunSummary {
     pub wall_seconds: f64,
 }
 
+/// Files rendered in memory: (name relative to the run's folder, bytes).
+pub type Files = Vec<(String, Vec<u8>)>;
+
 /// A run's files, rendered in memory: (file name, bytes).
 pub struct RunOutput {
     pub summary: RunSummary,
@@ -500,7 +503,7 @@ pub fn validate(
     split_name: &str,
     job_id: &str,
     device: &Device,
-) -> Result<(ValidationSummary, Vec<(String, Vec<u8>)>), JobError> {
+) -> Result<(ValidationSummary, Files), JobError> {
     let started = Instant::now();
     spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
     let data_path = match (&spec.data.path, &spec.data.hub_id) {
