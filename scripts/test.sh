@@ -14,10 +14,11 @@ export MINILM_DIR
 if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
 fi
-for svc in "RabbitMQ 5672" "Redis 6379"; do
-  set -- $svc
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
-    echo "$1 is not listening on 127.0.0.1:$2: start it (see README)" >&2
+for svc in RabbitMQ:5672 Redis:6379; do
+  name=${svc%%:*}
+  port=${svc##*:}
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "$name is not listening on 127.0.0.1:$port: start it (see README)" >&2
     exit 1
   fi
 done
