@@ -5,8 +5,7 @@
 //! same queue is dead-lettered with its reason while the worker goes on.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::job::DeviceClass;
@@ -15,52 +14,10 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use services::broker::{header, Broker, REASON_HEADER};
 use services::state::StateStore;
-use system_tests::{binary, required_env};
+use system_tests::{binary, free_port, required_env, start_moto, Killed};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const REDIS: &str = "redis://127.0.0.1:6379";
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_moto(port: u16, bucket: &str) -> Killed {
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server must be installed (pip install 'moto[server]')");
-    let k = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if s.write_all(req.as_bytes()).is_ok() {
-                let mut resp = String::new();
-                let _ = s.read_to_string(&mut resp);
-                if resp.starts_with("HTTP/1.1 200") {
-                    return k;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn env(ns: &str, port: u16) -> HashMap<String, String> {
     HashMap::from([

@@ -1,7 +1,10 @@
 //! Helpers for the end-to-end tests: locating the workspace's binaries
 //! (built by the same `cargo test --workspace` run) and the test inputs.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Path of a workspace binary next to the test executable's target folder.
 pub fn binary(name: &str) -> PathBuf {
@@ -32,4 +35,49 @@ pub fn repo_root() -> PathBuf {
 pub fn required_env(name: &str, why: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} must be set: {why} (scripts/test.sh sets it)"))
+}
+
+/// A child process killed when dropped.
+pub struct Killed(pub Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts moto_server on `port` and creates `bucket`.
+pub fn start_moto(port: u16, bucket: &str) -> Killed {
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server must be installed (pip install 'moto[server]')");
+    let k = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.1 200") {
+                    return k;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
