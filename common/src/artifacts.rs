@@ -41,6 +41,9 @@ pub mod files {
     pub const CONFUSION_PNG: &str = "confusion_matrix.png";
     pub const TRAINED_SAFETENSORS: &str = "trained.safetensors";
     pub const HISTORY_CSV: &str = "history.csv";
+    pub const VALIDATION_JSON: &str = "validation.json";
+    pub const MANIFEST_JSON: &str = "manifest.json";
+    pub const REPORT_MD: &str = "report.md";
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub enum EvalSplit {
     Test,
 }
 
+serde_plain::derive_display_from_serialize!(EvalSplit);
+serde_plain::derive_fromstr_from_deserialize!(EvalSplit);
+
 /// The device class a job needs: one queue per class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

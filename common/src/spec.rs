@@ -1,9 +1,36 @@
 //! The complete, self-contained description of one run: model, data, split,
 //! training and adapter settings. A spec is what a job carries and what a run
 //! saves next to its results; nothing outside it may change a run's outcome.
+//!
+//! Every section has one `Default` (the values a sweep file may leave out)
+//! and its own `validate`; every enum is spelled one way, its serde name,
+//! which `Display` and `FromStr` also use.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// `Display` and `FromStr` through the serde name, so each enum value has
+/// exactly one spelling everywhere (files, tables, messages).
+macro_rules! serde_names {
+    ($($t:ty),* $(,)?) => {$(
+        serde_plain::derive_display_from_serialize!($t);
+        serde_plain::derive_fromstr_from_deserialize!($t);
+    )*};
+}
+
+serde_names!(
+    Arch,
+    Finetune,
+    Precision,
+    Quantize,
+    Agreement,
+    Schedule,
+    Metric,
+    Variant,
+    SwitchMode,
+    DendriteKind,
+    Activation,
+);
 
 /// Which family of network the weights belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,10 +43,11 @@ pub enum Arch {
 }
 
 /// Which parameters are trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Finetune {
     /// Every base weight is trained, except names matching `model.freeze`.
+    #[default]
     Full,
     /// The base is frozen; LoRA adapters and the classification head train.
     Lora,
@@ -28,10 +56,11 @@ pub enum Finetune {
 }
 
 /// The compute precision of the frozen base and the activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 on CPU, bf16 on CUDA.
+    #[default]
     Auto,
     F32,
     Bf16,
@@ -39,9 +68,10 @@ pub enum Precision {
 }
 
 /// Optional quantisation of the frozen base weights (LoRA / head training only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quantize {
+    #[default]
     None,
     /// 8-bit blocks of 32 (ggml Q8_0).
     Q8_0,
@@ -61,39 +91,69 @@ pub struct ModelSpec {
     /// A Hugging Face hub id, used when `path` is not set (needs the `hub` feature and network).
     #[serde(default)]
     pub hub_id: Option<String>,
-    #[serde(default = "default_finetune")]
+    #[serde(default)]
     pub finetune: Finetune,
     /// Name substrings of base weights kept frozen in `full` fine-tuning.
     #[serde(default)]
     pub freeze: Vec<String>,
     /// Longest tokenized sentence; longer ones are truncated.
-    #[serde(default = "default_max_len")]
+    #[serde(default = "ModelSpec::default_max_len")]
     pub max_len: usize,
-    #[serde(default = "default_precision")]
+    #[serde(default)]
     pub precision: Precision,
-    #[serde(default = "default_quantize")]
+    #[serde(default)]
     pub quantize: Quantize,
     /// Dropout on hidden states and attention (`None`: the model config's value).
     #[serde(default)]
     pub dropout: Option<f64>,
 }
 
-fn default_finetune() -> Finetune {
-    Finetune::Full
-}
-fn default_max_len() -> usize {
-    128
-}
-fn default_precision() -> Precision {
-    Precision::Auto
-}
-fn default_quantize() -> Quantize {
-    Quantize::None
+impl ModelSpec {
+    fn default_max_len() -> usize {
+        128
+    }
+
+    /// A spec for `arch` with every other field at its default.
+    pub fn new(arch: Arch) -> Self {
+        ModelSpec {
+            arch,
+            path: None,
+            hub_id: None,
+            finetune: Finetune::default(),
+            freeze: Vec::new(),
+            max_len: Self::default_max_len(),
+            precision: Precision::default(),
+            quantize: Quantize::default(),
+            dropout: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.path.is_none() && self.hub_id.is_none() {
+            return Err(bad("model.path", "set `model.path` or `model.hub_id`"));
+        }
+        if self.max_len < 8 {
+            return Err(bad("model.max_len", "must be at least 8"));
+        }
+        if self.quantize != Quantize::None && self.finetune == Finetune::Full {
+            return Err(bad(
+                "model.quantize",
+                "a quantized base cannot be fine-tuned in full; use finetune = \"lora\" or \"head\"",
+            ));
+        }
+        if let Some(d) = self.dropout {
+            if !(0.0..1.0).contains(&d) {
+                return Err(bad("model.dropout", "must be in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which Financial PhraseBank agreement level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Agreement {
+    #[default]
     AllAgree,
     #[serde(rename = "75Agree")]
     Agree75,
@@ -105,102 +165,93 @@ pub enum Agreement {
 
 impl Agreement {
     /// The file name of this subset inside the dataset.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Agreement::AllAgree => "Sentences_AllAgree.txt",
-            Agreement::Agree75 => "Sentences_75Agree.txt",
-            Agreement::Agree66 => "Sentences_66Agree.txt",
-            Agreement::Agree50 => "Sentences_50Agree.txt",
-        }
+    pub fn file_name(self) -> String {
+        format!("Sentences_{self}.txt")
     }
 }
 
 /// The data set and its split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSpec {
     /// A directory with `Sentences_*.txt`, or the path of `FinancialPhraseBank-v1.0.zip`.
     /// `${VAR}` and `${VAR:-default}` are expanded from the environment.
-    #[serde(default)]
     pub path: Option<String>,
     /// A Hugging Face dataset id holding the original zip (needs the `hub` feature).
-    #[serde(default)]
     pub hub_id: Option<String>,
-    #[serde(default = "default_agreement")]
     pub agreement: Agreement,
-    #[serde(default)]
     pub split: SplitSpec,
 }
 
-fn default_agreement() -> Agreement {
-    Agreement::AllAgree
+impl DataSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.path.is_none() && self.hub_id.is_none() {
+            return Err(bad("data.path", "set `data.path` or `data.hub_id`"));
+        }
+        self.split.validate()
+    }
 }
 
 /// Stratified train/validation/test fractions and the split's own seed
 /// (independent of the training seed, so every seed sees the same split).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SplitSpec {
-    #[serde(default = "default_train_frac")]
     pub train: f64,
-    #[serde(default = "default_eval_frac")]
     pub val: f64,
-    #[serde(default = "default_eval_frac")]
     pub test: f64,
-    #[serde(default)]
     pub seed: u64,
-}
-
-fn default_train_frac() -> f64 {
-    0.70
-}
-fn default_eval_frac() -> f64 {
-    0.15
 }
 
 impl Default for SplitSpec {
     fn default() -> Self {
         SplitSpec {
-            train: default_train_frac(),
-            val: default_eval_frac(),
-            test: default_eval_frac(),
+            train: 0.70,
+            val: 0.15,
+            test: 0.15,
             seed: 0,
         }
     }
 }
 
+impl SplitSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        for (name, v) in [
+            ("train", self.train),
+            ("val", self.val),
+            ("test", self.test),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(bad(&format!("data.split.{name}"), "must be in (0, 1)"));
+            }
+        }
+        if ((self.train + self.val + self.test) - 1.0).abs() > 1e-6 {
+            return Err(bad("data.split", "train + val + test must sum to 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Low-rank adapters on the frozen base.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoraSpec {
-    #[serde(default = "default_rank")]
     pub r: usize,
-    #[serde(default = "default_alpha")]
     pub alpha: f64,
-    #[serde(default)]
     pub dropout: f64,
     /// Layer-name suffixes to adapt (empty: the architecture's default,
     /// `query,value` for BERT and `q_proj,k_proj,v_proj,dense` for Phi).
-    #[serde(default)]
     pub targets: Vec<String>,
     /// Initialise B with N(0, 0.02) instead of zeros (the adapter then changes
     /// the function from step 0; used by gradient checks).
-    #[serde(default)]
     pub random_b: bool,
-}
-
-fn default_rank() -> usize {
-    8
-}
-fn default_alpha() -> f64 {
-    16.0
 }
 
 impl Default for LoraSpec {
     fn default() -> Self {
         LoraSpec {
-            r: default_rank(),
-            alpha: default_alpha(),
+            r: 8,
+            alpha: 16.0,
             dropout: 0.0,
             targets: Vec::new(),
             random_b: false,
@@ -208,11 +259,27 @@ impl Default for LoraSpec {
     }
 }
 
+impl LoraSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.r == 0 {
+            return Err(bad("lora.r", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(bad("lora.dropout", "must be in [0, 1)"));
+        }
+        if self.targets.iter().any(|t| t.is_empty()) {
+            return Err(bad("lora.targets", "names must not be empty"));
+        }
+        Ok(())
+    }
+}
+
 /// How the learning rate moves within one training phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// Linear warm-up, then linear decay to zero at the last step.
+    #[default]
     Linear,
     /// Linear warm-up, then constant.
     Constant,
@@ -220,93 +287,111 @@ pub enum Schedule {
 
 /// Optimiser, schedule and budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainSpec {
-    #[serde(default = "default_epochs")]
     pub epochs: usize,
-    #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// Micro-batches whose gradients are summed before one optimiser step.
-    #[serde(default = "default_one")]
     pub grad_accum: usize,
-    #[serde(default = "default_lr")]
     pub lr: f64,
     /// Learning rate of the classification head (`None`: `lr`).
-    #[serde(default)]
     pub head_lr: Option<f64>,
-    #[serde(default = "default_wd")]
     pub weight_decay: f64,
     /// Fraction of the optimiser steps spent warming up.
-    #[serde(default = "default_warmup")]
     pub warmup: f64,
-    #[serde(default = "default_schedule")]
     pub schedule: Schedule,
     /// Multiply the learning rate by this factor when the validation score
     /// has not improved for `plateau_patience` epochs (`None`: off).
-    #[serde(default)]
     pub plateau_factor: Option<f64>,
-    #[serde(default = "default_one")]
     pub plateau_patience: usize,
     /// Clip the global gradient norm to this value (`None`: off).
-    #[serde(default = "default_clip")]
     pub clip_norm: Option<f64>,
     /// Balanced class weights from the training split in the loss.
-    #[serde(default = "default_true")]
     pub class_weights: bool,
     /// Validation score that picks the best epoch.
-    #[serde(default = "default_metric")]
     pub metric: Metric,
-}
-
-/// Validation score used for model selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    Accuracy,
-    MacroF1,
-}
-
-fn default_epochs() -> usize {
-    3
-}
-fn default_batch() -> usize {
-    16
-}
-fn default_one() -> usize {
-    1
-}
-fn default_lr() -> f64 {
-    5e-5
-}
-fn default_wd() -> f64 {
-    0.01
-}
-fn default_warmup() -> f64 {
-    0.1
-}
-fn default_schedule() -> Schedule {
-    Schedule::Linear
-}
-fn default_clip() -> Option<f64> {
-    Some(1.0)
-}
-fn default_true() -> bool {
-    true
-}
-fn default_metric() -> Metric {
-    Metric::MacroF1
 }
 
 impl Default for TrainSpec {
     fn default() -> Self {
-        toml::from_str("").expect("all TrainSpec fields have defaults")
+        TrainSpec {
+            epochs: 3,
+            batch_size: 16,
+            grad_accum: 1,
+            lr: 5e-5,
+            head_lr: None,
+            weight_decay: 0.01,
+            warmup: 0.1,
+            schedule: Schedule::default(),
+            plateau_factor: None,
+            plateau_patience: 1,
+            clip_norm: Some(1.0),
+            class_weights: true,
+            metric: Metric::default(),
+        }
+    }
+}
+
+impl TrainSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.epochs == 0 {
+            return Err(bad("train.epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(bad("train.batch_size", "must be at least 1"));
+        }
+        if self.grad_accum == 0 {
+            return Err(bad("train.grad_accum", "must be at least 1"));
+        }
+        for (field, v) in [("train.lr", Some(self.lr)), ("train.head_lr", self.head_lr)] {
+            if v.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+                return Err(bad(field, "must be a positive number"));
+            }
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(bad("train.weight_decay", "must be >= 0"));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return Err(bad("train.warmup", "must be in [0, 1)"));
+        }
+        if let Some(f) = self.plateau_factor {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(bad("train.plateau_factor", "must be in (0, 1)"));
+            }
+        }
+        if let Some(c) = self.clip_norm {
+            if c.is_nan() || c <= 0.0 {
+                return Err(bad("train.clip_norm", "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validation score used for model selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Accuracy,
+    #[default]
+    MacroF1,
+}
+
+impl Metric {
+    /// The name used in figure labels and prose ("accuracy", "macro-F1").
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::MacroF1 => "macro-F1",
+        }
     }
 }
 
 /// Whether dendrites are added to the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
+    #[default]
     Baseline,
     Dendritic,
 }
@@ -322,7 +407,7 @@ pub struct JobSpec {
     /// LoRA settings; required when `model.finetune = "lora"`.
     #[serde(default)]
     pub lora: Option<LoraSpec>,
-    #[serde(default = "default_variant")]
+    #[serde(default)]
     pub variant: Variant,
     /// When to add dendrites and when to stop; the same rules for both variants.
     #[serde(default)]
@@ -336,10 +421,11 @@ pub struct JobSpec {
 }
 
 /// When the tracker considers switching (adding dendrites, or stopping a baseline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SwitchMode {
     /// After `patience` epochs without improvement (and `patience` epochs since the last switch).
+    #[default]
     History,
     /// Every `patience` epochs.
     Fixed,
@@ -351,48 +437,36 @@ pub enum SwitchMode {
 
 /// The validation-driven tracker (see the README's dendrite section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrackerSpec {
-    #[serde(default = "default_switch_mode")]
     pub mode: SwitchMode,
     /// Epochs without improvement before a switch (history mode), or the
     /// switch period (fixed mode).
-    #[serde(default = "default_patience")]
     pub patience: usize,
     /// Relative improvement needed, indexed by the number of dendrite sets added.
-    #[serde(default = "default_thresholds")]
     pub improvement_thresholds: Vec<f64>,
     /// Absolute improvement needed.
-    #[serde(default = "default_abs_threshold")]
     pub abs_threshold: f64,
     /// Running-score smoothing window (1: the raw score).
-    #[serde(default = "default_one")]
     pub history_lookback: usize,
     /// Smoke test: add a set after each of the first epochs up to
     /// `dendrites.max` and stop; never for real experiments.
-    #[serde(default)]
     pub testing_capacity: bool,
     /// Score the test split every epoch (reported per architecture, never used to select).
-    #[serde(default = "default_true")]
     pub test_every_epoch: bool,
-}
-
-fn default_switch_mode() -> SwitchMode {
-    SwitchMode::History
-}
-fn default_patience() -> usize {
-    10
-}
-fn default_thresholds() -> Vec<f64> {
-    vec![1e-3, 1e-4, 0.0]
-}
-fn default_abs_threshold() -> f64 {
-    1e-5
 }
 
 impl Default for TrackerSpec {
     fn default() -> Self {
-        toml::from_str("").expect("all TrackerSpec fields have defaults")
+        TrackerSpec {
+            mode: SwitchMode::default(),
+            patience: 10,
+            improvement_thresholds: vec![1e-3, 1e-4, 0.0],
+            abs_threshold: 1e-5,
+            history_lookback: 1,
+            testing_capacity: false,
+            test_every_epoch: true,
+        }
     }
 }
 
@@ -431,10 +505,11 @@ impl TrackerSpec {
 }
 
 /// The shape of each dendrite module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DendriteKind {
     /// `full` for layers with at most 1M weights, `low_rank` above.
+    #[default]
     Auto,
     /// A full copy of the wrapped layer's shape (as the reference).
     Full,
@@ -443,9 +518,10 @@ pub enum DendriteKind {
 }
 
 /// Non-linearity of the dendrites.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
+    #[default]
     Sigmoid,
     Tanh,
     Relu,
@@ -453,51 +529,33 @@ pub enum Activation {
 
 /// Where and what kind of dendrites the `dendritic` variant adds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DendriteSpec {
     /// Layer-name patterns: a layer's full name or its last segment, `*`
     /// matching any run of characters (empty: the architecture's default).
-    #[serde(default)]
     pub targets: Vec<String>,
-    #[serde(default = "default_dendrite_kind")]
     pub kind: DendriteKind,
-    #[serde(default = "default_dendrite_rank")]
     pub rank: usize,
-    #[serde(default = "default_activation")]
     pub activation: Activation,
     /// Standard deviation of a new dendrite's weights.
-    #[serde(default = "default_init_scale")]
     pub init_scale: f64,
     /// Most dendrite sets added.
-    #[serde(default = "default_max_dendrites")]
     pub max: usize,
     /// Fresh sets tried when a set fails to beat the best score.
-    #[serde(default = "default_max_tries")]
     pub max_tries: usize,
-}
-
-fn default_dendrite_kind() -> DendriteKind {
-    DendriteKind::Auto
-}
-fn default_dendrite_rank() -> usize {
-    8
-}
-fn default_activation() -> Activation {
-    Activation::Sigmoid
-}
-fn default_init_scale() -> f64 {
-    0.01
-}
-fn default_max_dendrites() -> usize {
-    3
-}
-fn default_max_tries() -> usize {
-    2
 }
 
 impl Default for DendriteSpec {
     fn default() -> Self {
-        toml::from_str("").expect("all DendriteSpec fields have defaults")
+        DendriteSpec {
+            targets: Vec::new(),
+            kind: DendriteKind::default(),
+            rank: 8,
+            activation: Activation::default(),
+            init_scale: 0.01,
+            max: 3,
+            max_tries: 2,
+        }
     }
 }
 
@@ -522,10 +580,6 @@ impl DendriteSpec {
     }
 }
 
-fn default_variant() -> Variant {
-    Variant::Baseline
-}
-
 /// A spec that cannot run, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid spec: `{field}`: {reason}")]
@@ -542,52 +596,12 @@ fn bad(field: &str, reason: impl Into<String>) -> SpecError {
 }
 
 impl JobSpec {
-    /// Checks everything that can be checked without touching files.
+    /// Checks everything that can be checked without touching files: each
+    /// section, then the rules that tie sections together.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.model.path.is_none() && self.model.hub_id.is_none() {
-            return Err(bad("model.path", "set `model.path` or `model.hub_id`"));
-        }
-        if self.data.path.is_none() && self.data.hub_id.is_none() {
-            return Err(bad("data.path", "set `data.path` or `data.hub_id`"));
-        }
-        if self.model.max_len < 8 {
-            return Err(bad("model.max_len", "must be at least 8"));
-        }
-        let s = &self.data.split;
-        for (name, v) in [("train", s.train), ("val", s.val), ("test", s.test)] {
-            if !(v > 0.0 && v < 1.0) {
-                return Err(bad(&format!("data.split.{name}"), "must be in (0, 1)"));
-            }
-        }
-        if ((s.train + s.val + s.test) - 1.0).abs() > 1e-6 {
-            return Err(bad("data.split", "train + val + test must sum to 1"));
-        }
-        let t = &self.train;
-        if t.epochs == 0 {
-            return Err(bad("train.epochs", "must be at least 1"));
-        }
-        if t.batch_size == 0 {
-            return Err(bad("train.batch_size", "must be at least 1"));
-        }
-        if t.grad_accum == 0 {
-            return Err(bad("train.grad_accum", "must be at least 1"));
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(bad("train.lr", "must be a positive number"));
-        }
-        if !(0.0..1.0).contains(&t.warmup) {
-            return Err(bad("train.warmup", "must be in [0, 1)"));
-        }
-        if let Some(f) = t.plateau_factor {
-            if !(f > 0.0 && f < 1.0) {
-                return Err(bad("train.plateau_factor", "must be in (0, 1)"));
-            }
-        }
-        if let Some(c) = t.clip_norm {
-            if c <= 0.0 {
-                return Err(bad("train.clip_norm", "must be positive"));
-            }
-        }
+        self.model.validate()?;
+        self.data.validate()?;
+        self.train.validate()?;
         match (self.model.finetune, &self.lora) {
             (Finetune::Lora, None) => {
                 return Err(bad(
@@ -595,9 +609,7 @@ impl JobSpec {
                     "`model.finetune = \"lora\"` needs a [lora] table",
                 ))
             }
-            (Finetune::Lora, Some(l)) if l.r == 0 => {
-                return Err(bad("lora.r", "must be at least 1"))
-            }
+            (Finetune::Lora, Some(l)) => l.validate()?,
             (Finetune::Full | Finetune::Head, Some(_)) => {
                 return Err(bad(
                     "lora",
@@ -605,12 +617,6 @@ impl JobSpec {
                 ))
             }
             _ => {}
-        }
-        if self.model.quantize != Quantize::None && self.model.finetune == Finetune::Full {
-            return Err(bad(
-                "model.quantize",
-                "a quantized base cannot be fine-tuned in full; use finetune = \"lora\" or \"head\"",
-            ));
         }
         self.tracker.validate()?;
         self.dendrites.validate()?;
@@ -641,6 +647,9 @@ impl JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `minimal()`'s hash, as every earlier version computed it.
+    const HASH_OF_MINIMAL: &str = "f5a8861182b1a48b";
 
     fn minimal() -> JobSpec {
         toml::from_str(
@@ -688,6 +697,62 @@ mod tests {
         b.seed = 1;
         assert_ne!(a.config_hash(), b.config_hash());
         assert_eq!(a.config_hash().len(), 16);
+    }
+
+    #[test]
+    fn every_enum_has_one_spelling() {
+        assert_eq!(Metric::MacroF1.to_string(), "macro_f1");
+        assert_eq!("macro_f1".parse::<Metric>().unwrap(), Metric::MacroF1);
+        assert_eq!(Variant::Dendritic.to_string(), "dendritic");
+        assert_eq!(SwitchMode::EveryEpoch.to_string(), "every_epoch");
+        assert_eq!(Quantize::Q8_0.to_string(), "q8_0");
+        assert_eq!(Agreement::Agree75.to_string(), "75Agree");
+        assert_eq!(Agreement::Agree66.file_name(), "Sentences_66Agree.txt");
+        assert!("macrof1".parse::<Metric>().is_err());
+        let json = serde_json::to_value(Metric::MacroF1).unwrap();
+        assert_eq!(json, serde_json::json!(Metric::MacroF1.to_string()));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_values() {
+        let t = TrainSpec::default();
+        assert_eq!((t.epochs, t.batch_size, t.grad_accum), (3, 16, 1));
+        assert_eq!((t.lr, t.weight_decay, t.warmup), (5e-5, 0.01, 0.1));
+        assert_eq!((t.clip_norm, t.class_weights), (Some(1.0), true));
+        let s = minimal();
+        assert_eq!(s.train, t);
+        assert_eq!(s.tracker, TrackerSpec::default());
+        assert_eq!(s.dendrites, DendriteSpec::default());
+        assert_eq!(s.tracker.patience, 10);
+        assert_eq!(s.dendrites.max, 3);
+        assert_eq!(s.model, {
+            let mut m = ModelSpec::new(Arch::Bert);
+            m.path = Some("/m".into());
+            m
+        });
+    }
+
+    #[test]
+    fn hash_of_a_known_spec_is_unchanged() {
+        // Pins the canonical JSON: results already stored are found again.
+        assert_eq!(minimal().config_hash(), HASH_OF_MINIMAL);
+    }
+
+    #[test]
+    fn each_section_names_its_field() {
+        let mut s = minimal();
+        s.train.head_lr = Some(-1.0);
+        assert_eq!(s.validate().unwrap_err().field, "train.head_lr");
+        let mut s = minimal();
+        s.model.finetune = Finetune::Lora;
+        s.lora = Some(LoraSpec {
+            r: 0,
+            ..LoraSpec::default()
+        });
+        assert_eq!(s.validate().unwrap_err().field, "lora.r");
+        let mut s = minimal();
+        s.dendrites.max = 0;
+        assert_eq!(s.validate().unwrap_err().field, "dendrites.max");
     }
 
     #[test]

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{ContentArrangement, Table};
 use common::artifacts::sweep_prefix;
 use common::config::Services;
 use common::job::{DeviceClass, JobMessage};
 use common::queue::Topology;
 use common::state::{Event, JobState};
 use common::sweep::Sweep;
+use report::sweep::{SweepRun, RUN_FILES};
 use services::artifacts::Artifacts;
 use services::broker::Broker;
 use services::state::{now_ms, parse_state, StateStore};
@@ -172,21 +174,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             device,
         } => submit(&sweep, dry_run, device).await,
         Command::Status { sweep, watch } => status(sweep, watch).await,
-        Command::Workers => {
-            let c = connect().await?;
-            let ws = c.state.workers().await?;
-            if ws.is_empty() {
-                println!("no live workers");
-            }
-            for w in ws {
-                let age = now_ms().saturating_sub(w.heartbeat_ms) / 1000;
-                println!(
-                    "{}  host={} devices={} version={} jobs=[{}] heartbeat {age}s ago",
-                    w.id, w.host, w.devices, w.version, w.jobs
-                );
-            }
-            Ok(())
-        }
+        Command::Workers => workers().await,
         Command::Cancel { target } => cancel(&target).await,
         Command::Retry { target } => retry(&target).await,
         Command::Fetch { sweep, out } => fetch(&sweep, &out).await,
@@ -226,7 +214,7 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
     for j in &sweep.jobs {
         let msg = JobMessage::train(&sweep.name, j, class);
         let fields = [
-            ("variant", format!("{:?}", j.spec.variant).to_lowercase()),
+            ("variant", j.spec.variant.to_string()),
             ("seed", j.spec.seed.to_string()),
             ("config_hash", j.config_hash.clone()),
             ("device_class", class.as_str().to_string()),
@@ -270,6 +258,38 @@ fn field<'a>(h: &'a HashMap<String, String>, k: &str) -> &'a str {
     h.get(k).map(String::as_str).unwrap_or("")
 }
 
+/// A plain table with a header row.
+fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    t
+}
+
+async fn workers() -> anyhow::Result<()> {
+    let c = connect().await?;
+    let ws = c.state.workers().await?;
+    if ws.is_empty() {
+        println!("no live workers");
+        return Ok(());
+    }
+    let mut t = table(["worker", "host", "devices", "version", "jobs", "heartbeat"]);
+    for w in ws {
+        let age = now_ms().saturating_sub(w.heartbeat_ms) / 1000;
+        t.add_row([
+            w.id,
+            w.host,
+            w.devices,
+            w.version,
+            w.jobs,
+            format!("{age}s ago"),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
 async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
     let c = connect().await?;
     loop {
@@ -283,10 +303,8 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
         for s in &sweeps {
             let jobs = c.state.sweep_jobs(s).await?;
             println!("sweep {s}: {} job(s)", jobs.len());
-            println!(
-                "  {:<36} {:<10} {:>3} {:<20} {:>9} {:>8} {:>8}",
-                "job", "state", "try", "worker", "epoch", "loss", "val acc"
-            );
+            let mut t = table(["job", "state", "try", "worker", "epoch", "loss", "val acc"]);
+            let mut errors = Vec::new();
             for j in jobs {
                 let h = c.state.job(&j).await?;
                 let st = field(&h, "state");
@@ -306,20 +324,23 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 };
-                println!(
-                    "  {:<36} {:<10} {:>3} {:<20} {:>9} {:>8} {:>8}",
-                    j,
+                t.add_row([
+                    j.as_str(),
                     st,
                     field(&h, "attempt"),
                     field(&h, "worker"),
-                    epoch,
+                    &epoch,
                     field(&h, "loss"),
-                    field(&h, "val_accuracy")
-                );
+                    field(&h, "val_accuracy"),
+                ]);
                 let err = field(&h, "error");
                 if !err.is_empty() {
-                    println!("      error: {err}");
+                    errors.push(format!("{j}: {err}"));
                 }
+            }
+            println!("{t}");
+            for e in errors {
+                println!("  error: {e}");
             }
         }
         for class in waiting_classes {
@@ -440,48 +461,23 @@ async fn fetch(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
 async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
     let c = connect().await?;
     let a = artifacts(&c)?;
-    let mut rows = Vec::new();
-    let mut curves = Vec::new();
-    let mut header = String::new();
+    let mut runs = Vec::new();
     for j in c.state.sweep_jobs(sweep).await? {
         let h = c.state.job(&j).await?;
         if field(&h, "state") != "succeeded" {
             continue;
         }
         let folder = field(&h, "artifacts");
-        let csv = String::from_utf8(a.get(&format!("{folder}/Results.csv")).await?.to_vec())?;
-        let mut lines = csv.lines();
-        header = lines.next().unwrap_or_default().to_string();
-        rows.extend(lines.map(String::from));
-        let metrics: serde_json::Value =
-            serde_json::from_slice(&a.get(&format!("{folder}/metrics.json")).await?)?;
-        let spec_doc: serde_json::Value =
-            serde_json::from_slice(&a.get(&format!("{folder}/spec.json")).await?)?;
-        let spec: common::spec::JobSpec = serde_json::from_value(spec_doc["spec"].clone())?;
-        let points = metrics["history"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|r| Some((r["epoch"].as_u64()? as usize, r["val_score"].as_f64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        curves.push(worker::engine::report::RunCurve {
-            variant: format!("{:?}", spec.variant).to_lowercase(),
-            group: spec.comparison_group(),
-            seed: spec.seed,
-            metric: format!("{:?}", spec.train.metric).to_lowercase(),
-            points,
-        });
+        let mut got = Vec::new();
+        for f in RUN_FILES {
+            got.push(a.get(&format!("{folder}/{f}")).await?);
+        }
+        runs.push(SweepRun::from_files(folder, &got[0], &got[1], &got[2])?);
     }
-    if rows.is_empty() {
+    if runs.is_empty() {
         anyhow::bail!("sweep {sweep} has no succeeded jobs yet");
     }
-    let body = format!("{header}\n{}\n", rows.join("\n"));
-    let mut files = vec![("Results.csv".to_string(), body.clone().into_bytes())];
-    files.extend(
-        worker::engine::report::sweep_files(sweep, &body, &curves).map_err(anyhow::Error::msg)?,
-    );
+    let files = report::sweep::sweep_files(sweep, &runs)?;
     let dir = out.join(sweep);
     std::fs::create_dir_all(&dir)?;
     for (name, bytes) in &files {
@@ -490,7 +486,7 @@ async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
     a.put_all(&sweep_prefix(sweep), &files).await?;
     println!(
         "{} run(s); report in {} and {}/{}",
-        rows.len(),
+        runs.len(),
         dir.display(),
         a.location,
         sweep_prefix(sweep)

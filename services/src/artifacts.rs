@@ -1,11 +1,14 @@
 //! The artifact store: S3 or MinIO (or a local directory) through
 //! object_store, with keys under a configured prefix built by
 //! [`common::artifacts`] so they cannot escape it. Uploads are retried with
-//! exponential backoff; a caller treats a job as done only after
+//! exponential backoff (`backon`); a caller treats a job as done only after
 //! [`Artifacts::put_all`] returned `Ok`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use bytes::Bytes;
 use common::config::S3Config;
@@ -49,9 +52,14 @@ impl Default for UploadRetry {
 }
 
 impl UploadRetry {
-    /// The wait before retry number `n` (1-based): doubling, capped.
-    pub fn delay(&self, n: u32) -> Duration {
-        (self.first_delay * (1u32 << n.saturating_sub(1).min(16))).min(self.max_delay)
+    /// The waits between attempts: doubling from `first_delay`, capped at
+    /// `max_delay`, `attempts - 1` of them.
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.first_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
     }
 }
 
@@ -127,23 +135,22 @@ impl Artifacts {
     /// Uploads one object, retrying failures with backoff.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         let path = self.path(key);
-        let mut last = String::new();
-        for attempt in 1..=self.retry.attempts {
-            match self.store.put(&path, PutPayload::from(bytes.clone())).await {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    last = error_chain(&e);
-                    tracing::warn!(key, attempt, error = %last, "upload failed");
-                    if attempt < self.retry.attempts {
-                        tokio::time::sleep(self.retry.delay(attempt)).await;
-                    }
-                }
-            }
-        }
-        Err(ArtifactError::GaveUp {
+        let attempts = AtomicU32::new(0);
+        (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.store.put(&path, PutPayload::from(bytes.clone())).await
+        })
+        .retry(self.retry.backoff())
+        .notify(|e, wait| {
+            let error = error_chain(e);
+            tracing::warn!(key, error = %error, "upload failed; retrying in {wait:?}");
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| ArtifactError::GaveUp {
             key: key.to_string(),
-            attempts: self.retry.attempts,
-            last,
+            attempts: attempts.load(Ordering::Relaxed),
+            last: error_chain(&e),
         })
     }
 
@@ -207,6 +214,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backon::BackoffBuilder;
 
     #[test]
     fn backoff_doubles_and_caps() {
@@ -215,9 +223,8 @@ mod tests {
             first_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(350),
         };
-        assert_eq!(r.delay(1), Duration::from_millis(100));
-        assert_eq!(r.delay(2), Duration::from_millis(200));
-        assert_eq!(r.delay(3), Duration::from_millis(350));
+        let waits: Vec<u64> = r.backoff().build().map(|d| d.as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 350, 350]);
     }
 
     #[tokio::test]

@@ -11,8 +11,9 @@ use common::spec::JobSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::engine::job;
-use crate::engine::metrics::percentile;
+use common::metrics::percentile;
+
+use crate::engine::load::load_model;
 use crate::engine::models::Batch;
 use crate::engine::nn::Ctx;
 use crate::engine::train::{cross_entropy, optim::AdamW};
@@ -34,7 +35,7 @@ pub struct BenchArgs {
     seq: usize,
     /// CPU threads for tensor kernels.
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub threads: usize,
     #[arg(long, default_value_t = 10)]
     steps: usize,
     #[arg(long, default_value_t = 3)]
@@ -50,7 +51,6 @@ pub struct BenchArgs {
 }
 
 pub fn main(a: BenchArgs) -> anyhow::Result<()> {
-    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     let device = crate::parse_device(&a.device)?;
     let lora = if a.finetune == "lora" { "[lora]\n" } else { "" };
     let freeze = if a.finetune == "full" {
@@ -66,7 +66,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         a.finetune
     ))
     .context("bench settings")?;
-    let loaded = job::load_model(&spec, 3, &device, &[])?;
+    let loaded = load_model(&spec, 3, &device, &[])?;
     let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
     let mut rows_for = |n: usize| -> Vec<Vec<u32>> {
         (0..n)

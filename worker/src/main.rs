@@ -2,8 +2,10 @@
 //!
 //! - `worker run SWEEP.toml` runs every job of a sweep locally, with no
 //!   services, writing artifacts under `--out` (default `runs/`).
+//! - `worker serve` consumes jobs from RabbitMQ, one slot per device.
 //! - `worker bench` measures training and inference speed on one model.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use worker::{bench, run, serve};
 
@@ -44,8 +46,27 @@ fn tune_allocator() {
     }
 }
 
+/// Sizes the CPU thread pools, before any other thread exists: candle's
+/// kernels read `RAYON_NUM_THREADS`, and rayon's global pool is built once.
+fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = threads else {
+        return Ok(());
+    };
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("cannot size the CPU thread pool")
+}
+
 fn main() -> anyhow::Result<()> {
     tune_allocator();
+    let cli = Cli::parse();
+    configure_threads(match &cli.command {
+        Command::Run(a) => a.threads,
+        Command::Bench(a) => Some(a.threads),
+        Command::Serve(a) => a.threads,
+    })?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +74,6 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Bench(args) => bench::main(args),

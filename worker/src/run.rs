@@ -1,22 +1,24 @@
 //! `worker run`: executes a sweep's jobs one after another on this machine
 //! and stores each run's files through object_store's local file system
 //! store, with the same key layout the queue workers use on S3. Jobs whose
-//! `Results.csv` already exists are skipped unless `--force`.
+//! `Results.csv` already exists are skipped unless `--force`. At the end the
+//! sweep report is rebuilt from every finished run's files.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use common::artifacts::{self, files};
+use common::summary::EpochRecord;
 use common::sweep::Sweep;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
+use report::sweep::{SweepRun, RUN_FILES};
 
-use crate::engine::job::{self, RunIds};
-use crate::engine::report;
-use crate::engine::train::{EpochRecord, Progress};
+use crate::engine::pipeline;
+use crate::engine::train::Progress;
+use crate::engine::trained::RunIds;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -36,7 +38,7 @@ pub struct RunArgs {
     force: bool,
     /// CPU threads for tensor kernels (default: all cores).
     #[arg(long)]
-    threads: Option<usize>,
+    pub threads: Option<usize>,
     /// List the expanded jobs and exit.
     #[arg(long)]
     dry_run: bool,
@@ -77,54 +79,62 @@ impl Progress for Bars {
     }
 }
 
-/// The validation curves of every finished run of the sweep, read back
-/// from the store.
-async fn read_histories(
-    store: &dyn ObjectStore,
-    sweep: &Sweep,
-) -> anyhow::Result<Vec<report::RunCurve>> {
+/// A local directory as an object store, with the few calls `run` needs.
+struct Store {
+    store: LocalFileSystem,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Store {
+    fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Store {
+            store: LocalFileSystem::new_with_prefix(dir)
+                .with_context(|| format!("cannot open {}", dir.display()))?,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.rt
+            .block_on(async { self.store.get(&StorePath::from(key)).await?.bytes().await })
+            .ok()
+            .map(|b| b.to_vec())
+    }
+
+    fn put_all(&self, folder: &str, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+        self.rt.block_on(async {
+            for (name, bytes) in files {
+                let key = StorePath::from(format!("{folder}/{name}"));
+                self.store
+                    .put(&key, PutPayload::from(bytes.clone()))
+                    .await
+                    .with_context(|| format!("cannot store {key}"))?;
+            }
+            anyhow::Ok(())
+        })
+    }
+}
+
+/// Every finished run of the sweep, read back from the store.
+fn finished_runs(store: &Store, sweep: &Sweep) -> anyhow::Result<Vec<SweepRun>> {
     let mut out = Vec::new();
     for j in &sweep.jobs {
-        let key = StorePath::from(format!(
-            "{}/{}",
-            artifacts::job_prefix(&sweep.name, &j.id),
-            files::METRICS_JSON
-        ));
-        let Ok(got) = store.get(&key).await else {
-            continue;
-        };
-        let m: serde_json::Value = serde_json::from_slice(&got.bytes().await?)?;
-        let points = m["history"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|r| Some((r["epoch"].as_u64()? as usize, r["val_score"].as_f64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let variant = serde_json::to_value(j.spec.variant)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let metric = serde_json::to_value(j.spec.train.metric)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        out.push(report::RunCurve {
-            variant,
-            group: j.spec.comparison_group(),
-            seed: j.spec.seed,
-            metric,
-            points,
-        });
+        let folder = artifacts::job_prefix(&sweep.name, &j.id);
+        let got: Option<Vec<Vec<u8>>> = RUN_FILES
+            .iter()
+            .map(|f| store.get(&format!("{folder}/{f}")))
+            .collect();
+        if let Some([results, metrics, spec]) = got.as_deref() {
+            out.push(SweepRun::from_files(&folder, results, metrics, spec)?);
+        }
     }
     Ok(out)
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    if let Some(t) = args.threads {
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-    }
     let sweep = Sweep::load(&args.sweep)?;
     let jobs: Vec<_> = sweep
         .jobs
@@ -139,34 +149,20 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let device = crate::parse_device(&args.device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        LocalFileSystem::new_with_prefix(&args.out)
-            .with_context(|| format!("cannot open {}", args.out.display()))?,
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let store = Store::open(&args.out)?;
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")?
         .progress_chars("=> ");
-    let mut rows = Vec::new();
     let mut failed = 0;
     for j in jobs {
         let prefix = artifacts::job_prefix(&sweep.name, &j.id);
-        let results_key = StorePath::from(format!("{prefix}/{}", files::RESULTS_CSV));
-        if !args.force {
-            if let Ok(existing) =
-                rt.block_on(async { store.get(&results_key).await?.bytes().await })
-            {
-                println!("{}: already done (use --force to re-run)", j.id);
-                if let Some(row) = String::from_utf8_lossy(&existing).lines().nth(1) {
-                    rows.push(row.to_string());
-                }
-                continue;
-            }
+        if !args.force
+            && store
+                .get(&format!("{prefix}/{}", files::RESULTS_CSV))
+                .is_some()
+        {
+            println!("{}: already done (use --force to re-run)", j.id);
+            continue;
         }
         let bar = multi.add(ProgressBar::new(1));
         bar.set_style(style.clone());
@@ -179,20 +175,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             job_id: &j.id,
             config_hash: &j.config_hash,
         };
-        let outcome = job::run(&j.spec, &ids, &device, &mut bars);
+        let outcome = pipeline::run(&j.spec, &ids, &device, &mut bars);
         bar.finish_and_clear();
         match outcome {
             Ok(out) => {
-                rt.block_on(async {
-                    for (name, bytes) in &out.files {
-                        let key = StorePath::from(format!("{prefix}/{name}"));
-                        store
-                            .put(&key, PutPayload::from(bytes.clone()))
-                            .await
-                            .with_context(|| format!("cannot store {key}"))?;
-                    }
-                    anyhow::Ok(())
-                })?;
+                store.put_all(&prefix, &out.files)?;
                 let s = &out.summary;
                 println!(
                     "{}: test accuracy {:.4}, macro-F1 {:.4}, weighted-F1 {:.4}, best epoch {}/{}, {:.0}s training, latency p50 {:.1} ms -> {}/{}",
@@ -207,7 +194,6 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                     args.out.display(),
                     prefix
                 );
-                rows.push(report::results_row(&j.spec, s));
             }
             Err(e) => {
                 failed += 1;
@@ -215,22 +201,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if !rows.is_empty() {
+    let runs = finished_runs(&store, &sweep)?;
+    if !runs.is_empty() {
         let sweep_prefix = artifacts::sweep_prefix(&sweep.name);
-        let body = format!("{}\n{}\n", report::RESULTS_HEADER, rows.join("\n"));
-        let mut files = vec![(files::RESULTS_CSV.to_string(), body.clone().into_bytes())];
-        let histories = rt.block_on(read_histories(store.as_ref(), &sweep))?;
-        match report::sweep_files(&sweep.name, &body, &histories) {
-            Ok(f) => files.extend(f),
-            Err(e) => eprintln!("sweep report: {e}"),
-        }
-        rt.block_on(async {
-            for (name, bytes) in files {
-                let key = StorePath::from(format!("{sweep_prefix}/{name}"));
-                store.put(&key, PutPayload::from(bytes)).await?;
-            }
-            anyhow::Ok(())
-        })?;
+        let files = report::sweep::sweep_files(&sweep.name, &runs)?;
+        store.put_all(&sweep_prefix, &files)?;
         println!(
             "sweep results: {}/{sweep_prefix}/ (Results.csv, report.md)",
             args.out.display()

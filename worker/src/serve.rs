@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use common::artifacts::job_prefix;
 use common::config::Services;
 use common::job::{DeviceClass, JobKind, JobMessage};
@@ -36,8 +37,12 @@ use services::broker::Broker;
 use services::state::{now_ms, StateStore, WorkerInfo};
 use tokio::sync::watch;
 
-use crate::engine::job::{self, JobError, RunIds};
-use crate::engine::train::{EpochRecord, Progress};
+use common::summary::EpochRecord;
+
+use crate::engine::error::JobError;
+use crate::engine::pipeline;
+use crate::engine::train::Progress;
+use crate::engine::trained::RunIds;
 
 #[derive(clap::Args, Clone)]
 pub struct ServeArgs {
@@ -62,7 +67,7 @@ pub struct ServeArgs {
     /// First retry delay in seconds (doubles per attempt).
     #[arg(long, default_value_t = 30)]
     pub retry_delay_secs: u64,
-    /// CPU threads for tensor kernels.
+    /// CPU threads for tensor kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -85,9 +90,6 @@ pub async fn serve(
     services: Services,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    if let Some(t) = args.threads {
-        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
-    }
     let worker_id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
@@ -139,24 +141,25 @@ pub async fn serve(
             }
         }
     });
-    let mut backoff = Duration::from_secs(1);
     while !*shutdown.borrow() {
-        let broker = match Broker::connect(
-            services.amqp_url.expose(),
-            Topology::new(&services.namespace),
-            args.delivery_limit,
-        )
-        .await
-        {
-            Ok(b) => Arc::new(b),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach RabbitMQ; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
+        let connect = || {
+            Broker::connect(
+                services.amqp_url.expose(),
+                Topology::new(&services.namespace),
+                args.delivery_limit,
+            )
         };
-        backoff = Duration::from_secs(1);
+        let reconnect = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times();
+        let mut stop = shutdown.clone();
+        let broker = tokio::select! {
+            b = connect.retry(reconnect).notify(|e, wait| {
+                tracing::warn!(error = %e, "cannot reach RabbitMQ; retrying in {wait:?}");
+            }) => Arc::new(b?),
+            _ = stop.changed() => break,
+        };
         tracing::info!(worker = %worker_id, devices = %args.devices, "serving");
         let ctx = Arc::new(Ctx {
             args: args.clone(),
@@ -268,11 +271,7 @@ async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> any
     };
     let job = msg.job_id.clone();
     ctx.state
-        .register_job(
-            &msg.sweep,
-            &job,
-            &[("variant", format!("{:?}", msg.variant).to_lowercase())],
-        )
+        .register_job(&msg.sweep, &job, &[("variant", msg.variant.to_string())])
         .await?;
     match ctx.state.state(&job).await? {
         Some(JobState::Succeeded) | Some(JobState::Cancelled) => {
@@ -552,7 +551,7 @@ async fn run_job(
             job_id: &job_id,
             config_hash: &hash,
         };
-        job::run(&spec, &ids, &device, &mut reporter)
+        pipeline::run(&spec, &ids, &device, &mut reporter)
     })
     .await;
     watcher.abort();
@@ -585,7 +584,7 @@ async fn run_job(
         "files": files.iter().map(|(n, b)| serde_json::json!({"name": n, "bytes": b.len()})).collect::<Vec<_>>(),
     });
     files.push((
-        "manifest.json".into(),
+        common::artifacts::files::MANIFEST_JSON.into(),
         serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
     ));
     ctx.artifacts
@@ -665,14 +664,10 @@ async fn validate_job(
     let path = tmp.path().to_path_buf();
     let (source, job_id, device_name) =
         (source.to_string(), msg.job_id.clone(), device.to_string());
-    let split_name = match split {
-        common::job::EvalSplit::Val => "val",
-        common::job::EvalSplit::Test => "test",
-    };
     let result = tokio::task::spawn_blocking(move || {
         let device =
             crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
-        job::validate(&spec, &path, &source, split_name, &job_id, &device)
+        pipeline::validate(&spec, &path, &source, split, &job_id, &device)
     })
     .await;
     drop(tmp);

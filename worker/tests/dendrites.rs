@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use common::spec::{DendriteKind, DendriteSpec, JobSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use worker::engine::job::load_model;
+use worker::engine::load::load_model;
 use worker::engine::models::{bert, phi, Batch, Model};
 use worker::engine::nn::params::{Param, Params, TrainPolicy};
 use worker::engine::nn::Ctx;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use common::spec::JobSpec;
-use worker::engine::job::{load_model, Loaded};
+use worker::engine::load::{load_model, Loaded};
 use worker::engine::models::Batch;
 use worker::engine::nn::Ctx;
 use worker::engine::train::cross_entropy;

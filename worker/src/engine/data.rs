@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::Path;
 
 use common::spec::{Agreement, SplitSpec};
+use common::summary::LoadStats;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -37,16 +38,6 @@ pub enum DataError {
 pub struct Example {
     pub text: String,
     pub label: usize,
-}
-
-/// What loading found besides the examples.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LoadStats {
-    pub lines: usize,
-    pub exact_duplicates: usize,
-    /// Sentences dropped because they appear with different labels.
-    pub conflicting: usize,
-    pub unique: usize,
 }
 
 /// Parses the text of one `Sentences_*.txt` file (latin-1, CRLF,
@@ -95,7 +86,7 @@ pub fn parse(origin: &str, bytes: &[u8]) -> Result<Vec<Example>, DataError> {
 pub fn load(path: &Path, agreement: Agreement) -> Result<Vec<Example>, DataError> {
     let name = agreement.file_name();
     if path.is_dir() {
-        let file = path.join(name);
+        let file = path.join(&name);
         let bytes = std::fs::read(&file).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 DataError::Missing(file.display().to_string())
@@ -119,7 +110,7 @@ pub fn load(path: &Path, agreement: Agreement) -> Result<Vec<Example>, DataError
     let mut zip = zip::ZipArchive::new(f).map_err(|e| read_err(format!("not a zip file: {e}")))?;
     let entry = (0..zip.len())
         .filter_map(|i| zip.name_for_index(i).map(|n| (i, n.to_string())))
-        .find(|(_, n)| !n.starts_with("__MACOSX") && n.ends_with(name))
+        .find(|(_, n)| !n.starts_with("__MACOSX") && n.ends_with(name.as_str()))
         .ok_or_else(|| DataError::Missing(format!("{}!{name}", path.display())))?;
     let mut bytes = Vec::new();
     zip.by_index(entry.0)

@@ -1,16 +1,21 @@
 //! The training engine: everything needed to turn one [`common::spec::JobSpec`]
 //! into trained parameters, metrics and artifact files. Synchronous and free
 //! of services: callers run it on a blocking thread and upload what it returns.
+//!
+//! [`load`] reads data and weights, [`train`] runs the loop, [`pipeline`]
+//! ties them into a job's [`pipeline::run`] and [`pipeline::validate`], and
+//! the `report` crate renders the records into files.
 
 pub mod data;
-pub mod job;
-pub mod metrics;
+pub mod error;
+pub mod load;
 pub mod models;
 pub mod nn;
-pub mod plots;
-pub mod report;
+pub mod pipeline;
+pub mod speed;
 pub mod tokenize;
 pub mod train;
+pub mod trained;
 
 use std::path::PathBuf;
 

@@ -1,12 +1,10 @@
 //! AdamW with parameter groups (no weight decay on biases and norms, a
-//! separate head learning rate), global-norm gradient clipping, and the
-//! learning-rate schedule as a pure function.
+//! separate head learning rate) and global-norm gradient clipping.
 
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
-use common::spec::Schedule;
 
 /// Whether a parameter is exempt from weight decay: biases and norm weights.
 pub fn no_decay(name: &str) -> bool {
@@ -194,38 +192,10 @@ pub fn clip_factor(norm: f64, max_norm: Option<f64>) -> f64 {
     }
 }
 
-/// Learning rate at optimiser step `step` (0-based) of `total`, before any
-/// plateau reduction.
-pub fn scheduled_lr(base: f64, step: usize, total: usize, warmup: usize, kind: Schedule) -> f64 {
-    if warmup > 0 && step < warmup {
-        return base * (step + 1) as f64 / warmup as f64;
-    }
-    match kind {
-        Schedule::Constant => base,
-        Schedule::Linear => {
-            let rest = total.saturating_sub(warmup).max(1);
-            let done = step.saturating_sub(warmup);
-            base * (1.0 - done as f64 / rest as f64).max(0.0)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    #[test]
-    fn warmup_then_linear_decay() {
-        let lr = |s| scheduled_lr(1.0, s, 10, 2, Schedule::Linear);
-        assert_eq!(lr(0), 0.5);
-        assert_eq!(lr(1), 1.0);
-        assert_eq!(lr(2), 1.0);
-        assert!((lr(6) - 0.5).abs() < 1e-12);
-        assert_eq!(lr(10), 0.0);
-        assert_eq!(scheduled_lr(1.0, 7, 10, 2, Schedule::Constant), 1.0);
-        assert_eq!(scheduled_lr(1.0, 0, 10, 0, Schedule::Linear), 1.0);
-    }
 
     #[test]
     fn clipping_factor() {

@@ -8,7 +8,7 @@
 //! or every-epoch mode a switch is a no-op and the run uses its whole
 //! epoch budget.
 
-use common::spec::{SwitchMode, TrackerSpec};
+use crate::spec::{SwitchMode, TrackerSpec};
 use serde::{Deserialize, Serialize};
 
 /// The tracker's settings for one run.

@@ -1,0 +1,127 @@
+//! The records a finished run leaves behind, as plain serde types: what
+//! training did per epoch ([`EpochRecord`]), what loading the data found
+//! ([`LoadStats`]), how fast the trained model is ([`Speed`]), the whole
+//! run ([`RunSummary`], saved as `metrics.json`) and a later re-scoring of
+//! its parameters ([`ValidationSummary`], saved as `validation.json`).
+//! The worker fills them in; the report crate renders them; the producer
+//! reads them back. Field names are the JSON field names.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::metrics::{ClassScores, Scores};
+pub use crate::tracker::TrackerState;
+
+/// What loading the data set found besides the examples.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadStats {
+    pub lines: usize,
+    pub exact_duplicates: usize,
+    /// Sentences dropped because they appear with different labels.
+    pub conflicting: usize,
+    pub unique: usize,
+}
+
+/// Latency and throughput of a trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speed {
+    pub latency_b1_p50_ms: f64,
+    pub latency_b1_p95_ms: f64,
+    pub latency_samples: usize,
+    pub throughput_b64_per_s: f64,
+}
+
+/// One epoch as recorded (1-based epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_macro_f1: f64,
+    /// The selection metric's validation value, and its running score.
+    pub val_score: f64,
+    pub val_running: f64,
+    /// The selection metric on the test split (reporting only).
+    pub test_score: Option<f64>,
+    pub lr: f64,
+    pub seconds: f64,
+    pub train_seconds: f64,
+    pub val_seconds: f64,
+    /// Beat the best validation score so far (a snapshot was taken).
+    pub improved: bool,
+    /// Beat the best score of the current dendrite set (the tracker's
+    /// "last improved" epoch).
+    pub improved_current: bool,
+    /// Its weights were thrown away by a later restore.
+    pub discarded: bool,
+    /// Dendrites per wrapped layer during this epoch.
+    pub dendrites: usize,
+    pub dendrite_params: usize,
+    pub total_params: usize,
+    /// Mean |T| per wrapped layer at the end of the epoch.
+    pub gates: Vec<(String, f64)>,
+}
+
+/// Everything a finished run reports (`metrics.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub job_id: String,
+    pub sweep: String,
+    pub config_hash: String,
+    pub model: String,
+    pub device: String,
+    pub data: LoadStats,
+    pub split_sizes: [usize; 3],
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub optimizer_steps: usize,
+    pub val: Scores,
+    pub test: Scores,
+    pub speed: Speed,
+    pub total_params: usize,
+    pub trainable_params: usize,
+    /// Dendrites per wrapped layer in the final (best) network.
+    pub dendrites: usize,
+    pub dendrite_params: usize,
+    pub dendrite_layers: Vec<String>,
+    /// Epochs after which a dendrite set was added.
+    pub switch_epochs: Vec<usize>,
+    pub tracker: TrackerState,
+    pub train_seconds: f64,
+    pub wall_seconds: f64,
+}
+
+impl RunSummary {
+    /// The last epoch that beat the best score of its dendrite set.
+    pub fn last_improved_epoch(&self) -> Option<usize> {
+        self.history
+            .iter()
+            .rev()
+            .find(|r| r.improved_current)
+            .map(|r| r.epoch)
+    }
+}
+
+/// What a validation of earlier trained parameters reports (`validation.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationSummary {
+    pub job_id: String,
+    /// The job id or `s3://` URI the parameters came from.
+    pub source: String,
+    /// `val` or `test`.
+    pub split: String,
+    pub scores: Scores,
+    pub speed: Speed,
+    pub dendrites: usize,
+    pub wall_seconds: f64,
+}
+
+/// `spec.json`: the exact spec that produced a run, with its ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecFile {
+    pub job_id: String,
+    pub sweep: String,
+    pub config_hash: String,
+    pub spec: crate::spec::JobSpec,
+}

@@ -1,0 +1,236 @@
+//! From a spec to what training needs: the data set read, deduplicated
+//! and split ([`load_splits`], one data-path resolution for every
+//! pipeline), and the model with its tokenizer, adapters and dendrites
+//! ([`load_model`]), from a local directory or, with the `hub` feature,
+//! the Hugging Face hub.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Var};
+use common::spec::{Arch, Finetune, JobSpec, ModelSpec, Variant};
+use common::summary::LoadStats;
+
+use super::data::{self, Split};
+use super::error::JobError;
+use super::models::{bert, phi, Model};
+use super::nn::compute_dtype;
+use super::nn::linear::LoraConfig;
+use super::nn::params::{Params, TrainPolicy};
+use super::spec_path;
+use super::tokenize::Tok;
+use super::train::Encoded;
+
+/// A model ready to train or evaluate.
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tok,
+    pub trainable: Vec<(String, Var)>,
+    pub frozen_params: usize,
+    /// Trainable parameters of the base, adapters and head (dendrites not included).
+    pub trainable_params: usize,
+    /// Layers wrapped with dendrites (dendritic variant).
+    pub dendrite_layers: Vec<String>,
+}
+
+impl Loaded {
+    /// Token ids and labels of some examples.
+    pub fn encode(&self, set: &[data::Example]) -> Result<Encoded, JobError> {
+        let texts: Vec<&str> = set.iter().map(|e| e.text.as_str()).collect();
+        Ok(Encoded {
+            ids: self.tok.encode_all(&texts)?,
+            labels: set.iter().map(|e| e.label).collect(),
+        })
+    }
+}
+
+/// The data set file or directory of a spec (local path; hub download
+/// with the `hub` feature).
+pub fn data_path(spec: &JobSpec) -> Result<PathBuf, JobError> {
+    match (&spec.data.path, &spec.data.hub_id) {
+        (Some(p), _) => spec_path("data.path", p).map_err(JobError::Spec),
+        (None, Some(id)) => hub_data(id),
+        (None, None) => Err(JobError::Spec("`data.path`: not set".into())),
+    }
+}
+
+/// The spec's data set, deduplicated and split, with what loading found.
+pub fn load_splits(spec: &JobSpec) -> Result<(Split, LoadStats), JobError> {
+    let raw = data::load(&data_path(spec)?, spec.data.agreement)?;
+    let (examples, stats) = data::dedupe(raw);
+    Ok((data::split(&examples, &spec.data.split)?, stats))
+}
+
+/// Names of the classification head's tensors (their own learning rate).
+pub fn head_prefixes(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Bert => &["classifier."],
+        Arch::Phi => &["score."],
+    }
+}
+
+/// The model directory of a spec (local path; hub download with the `hub` feature).
+pub fn model_dir(spec: &ModelSpec) -> Result<PathBuf, JobError> {
+    if let Some(p) = &spec.path {
+        let dir = spec_path("model.path", p).map_err(JobError::Spec)?;
+        if !dir.is_dir() {
+            return Err(JobError::Spec(format!(
+                "`model.path`: {} is not a directory",
+                dir.display()
+            )));
+        }
+        return Ok(dir);
+    }
+    match &spec.hub_id {
+        Some(id) => hub_model(id),
+        None => Err(JobError::Spec("`model.path`: not set".into())),
+    }
+}
+
+#[cfg(feature = "hub")]
+fn hub_model(id: &str) -> Result<PathBuf, JobError> {
+    let api = hf_hub::api::sync::Api::new()
+        .map_err(|e| JobError::Spec(format!("`model.hub_id`: {e}")))?;
+    let repo = api.model(id.to_string());
+    let mut dir = None;
+    for f in ["config.json", "tokenizer.json"] {
+        let p = repo
+            .get(f)
+            .map_err(|e| JobError::Spec(format!("`model.hub_id` {id}: {f}: {e}")))?;
+        dir = p.parent().map(std::path::Path::to_path_buf);
+    }
+    let info = repo
+        .info()
+        .map_err(|e| JobError::Spec(format!("`model.hub_id` {id}: {e}")))?;
+    for s in info.siblings {
+        if s.rfilename.ends_with(".safetensors") {
+            repo.get(&s.rfilename).map_err(|e| {
+                JobError::Spec(format!("`model.hub_id` {id}: {}: {e}", s.rfilename))
+            })?;
+        }
+    }
+    dir.ok_or_else(|| JobError::Spec(format!("`model.hub_id` {id}: nothing downloaded")))
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_model(id: &str) -> Result<PathBuf, JobError> {
+    Err(JobError::Spec(format!(
+        "`model.hub_id` = {id:?} needs a worker built with `--features hub`; or set `model.path` to a local copy"
+    )))
+}
+
+/// Default LoRA targets of each architecture.
+pub fn default_lora_targets(arch: Arch) -> Vec<String> {
+    match arch {
+        Arch::Bert => vec!["query".into(), "value".into()],
+        Arch::Phi => ["q_proj", "k_proj", "v_proj", "dense"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
+/// Loads weights, tokenizer and config into a trainable model.
+/// `overlays`: trained-parameter files applied over the base checkpoint.
+pub fn load_model(
+    spec: &JobSpec,
+    num_labels: usize,
+    device: &Device,
+    overlays: &[PathBuf],
+) -> Result<Loaded, JobError> {
+    let m = &spec.model;
+    let dir = model_dir(m)?;
+    let dtype = compute_dtype(device, m.precision);
+    let policy = TrainPolicy {
+        train_base: m.finetune == Finetune::Full,
+        freeze: m.freeze.clone(),
+    };
+    let mut p = Params::load(&dir, overlays, device, dtype, policy, m.quantize, spec.seed)?;
+    let lora = spec.lora.as_ref().map(|l| LoraConfig {
+        r: l.r,
+        alpha: l.alpha,
+        dropout: l.dropout,
+        targets: if l.targets.is_empty() {
+            default_lora_targets(m.arch)
+        } else {
+            l.targets.clone()
+        },
+        random_b: l.random_b,
+    });
+    let config_path = dir.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path).map_err(|e| JobError::Config {
+        path: config_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let cfg_err = |e: serde_json::Error| JobError::Config {
+        path: config_path.display().to_string(),
+        message: e.to_string(),
+    };
+    let model = match m.arch {
+        Arch::Bert => {
+            let cfg: bert::BertConfig = serde_json::from_str(&config_text).map_err(cfg_err)?;
+            Model::Bert(bert::Bert::load(
+                &mut p,
+                cfg,
+                num_labels,
+                lora.as_ref(),
+                m.dropout,
+            )?)
+        }
+        Arch::Phi => {
+            let cfg: phi::PhiConfig = serde_json::from_str(&config_text).map_err(cfg_err)?;
+            Model::Phi(phi::Phi::load(
+                &mut p,
+                cfg,
+                num_labels,
+                lora.as_ref(),
+                m.dropout,
+            )?)
+        }
+    };
+    if let Some(l) = &lora {
+        let adapted = p
+            .trainable()
+            .iter()
+            .filter(|(n, _)| n.ends_with(".lora_A"))
+            .count();
+        if adapted == 0 {
+            return Err(JobError::Spec(format!(
+                "`lora.targets` {:?} match no linear layer of this model",
+                l.targets
+            )));
+        }
+    }
+    let mut model = model;
+    let dendrite_layers = if spec.variant == Variant::Dendritic {
+        model.attach_dendrites(&spec.dendrites, Some(&p))?
+    } else {
+        Vec::new()
+    };
+    let tok = Tok::load(&dir.join("tokenizer.json"), m.max_len)?;
+    let (frozen_params, trainable_params) = p.counts();
+    let trainable = p.trainable().to_vec();
+    p.release_checkpoint();
+    Ok(Loaded {
+        model,
+        tok,
+        trainable,
+        frozen_params,
+        trainable_params,
+        dendrite_layers,
+    })
+}
+
+#[cfg(feature = "hub")]
+fn hub_data(id: &str) -> Result<PathBuf, JobError> {
+    let api =
+        hf_hub::api::sync::Api::new().map_err(|e| JobError::Spec(format!("`data.hub_id`: {e}")))?;
+    api.dataset(id.to_string())
+        .get("data/FinancialPhraseBank-v1.0.zip")
+        .map_err(|e| JobError::Spec(format!("`data.hub_id` {id}: {e}")))
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_data(id: &str) -> Result<PathBuf, JobError> {
+    Err(JobError::Spec(format!(
+        "`data.hub_id` = {id:?} needs a worker built with `--features hub`; or set `data.path`"
+    )))
+}

@@ -1,0 +1,191 @@
+//! The two things a job does: [`run`] (load and split the data, build the
+//! model, train, score the test split at the best epoch, measure speed and
+//! render every artifact in memory) and [`validate`] (score earlier
+//! trained parameters on a split of the same data). Both take the typed
+//! splits from [`load::load_splits`]; callers decide where the files go.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use common::artifacts::files;
+use common::job::EvalSplit;
+use common::metrics;
+use common::spec::{JobSpec, ModelSpec, Variant};
+use common::summary::{RunSummary, ValidationSummary};
+
+use super::data::LABELS;
+use super::error::JobError;
+use super::expand_env;
+use super::load::{head_prefixes, load_model, load_splits};
+use super::speed::measure_speed;
+use super::train::{self, evaluate, Progress, RunConfig, Sets};
+use super::trained::{trained_safetensors, RunIds};
+
+/// A finished run: its record and its files, rendered in memory.
+pub struct RunOutput {
+    pub summary: RunSummary,
+    pub files: report::Files,
+}
+
+/// A short model name for tables: the last component of the path or hub id.
+pub fn model_name(m: &ModelSpec) -> String {
+    let raw = m.path.as_deref().or(m.hub_id.as_deref()).unwrap_or("?");
+    let expanded = expand_env(raw).unwrap_or_else(|_| raw.to_string());
+    let trimmed = expanded.trim_end_matches('/');
+    let last = Path::new(trimmed)
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| trimmed.to_string());
+    // Package layouts end in a generic "model" folder: use its parent.
+    if last == "model" {
+        Path::new(trimmed)
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or(last)
+    } else {
+        last
+    }
+}
+
+/// Runs one job to completion.
+pub fn run(
+    spec: &JobSpec,
+    ids: &RunIds,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<RunOutput, JobError> {
+    let started = Instant::now();
+    spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
+    let (split, stats) = load_splits(spec)?;
+    let labels: Vec<&str> = LABELS.to_vec();
+    let loaded = load_model(spec, labels.len(), device, &[])?;
+    let (tr, va, te) = (
+        loaded.encode(&split.train)?,
+        loaded.encode(&split.val)?,
+        loaded.encode(&split.test)?,
+    );
+    let mut model = loaded.model;
+    let base_trainable = loaded.trainable;
+    let trained = train::train(
+        &mut model,
+        &base_trainable,
+        &RunConfig {
+            train: &spec.train,
+            tracker: &spec.tracker,
+            dendrites: (spec.variant == Variant::Dendritic).then_some(&spec.dendrites),
+            head_prefixes: head_prefixes(spec.model.arch),
+            labels: &labels,
+            seed: spec.seed,
+            frozen_params: loaded.frozen_params,
+        },
+        &Sets {
+            train: &tr,
+            val: &va,
+            test: Some(&te),
+        },
+        device,
+        progress,
+    )?;
+    let weights = spec
+        .train
+        .class_weights
+        .then(|| train::balanced_weights(&tr.labels, labels.len()));
+    let eval_bs = spec.train.batch_size.max(32);
+    let (_, val_pred) = evaluate(&model, &va, eval_bs, device, weights.as_deref())?;
+    let (_, test_pred) = evaluate(&model, &te, eval_bs, device, weights.as_deref())?;
+    let dendrite_tensors = model.dendrite_tensors();
+    let mut saved: Vec<(String, Tensor)> = base_trainable
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    for (n, p) in &dendrite_tensors {
+        saved.push((n.clone(), p.get(DType::F32)?));
+    }
+    let dendrite_params: usize = saved[base_trainable.len()..]
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    let layout = model.dendrite_summary()?;
+    let trained_file = trained_safetensors(&saved, spec, ids, &trained.tracker, &layout)?;
+
+    model.merge_lora()?;
+    let speed = measure_speed(&model, &te.ids, device)?;
+    let summary = RunSummary {
+        job_id: ids.job_id.to_string(),
+        sweep: ids.sweep.to_string(),
+        config_hash: ids.config_hash.to_string(),
+        model: model_name(&spec.model),
+        device: format!("{device:?}"),
+        data: stats,
+        split_sizes: [tr.ids.len(), va.ids.len(), te.ids.len()],
+        epochs_run: trained.history.len(),
+        history: trained.history,
+        best_epoch: trained.best_epoch,
+        optimizer_steps: trained.steps,
+        val: metrics::scores(&val_pred, &va.labels, &labels),
+        test: metrics::scores(&test_pred, &te.labels, &labels),
+        speed,
+        total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
+        trainable_params: loaded.trainable_params + dendrite_params,
+        dendrites: layout.first().map_or(0, |d| d.1),
+        dendrite_params,
+        dendrite_layers: loaded.dendrite_layers,
+        switch_epochs: trained.switch_epochs,
+        tracker: trained.tracker,
+        train_seconds: trained.train_seconds,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let mut files = report::run::run_files(spec, &summary)?;
+    if spec.variant == Variant::Dendritic {
+        files.extend(report::run::pai_files(spec, &summary)?);
+    }
+    files.push((files::TRAINED_SAFETENSORS.into(), trained_file));
+    Ok(RunOutput { summary, files })
+}
+
+/// Scores trained parameters (`trained`, a `trained.safetensors` of an
+/// earlier run of `spec`) on the `val` or `test` split of that run, with
+/// latency: `validation.json` and `confusion_matrix.png`.
+pub fn validate(
+    spec: &JobSpec,
+    trained: &Path,
+    source: &str,
+    split: EvalSplit,
+    job_id: &str,
+    device: &Device,
+) -> Result<(ValidationSummary, report::Files), JobError> {
+    let started = Instant::now();
+    spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
+    let (splits, _) = load_splits(spec)?;
+    let set = match split {
+        EvalSplit::Val => splits.val,
+        EvalSplit::Test => splits.test,
+    };
+    let labels: Vec<&str> = LABELS.to_vec();
+    let mut loaded = load_model(spec, labels.len(), device, &[PathBuf::from(trained)])?;
+    let enc = loaded.encode(&set)?;
+    let (_, pred) = evaluate(
+        &loaded.model,
+        &enc,
+        spec.train.batch_size.max(32),
+        device,
+        None,
+    )?;
+    let scores = metrics::scores(&pred, &enc.labels, &labels);
+    let dendrites = loaded.model.dendrite_summary()?.first().map_or(0, |d| d.1);
+    loaded.model.merge_lora()?;
+    let speed = measure_speed(&loaded.model, &enc.ids, device)?;
+    let summary = ValidationSummary {
+        job_id: job_id.to_string(),
+        source: source.to_string(),
+        split: split.to_string(),
+        scores,
+        speed,
+        dendrites,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let files = report::run::validation_files(&summary)?;
+    Ok((summary, files))
+}

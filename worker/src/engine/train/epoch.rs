@@ -1,0 +1,244 @@
+//! One epoch of training (length-bucketed shuffled batches, dropout on,
+//! gradient accumulation, one optimiser step per group) and one of
+//! validation (loss and scores on the validation split, and the selection
+//! metric on the test split when configured).
+
+use std::time::Instant;
+
+use candle_core::{Device, Result, Var};
+use common::metrics::{self, Scores};
+use common::spec::Metric;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::accumulate::GradAccumulator;
+use super::loss::cross_entropy;
+use super::optim::AdamW;
+use super::schedule::LrSchedule;
+use super::{Encoded, Progress, RunConfig, Sets, TrainError};
+use crate::engine::models::{Batch, Model};
+use crate::engine::nn::Ctx;
+
+/// The parameters being trained and their optimiser; rebuilt whenever
+/// dendrites are added.
+pub struct Optimised {
+    pub trainable: Vec<(String, Var)>,
+    pub vars: Vec<Var>,
+    pub opt: AdamW,
+}
+
+impl Optimised {
+    /// `base` and the model's dendrite tensors, with a fresh AdamW: the
+    /// head (outside dendrites) gets `head_lr / lr` as its multiplier.
+    pub fn new(base: &[(String, Var)], model: &mut Model, cfg: &RunConfig) -> Result<Self> {
+        let mut trainable = base.to_vec();
+        trainable.extend(model.dendrite_trainables());
+        let spec = cfg.train;
+        let head_mult = spec.head_lr.map_or(1.0, |h| h / spec.lr);
+        let groups: Vec<(String, Var, f64)> = trainable
+            .iter()
+            .map(|(n, v)| {
+                let head = cfg.head_prefixes.iter().any(|p| n.starts_with(p))
+                    && !n.contains(".dendrites.");
+                (n.clone(), v.clone(), if head { head_mult } else { 1.0 })
+            })
+            .collect();
+        Ok(Optimised {
+            vars: trainable.iter().map(|(_, v)| v.clone()).collect(),
+            opt: AdamW::new(&groups, spec.weight_decay)?,
+            trainable,
+        })
+    }
+
+    /// Elements of every trained tensor.
+    pub fn param_count(&self) -> usize {
+        self.vars.iter().map(|v| v.elem_count()).sum()
+    }
+}
+
+/// Batches of indices: shuffled, then grouped by similar length (within
+/// windows of 50 batches) to cut padding, then the batches shuffled.
+pub fn make_batches(lengths: &[usize], batch: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..lengths.len()).collect();
+    idx.shuffle(rng);
+    let window = batch * 50;
+    let mut batches = Vec::new();
+    for chunk in idx.chunks(window) {
+        let mut c = chunk.to_vec();
+        c.sort_by_key(|&i| lengths[i]);
+        batches.extend(c.chunks(batch).map(|b| b.to_vec()));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// What a training epoch measured.
+pub struct Fit {
+    /// Mean micro-batch loss.
+    pub loss: f64,
+    /// The learning rate of the last optimiser step.
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// Trains one epoch (1-based `epoch`) over `data`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch(
+    model: &Model,
+    params: &mut Optimised,
+    schedule: &mut LrSchedule,
+    data: &Encoded,
+    cfg: &RunConfig,
+    weights: Option<&[f64]>,
+    epoch: usize,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> std::result::Result<Fit, TrainError> {
+    let started = Instant::now();
+    let spec = cfg.train;
+    let lengths: Vec<usize> = data.ids.iter().map(|r| r.len()).collect();
+    let batches = make_batches(&lengths, spec.batch_size, rng);
+    progress.start_epoch(epoch, batches.len());
+    let ctx = Ctx::new(
+        true,
+        ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add(epoch as u64)),
+    );
+    let mut acc = GradAccumulator::new(spec.grad_accum);
+    let (mut loss_sum, mut lr) = (0.0, 0.0);
+    for (bi, b) in batches.iter().enumerate() {
+        if progress.should_stop() {
+            return Err(TrainError::Stopped);
+        }
+        let rows: Vec<Vec<u32>> = b.iter().map(|&i| data.ids[i].clone()).collect();
+        let ys: Vec<usize> = b.iter().map(|&i| data.labels[i]).collect();
+        let batch = Batch::new(&rows, model.pad_id(), device)?;
+        let loss = cross_entropy(&model.forward(&batch, &ctx)?, &ys, weights)?;
+        let loss_val = loss.to_scalar::<f32>()? as f64;
+        if !loss_val.is_finite() {
+            return Err(TrainError::NonFinite {
+                loss: loss_val,
+                epoch,
+                batch: bi,
+            });
+        }
+        loss_sum += loss_val;
+        acc.add(acc.scale_loss(&loss)?.backward()?, &params.vars)?;
+        if acc.ready(bi + 1 == batches.len()) {
+            let grads = acc.take(&params.vars, spec.clip_norm)?;
+            lr = schedule.lr();
+            params.opt.step(&grads, lr)?;
+            schedule.advance();
+        }
+        progress.step(epoch, bi + 1, loss_val);
+    }
+    Ok(Fit {
+        loss: loss_sum / batches.len().max(1) as f64,
+        lr,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Loss and predictions on a split (dropout off), batched by length.
+pub fn evaluate(
+    model: &Model,
+    data: &Encoded,
+    batch_size: usize,
+    device: &Device,
+    weights: Option<&[f64]>,
+) -> Result<(f64, Vec<usize>)> {
+    let ctx = Ctx::eval();
+    let mut order: Vec<usize> = (0..data.ids.len()).collect();
+    order.sort_by_key(|&i| data.ids[i].len());
+    let mut preds = vec![0usize; data.ids.len()];
+    let mut loss_sum = 0.0;
+    let mut weight_sum = 0.0;
+    for chunk in order.chunks(batch_size.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| data.ids[i].clone()).collect();
+        let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
+        let batch = Batch::new(&rows, model.pad_id(), device)?;
+        let logits = model.forward(&batch, &ctx)?.detach();
+        let w: f64 = labels.iter().map(|&l| weights.map_or(1.0, |w| w[l])).sum();
+        let loss = cross_entropy(&logits, &labels, weights)?.to_scalar::<f32>()? as f64;
+        loss_sum += loss * w;
+        weight_sum += w;
+        let am = logits.argmax(1)?.to_vec1::<u32>()?;
+        for (&i, p) in chunk.iter().zip(am) {
+            preds[i] = p as usize;
+        }
+    }
+    Ok((loss_sum / weight_sum.max(1e-12), preds))
+}
+
+/// The selection metric's value.
+pub fn score_of(s: &Scores, metric: Metric) -> f64 {
+    match metric {
+        Metric::Accuracy => s.accuracy,
+        Metric::MacroF1 => s.macro_f1,
+    }
+}
+
+/// What a validation pass measured.
+pub struct Checked {
+    pub loss: f64,
+    pub scores: Scores,
+    /// The selection metric on the validation split.
+    pub score: f64,
+    /// The selection metric on the test split (reporting only).
+    pub test_score: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Scores the model on the validation split, and on the test split when
+/// the tracker asks for a test score every epoch.
+pub fn validate_epoch(
+    model: &Model,
+    sets: &Sets,
+    cfg: &RunConfig,
+    weights: Option<&[f64]>,
+    device: &Device,
+) -> Result<Checked> {
+    let started = Instant::now();
+    let spec = cfg.train;
+    let eval_bs = spec.batch_size.max(32);
+    let (loss, preds) = evaluate(model, sets.val, eval_bs, device, weights)?;
+    let scores = metrics::scores(&preds, &sets.val.labels, cfg.labels);
+    let score = score_of(&scores, spec.metric);
+    let seconds = started.elapsed().as_secs_f64();
+    let test_score = match sets.test {
+        Some(test) if cfg.tracker.test_every_epoch => {
+            let (_, tp) = evaluate(model, test, eval_bs, device, weights)?;
+            Some(score_of(
+                &metrics::scores(&tp, &test.labels, cfg.labels),
+                spec.metric,
+            ))
+        }
+        _ => None,
+    };
+    Ok(Checked {
+        loss,
+        scores,
+        score,
+        test_score,
+        seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_index_once() {
+        let lengths: Vec<usize> = (0..103).map(|i| (i * 7) % 40 + 1).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let b = make_batches(&lengths, 16, &mut rng);
+        let mut all: Vec<usize> = b.concat();
+        all.sort();
+        assert_eq!(all, (0..103).collect::<Vec<_>>());
+        assert!(b.iter().all(|x| x.len() <= 16));
+        let mut rng2 = ChaCha8Rng::seed_from_u64(3);
+        assert_eq!(b, make_batches(&lengths, 16, &mut rng2));
+    }
+}
