@@ -10,7 +10,7 @@ RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-too
 ENV PATH=/root/.cargo/bin:${PATH}
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p worker --features cuda,hub && cargo build --release -p producer
+RUN cargo build --release -p worker -p producer --features worker/cuda,worker/hub
 
 FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcublas-12-4 libcurand-12-4 \

@@ -11,9 +11,12 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::frame::Chart;
 use super::style::{centre_nudge, shorten, text_style, Fonts};
 use super::DrawResult;
+
+/// A chart over two [`TickedAxis`] axes, as every figure but the confusion
+/// matrix draws.
+pub(super) type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<TickedAxis, TickedAxis>>;
 
 /// At most this many epoch ticks are labelled.
 pub(super) const MAX_EPOCH_TICKS: usize = 12;

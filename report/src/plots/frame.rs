@@ -10,15 +10,11 @@ use plotters::prelude::*;
 use plotters::style::full_palette::GREY_800;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::axis::{TickedAxis, XAxis, YAxis};
-use super::legend::{Legend, LegendEntry};
+use super::axis::{Chart, XAxis, YAxis};
+use super::legend::{Legend, LegendEntry, Sample};
 use super::line::Line;
 use super::style::{centre_nudge, fit_text, text_style, Fonts, SWITCH_COLOR};
 use super::DrawResult;
-
-/// A chart over two [`TickedAxis`] axes, as every figure but the confusion
-/// matrix draws.
-pub(super) type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<TickedAxis, TickedAxis>>;
 
 /// Above the plot, under the legend strip.
 const MARGIN_TOP: u32 = 8;
@@ -142,7 +138,7 @@ impl Panel {
     /// Adds a line with its legend entry.
     pub(super) fn line(&mut self, label: impl Into<String>, line: Line) {
         self.legend
-            .push(LegendEntry::new(label, line.color, line.sample()));
+            .push(LegendEntry::new(label, line.color, Sample::of(&line)));
         self.lines.push(line);
     }
 

@@ -9,7 +9,7 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::line::{draw_marker, Marker};
+use super::line::{draw_marker, Line, Marker};
 use super::style::{centre_nudge, text_style};
 use super::DrawResult;
 
@@ -37,6 +37,17 @@ pub(super) enum Sample {
     Crossbar,
     /// Nothing: the entry is a note.
     Nothing,
+}
+
+impl Sample {
+    /// What a line's legend entry shows.
+    pub(super) fn of(line: &Line) -> Sample {
+        if line.dashed {
+            Sample::Dashed
+        } else {
+            Sample::Line(line.marker)
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -5,8 +5,7 @@
 use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 
-use super::frame::Chart;
-use super::legend::Sample;
+use super::axis::Chart;
 use super::style::fade;
 use super::DrawResult;
 
@@ -63,15 +62,6 @@ impl Line {
             .iter()
             .map(|&(_, y, _)| y)
             .filter(|y| y.is_finite())
-    }
-
-    /// What the line's legend entry shows.
-    pub(super) fn sample(&self) -> Sample {
-        if self.dashed {
-            Sample::Dashed
-        } else {
-            Sample::Line(self.marker)
-        }
     }
 
     pub(super) fn draw<DB: DrawingBackend>(&self, chart: &mut Chart<'_, DB>) -> DrawResult<(), DB> {
