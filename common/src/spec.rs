@@ -113,21 +113,6 @@ impl ModelSpec {
         128
     }
 
-    /// A spec for `arch` with every other field at its default.
-    pub fn new(arch: Arch) -> Self {
-        ModelSpec {
-            arch,
-            path: None,
-            hub_id: None,
-            finetune: Finetune::default(),
-            freeze: Vec::new(),
-            max_len: Self::default_max_len(),
-            precision: Precision::default(),
-            quantize: Quantize::default(),
-            dropout: None,
-        }
-    }
-
     fn validate(&self) -> Result<(), SpecError> {
         if self.path.is_none() && self.hub_id.is_none() {
             return Err(bad("model.path", "set `model.path` or `model.hub_id`"));
@@ -343,10 +328,14 @@ impl TrainSpec {
         if self.grad_accum == 0 {
             return Err(bad("train.grad_accum", "must be at least 1"));
         }
-        for (field, v) in [("train.lr", Some(self.lr)), ("train.head_lr", self.head_lr)] {
-            if v.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
-                return Err(bad(field, "must be a positive number"));
-            }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(bad("train.lr", "must be a positive number"));
+        }
+        if self.head_lr.is_some_and(|h| !(h >= 0.0 && h.is_finite())) {
+            return Err(bad(
+                "train.head_lr",
+                "must be >= 0 (0 keeps the head fixed)",
+            ));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return Err(bad("train.weight_decay", "must be >= 0"));
@@ -725,11 +714,12 @@ mod tests {
         assert_eq!(s.dendrites, DendriteSpec::default());
         assert_eq!(s.tracker.patience, 10);
         assert_eq!(s.dendrites.max, 3);
-        assert_eq!(s.model, {
-            let mut m = ModelSpec::new(Arch::Bert);
-            m.path = Some("/m".into());
-            m
-        });
+        let m = &s.model;
+        assert_eq!(
+            (m.arch, m.finetune, m.max_len),
+            (Arch::Bert, Finetune::Full, 128)
+        );
+        assert_eq!((m.precision, m.quantize), (Precision::Auto, Quantize::None));
     }
 
     #[test]

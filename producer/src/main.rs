@@ -472,7 +472,10 @@ async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
         for f in RUN_FILES {
             got.push(a.get(&format!("{folder}/{f}")).await?);
         }
-        runs.push(SweepRun::from_files(folder, &got[0], &got[1], &got[2])?);
+        match SweepRun::from_files(folder, &got[0], &got[1], &got[2]) {
+            Ok(run) => runs.push(run),
+            Err(e) => println!("WARNING: {j} left out of the report: {e}"),
+        }
     }
     if runs.is_empty() {
         anyhow::bail!("sweep {sweep} has no succeeded jobs yet");

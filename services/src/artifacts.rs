@@ -143,7 +143,8 @@ impl Artifacts {
         .retry(self.retry.backoff())
         .notify(|e, wait| {
             let error = error_chain(e);
-            tracing::warn!(key, error = %error, "upload failed; retrying in {wait:?}");
+            let attempt = attempts.load(Ordering::Relaxed);
+            tracing::warn!(key, attempt, error = %error, "upload failed; retrying in {wait:?}");
         })
         .await
         .map(|_| ())

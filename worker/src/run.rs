@@ -1,13 +1,14 @@
 //! `worker run`: executes a sweep's jobs one after another on this machine
 //! and stores each run's files through object_store's local file system
 //! store, with the same key layout the queue workers use on S3. Jobs whose
-//! `Results.csv` already exists are skipped unless `--force`. At the end the
-//! sweep report is rebuilt from every finished run's files.
+//! `Results.csv`, `metrics.json` and `spec.json` exist are skipped unless
+//! `--force`. At the end the sweep report is rebuilt from every finished
+//! run's files.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use common::artifacts::{self, files};
+use common::artifacts;
 use common::summary::EpochRecord;
 use common::sweep::Sweep;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -118,20 +119,43 @@ impl Store {
     }
 }
 
-/// Every finished run of the sweep, read back from the store.
-fn finished_runs(store: &Store, sweep: &Sweep) -> anyhow::Result<Vec<SweepRun>> {
+/// The files of a finished run in `folder`, when all of them are there.
+fn run_files(store: &Store, folder: &str) -> Option<Vec<Vec<u8>>> {
+    RUN_FILES
+        .iter()
+        .map(|f| store.get(&format!("{folder}/{f}")))
+        .collect()
+}
+
+/// Every finished run of the sweep, read back from the store; a run whose
+/// files cannot be read is left out with a warning naming the file.
+fn finished_runs(store: &Store, sweep: &Sweep) -> Vec<SweepRun> {
     let mut out = Vec::new();
     for j in &sweep.jobs {
         let folder = artifacts::job_prefix(&sweep.name, &j.id);
-        let got: Option<Vec<Vec<u8>>> = RUN_FILES
-            .iter()
-            .map(|f| store.get(&format!("{folder}/{f}")))
-            .collect();
-        if let Some([results, metrics, spec]) = got.as_deref() {
-            out.push(SweepRun::from_files(&folder, results, metrics, spec)?);
+        if let Some([results, metrics, spec]) = run_files(store, &folder).as_deref() {
+            match SweepRun::from_files(&folder, results, metrics, spec) {
+                Ok(run) => out.push(run),
+                Err(e) => eprintln!("sweep report: {} left out: {e}", j.id),
+            }
         }
     }
-    Ok(out)
+    out
+}
+
+/// Writes the sweep's `Results.csv`, `report.md` and figures.
+fn write_sweep_report(store: &Store, sweep: &Sweep, out: &std::path::Path) -> anyhow::Result<()> {
+    let runs = finished_runs(store, sweep);
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let prefix = artifacts::sweep_prefix(&sweep.name);
+    store.put_all(&prefix, &report::sweep::sweep_files(&sweep.name, &runs)?)?;
+    println!(
+        "sweep results: {}/{prefix}/ (Results.csv, report.md)",
+        out.display()
+    );
+    Ok(())
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
@@ -156,11 +180,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     for j in jobs {
         let prefix = artifacts::job_prefix(&sweep.name, &j.id);
-        if !args.force
-            && store
-                .get(&format!("{prefix}/{}", files::RESULTS_CSV))
-                .is_some()
-        {
+        if !args.force && run_files(&store, &prefix).is_some() {
             println!("{}: already done (use --force to re-run)", j.id);
             continue;
         }
@@ -201,15 +221,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let runs = finished_runs(&store, &sweep)?;
-    if !runs.is_empty() {
-        let sweep_prefix = artifacts::sweep_prefix(&sweep.name);
-        let files = report::sweep::sweep_files(&sweep.name, &runs)?;
-        store.put_all(&sweep_prefix, &files)?;
-        println!(
-            "sweep results: {}/{sweep_prefix}/ (Results.csv, report.md)",
-            args.out.display()
-        );
+    // The runs are stored: a report that cannot be drawn loses nothing.
+    if let Err(e) = write_sweep_report(&store, &sweep, &args.out) {
+        eprintln!("sweep report: {e:#}");
     }
     if failed > 0 {
         anyhow::bail!("{failed} job(s) failed");

@@ -23,7 +23,6 @@ use crate::engine::nn::Ctx;
 /// The parameters being trained and their optimiser; rebuilt whenever
 /// dendrites are added.
 pub struct Optimised {
-    pub trainable: Vec<(String, Var)>,
     pub vars: Vec<Var>,
     pub opt: AdamW,
 }
@@ -47,7 +46,6 @@ impl Optimised {
         Ok(Optimised {
             vars: trainable.iter().map(|(_, v)| v.clone()).collect(),
             opt: AdamW::new(&groups, spec.weight_decay)?,
-            trainable,
         })
     }
 

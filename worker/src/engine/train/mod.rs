@@ -62,10 +62,6 @@ pub trait Progress {
     }
 }
 
-/// A sink that ignores progress.
-pub struct Quiet;
-impl Progress for Quiet {}
-
 /// How training went; the model holds the best snapshot's weights.
 pub struct Trained {
     pub history: Vec<EpochRecord>,
@@ -111,7 +107,6 @@ pub fn train(
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<Trained, TrainError> {
-    let started = Instant::now();
     let spec = cfg.train;
     let weights = spec
         .class_weights
@@ -138,6 +133,7 @@ pub fn train(
     let mut best: Option<Snapshot> = None;
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut switches = Vec::new();
+    let started = Instant::now();
     for epoch in 1..=spec.epochs {
         let fit = train_epoch(
             model,
