@@ -1,6 +1,7 @@
 //! Gradient accumulation: the parameter gradients of `grad_accum`
 //! micro-batches summed into one store, then rescaled (a short final group
-//! becomes a mean over what it had) and clipped before the optimiser step.
+//! becomes a mean over what it had) and clipped before the optimiser step;
+//! a group whose gradient norm is not finite is dropped.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
@@ -65,8 +66,10 @@ impl GradAccumulator {
     }
 
     /// The summed gradients, rescaled for a short group and clipped to
-    /// `clip_norm`; the accumulator starts over.
-    pub fn take(&mut self, vars: &[Var], clip_norm: Option<f64>) -> Result<GradStore> {
+    /// `clip_norm`; `None` when their norm is not finite (the step is
+    /// skipped rather than spreading NaN or infinity into the weights). The
+    /// accumulator starts over either way.
+    pub fn take(&mut self, vars: &[Var], clip_norm: Option<f64>) -> Result<Option<GradStore>> {
         let Some(mut store) = self.store.take() else {
             candle_core::bail!("no gradients to apply");
         };
@@ -74,11 +77,15 @@ impl GradAccumulator {
             optim::scale_grads(&mut store, vars, self.every as f64 / self.count as f64)?;
         }
         self.count = 0;
-        let f = optim::clip_factor(optim::grad_norm(&store, vars)?, clip_norm);
+        let norm = optim::grad_norm(&store, vars)?;
+        if !norm.is_finite() {
+            return Ok(None);
+        }
+        let f = optim::clip_factor(norm, clip_norm);
         if f != 1.0 {
             optim::scale_grads(&mut store, vars, f)?;
         }
-        Ok(store)
+        Ok(Some(store))
     }
 }
 
@@ -115,7 +122,7 @@ mod tests {
         acc.add(grads(&w, &[3.0, 4.0]), std::slice::from_ref(&w))
             .unwrap();
         assert!(acc.ready(false));
-        let s = acc.take(std::slice::from_ref(&w), None).unwrap();
+        let s = acc.take(std::slice::from_ref(&w), None).unwrap().unwrap();
         assert_eq!(values(&s, &w), [4.0, 6.0]);
         assert!(!acc.ready(true), "starts over after take");
     }
@@ -128,7 +135,7 @@ mod tests {
             .unwrap();
         assert!(acc.ready(true));
         // One micro-batch of a group of 4: scaled by 4 (its loss was / 4).
-        let s = acc.take(std::slice::from_ref(&w), None).unwrap();
+        let s = acc.take(std::slice::from_ref(&w), None).unwrap().unwrap();
         assert_eq!(values(&s, &w), [8.0]);
     }
 
@@ -138,12 +145,34 @@ mod tests {
         let mut acc = GradAccumulator::new(1);
         acc.add(grads(&w, &[3.0, 4.0]), std::slice::from_ref(&w))
             .unwrap();
-        let s = acc.take(std::slice::from_ref(&w), Some(1.0)).unwrap();
+        let s = acc
+            .take(std::slice::from_ref(&w), Some(1.0))
+            .unwrap()
+            .unwrap();
         let v = values(&s, &w);
         assert!(
             (v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5,
             "{v:?}"
         );
         assert!(acc.take(std::slice::from_ref(&w), None).is_err());
+    }
+
+    #[test]
+    fn a_non_finite_norm_skips_the_step() {
+        let w = Var::new(&[0f32, 0.0], &Device::Cpu).unwrap();
+        let mut acc = GradAccumulator::new(1);
+        acc.add(grads(&w, &[f32::NAN, 1.0]), std::slice::from_ref(&w))
+            .unwrap();
+        assert!(acc
+            .take(std::slice::from_ref(&w), Some(1.0))
+            .unwrap()
+            .is_none());
+        acc.add(grads(&w, &[f32::INFINITY, 1.0]), std::slice::from_ref(&w))
+            .unwrap();
+        assert!(acc.take(std::slice::from_ref(&w), None).unwrap().is_none());
+        // The next group starts clean.
+        acc.add(grads(&w, &[1.0, 1.0]), std::slice::from_ref(&w))
+            .unwrap();
+        assert!(acc.take(std::slice::from_ref(&w), None).unwrap().is_some());
     }
 }

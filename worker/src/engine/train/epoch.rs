@@ -124,10 +124,12 @@ pub fn train_epoch(
         loss_sum += loss_val;
         acc.add(acc.scale_loss(&loss)?.backward()?, &params.vars)?;
         if acc.ready(bi + 1 == batches.len()) {
-            let grads = acc.take(&params.vars, spec.clip_norm)?;
-            lr = schedule.lr();
-            params.opt.step(&grads, lr)?;
-            schedule.advance();
+            // A non-finite gradient norm skips the optimiser step.
+            if let Some(grads) = acc.take(&params.vars, spec.clip_norm)? {
+                lr = schedule.lr();
+                params.opt.step(&grads, lr)?;
+                schedule.advance();
+            }
         }
         progress.step(epoch, bi + 1, loss_val);
     }

@@ -158,19 +158,19 @@ impl InplaceOp2 for FusedAdamW<'_> {
     }
 }
 
-/// Global L2 norm of the gradients of `vars`.
+/// Global L2 norm of the gradients of `vars`: the squared sums stay on the
+/// gradients' device and are read back once.
 pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
-    let mut total = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            total += g
-                .to_dtype(DType::F32)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f32>()? as f64;
-        }
+    let sums = vars
+        .iter()
+        .filter_map(|v| grads.get(v.as_tensor()))
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+        .collect::<Result<Vec<_>>>()?;
+    if sums.is_empty() {
+        return Ok(0.0);
     }
-    Ok(total.sqrt())
+    let total = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(f64::from(total).sqrt())
 }
 
 /// Scales every gradient by `factor` in the store.
@@ -196,6 +196,23 @@ pub fn clip_factor(norm: f64, max_norm: Option<f64>) -> f64 {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn global_norm_over_every_gradient() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[0f32, 0.0], &dev).unwrap();
+        let b = Var::new(&[0f32], &dev).unwrap();
+        let unused = Var::new(&[0f32], &dev).unwrap();
+        let x = Tensor::new(&[3f32, 4.0], &dev).unwrap();
+        let y = Tensor::new(&[12f32], &dev).unwrap();
+        let loss = ((a.as_tensor() * x).unwrap().sum_all().unwrap()
+            + (b.as_tensor() * y).unwrap().sum_all().unwrap())
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let n = grad_norm(&grads, &[a, b, unused.clone()]).unwrap();
+        assert!((n - 13.0).abs() < 1e-5, "{n}");
+        assert_eq!(grad_norm(&grads, &[unused]).unwrap(), 0.0);
+    }
 
     #[test]
     fn clipping_factor() {
