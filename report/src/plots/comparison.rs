@@ -7,10 +7,10 @@ use plotters::style::full_palette::{GREY_700, GREY_800};
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axis::{data_range, with_headroom, CategoryLabels, XAxis, YAxis};
-use super::frame::{build_chart, Frame};
+use super::frame::{build_chart, titled, Frame};
 use super::legend::{LegendEntry, Sample};
 use super::style::{fit_text, text_style, PALETTE, STANDARD_FONTS};
-use super::{render, DrawResult, PlotError};
+use super::{check_pairs, render, DrawResult, PlotError};
 
 const SIZE: (u32, u32) = (1000, 700);
 /// Half the width of a variant's mean ± sd box, in slots.
@@ -29,18 +29,12 @@ pub fn variant_comparison(
     variants: &[String],
     values: &[Vec<f64>],
 ) -> Result<Vec<u8>, PlotError> {
-    if variants.is_empty() {
-        return Err(PlotError::Empty(
-            "the variant comparison needs at least one variant",
-        ));
-    }
-    if values.len() != variants.len() {
-        return Err(PlotError::Shape(format!(
-            "{} variants but {} lists of values",
-            variants.len(),
-            values.len()
-        )));
-    }
+    check_pairs(
+        variants.len(),
+        values.len(),
+        "the variant comparison needs at least one variant",
+        ("variants", "lists of values"),
+    )?;
     render("comparison", SIZE, |root| {
         draw_comparison(root, title, metric, variants, values)
     })
@@ -89,11 +83,8 @@ fn draw_comparison<DB: DrawingBackend>(
     variants: &[String],
     values: &[Vec<f64>],
 ) -> DrawResult<(), DB> {
-    root.fill(&WHITE)?;
     let fonts = STANDARD_FONTS;
-    let body = root
-        .margin(8, 8, 12, 12)
-        .titled(title, text_style(fonts.title, &BLACK))?;
+    let body = titled(root, title, fonts, (8, 8, 12, 12))?;
     let stats: Vec<Option<Summary>> = values.iter().map(|v| Summary::of(v)).collect();
     let extent = values
         .iter()

@@ -6,6 +6,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axis::TickedAxis;
+use super::frame::titled;
 use super::style::{centre_nudge, shorten, text_style, STANDARD_FONTS};
 use super::{render, DrawResult, PlotError};
 
@@ -53,10 +54,7 @@ fn draw_matrix<DB: DrawingBackend>(
     matrix: &[Vec<u64>],
 ) -> DrawResult<(), DB> {
     let fonts = STANDARD_FONTS;
-    root.fill(&WHITE)?;
-    let body = root
-        .margin(8, 8, 12, 12)
-        .titled(title, text_style(fonts.title, &BLACK))?;
+    let body = titled(root, title, fonts, (8, 8, 12, 12))?;
     let n = labels.len();
     let labels: Vec<String> = labels.iter().map(|l| shorten(l)).collect();
     let max_count = matrix.iter().flatten().copied().max().unwrap_or(0);

@@ -6,9 +6,9 @@ use plotters::prelude::*;
 use plotters::style::full_palette::{BLUE_700, GREEN_700, ORANGE_800, PURPLE_500};
 
 use super::axis::{data_range, epoch_axis, format_epoch, score_range, XAxis};
-use super::frame::{draw_panels, Panel, PanelGrid};
+use super::frame::{draw_panels, titled, Panel, PanelGrid};
 use super::line::{Line, Marker};
-use super::style::{text_style, STANDARD_FONTS};
+use super::style::STANDARD_FONTS;
 use super::{render, DrawResult, PlotError};
 
 const SIZE: (u32, u32) = (1600, 700);
@@ -45,10 +45,7 @@ fn draw_curves<DB: DrawingBackend>(
     points: &[CurvePoint],
 ) -> DrawResult<(), DB> {
     let fonts = STANDARD_FONTS;
-    root.fill(&WHITE)?;
-    let body = root
-        .margin(8, 8, 8, 8)
-        .titled(title, text_style(fonts.title, &BLACK))?;
+    let body = titled(root, title, fonts, (8, 8, 8, 8))?;
     let areas = body.split_evenly((1, 2));
     let panels = curve_panels(points);
     let grid = PanelGrid {

@@ -8,10 +8,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axis::{data_range, with_headroom, CategoryLabels, XAxis, YAxis};
 use super::comparison::{value_decimals, Summary};
-use super::frame::{build_chart, Frame};
+use super::frame::{build_chart, titled, Frame};
 use super::legend::{LegendEntry, Sample};
 use super::style::{text_style, STANDARD_FONTS};
-use super::{render, DrawResult, PlotError};
+use super::{check_pairs, render, DrawResult, PlotError};
 
 const SIZE: (u32, u32) = (1000, 700);
 
@@ -24,18 +24,12 @@ pub fn paired_differences(
     seeds: &[String],
     diffs: &[f64],
 ) -> Result<Vec<u8>, PlotError> {
-    if seeds.is_empty() {
-        return Err(PlotError::Empty(
-            "paired differences need at least one seed",
-        ));
-    }
-    if diffs.len() != seeds.len() {
-        return Err(PlotError::Shape(format!(
-            "{} seeds but {} differences",
-            seeds.len(),
-            diffs.len()
-        )));
-    }
+    check_pairs(
+        seeds.len(),
+        diffs.len(),
+        "paired differences need at least one seed",
+        ("seeds", "differences"),
+    )?;
     render("differences", SIZE, |root| {
         draw_differences(root, title, metric, seeds, diffs)
     })
@@ -48,11 +42,8 @@ fn draw_differences<DB: DrawingBackend>(
     seeds: &[String],
     diffs: &[f64],
 ) -> DrawResult<(), DB> {
-    root.fill(&WHITE)?;
     let fonts = STANDARD_FONTS;
-    let body = root
-        .margin(8, 8, 12, 12)
-        .titled(title, text_style(fonts.title, &BLACK))?;
+    let body = titled(root, title, fonts, (8, 8, 12, 12))?;
     let finite: Vec<f64> = diffs.iter().copied().filter(|d| d.is_finite()).collect();
     let stat = Summary::of(diffs);
     let decimals = value_decimals(finite.iter().map(|d| d.abs()).fold(0.0, f64::max));

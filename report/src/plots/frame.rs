@@ -29,6 +29,20 @@ pub(super) struct Frame<DB: DrawingBackend> {
     pub(super) legend: Legend,
 }
 
+/// Fills a figure white and writes its title inside `margin` (top,
+/// bottom, left, right); returns the area under the title.
+pub(super) fn titled<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    fonts: Fonts,
+    margin: (u32, u32, u32, u32),
+) -> DrawResult<DrawingArea<DB, Shift>, DB> {
+    root.fill(&WHITE)?;
+    let (top, bottom, left, right) = margin;
+    root.margin(top, bottom, left, right)
+        .titled(title, text_style(fonts.title, &BLACK))
+}
+
 impl<DB: DrawingBackend> Frame<DB> {
     /// Plans a chart on `inner` with the y axis `y` and a legend of `entries`
     /// that fits over the plot.

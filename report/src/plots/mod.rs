@@ -68,6 +68,26 @@ pub enum PlotError {
 
 type DrawResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// Rejects an empty list of `names`, and `values` that do not pair one to
+/// one with them (`what`: how to name both in the message).
+fn check_pairs(
+    names: usize,
+    values: usize,
+    empty: &'static str,
+    what: (&str, &str),
+) -> Result<(), PlotError> {
+    if names == 0 {
+        return Err(PlotError::Empty(empty));
+    }
+    if values != names {
+        return Err(PlotError::Shape(format!(
+            "{names} {} but {values} {}",
+            what.0, what.1
+        )));
+    }
+    Ok(())
+}
+
 /// Draws a figure of `size` pixels in memory and encodes it as PNG.
 fn render<F>(figure: &'static str, size: (u32, u32), draw: F) -> Result<Vec<u8>, PlotError>
 where

@@ -9,10 +9,10 @@ use plotters::style::full_palette::{
 };
 
 use super::axis::{data_range, epoch_axis, format_epoch, zero_based_range, XAxis};
-use super::frame::{draw_panels, Panel, PanelGrid};
+use super::frame::{draw_panels, titled, Panel, PanelGrid};
 use super::legend::{LegendEntry, Sample};
 use super::line::{Line, Marker};
-use super::style::{fade, text_style, LARGE_FONTS, PALETTE, SWITCH_COLOR};
+use super::style::{fade, LARGE_FONTS, PALETTE, SWITCH_COLOR};
 use super::{render, DrawResult, PlotError};
 
 const SIZE: (u32, u32) = (2800, 1400);
@@ -88,11 +88,8 @@ fn draw_pai<DB: DrawingBackend>(
     data: &PaiData,
     epochs: &[PaiEpoch],
 ) -> DrawResult<(), DB> {
-    root.fill(&WHITE)?;
     let fonts = LARGE_FONTS;
-    let body = root
-        .margin(10, 10, 14, 14)
-        .titled(&data.title, text_style(fonts.title, &BLACK))?;
+    let body = titled(root, &data.title, fonts, (10, 10, 14, 14))?;
     let areas = body.split_evenly((2, 2));
 
     let switches: Vec<f64> = data.switch_epochs.iter().map(|&e| e as f64 + 0.5).collect();

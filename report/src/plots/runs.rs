@@ -5,10 +5,10 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::axis::{data_range, epoch_axis, format_epoch, XAxis, YAxis};
-use super::frame::{build_chart, Frame};
+use super::frame::{build_chart, titled, Frame};
 use super::legend::{LegendEntry, Sample};
 use super::line::{Line, Marker};
-use super::style::{shorten, text_style, PALETTE, STANDARD_FONTS};
+use super::style::{shorten, PALETTE, STANDARD_FONTS};
 use super::{render, DrawResult, PlotError};
 
 const SIZE: (u32, u32) = (1400, 700);
@@ -49,11 +49,8 @@ fn draw_runs<DB: DrawingBackend>(
     score_name: &str,
     runs: &[Run],
 ) -> DrawResult<(), DB> {
-    root.fill(&WHITE)?;
     let fonts = STANDARD_FONTS;
-    let body = root
-        .margin(8, 8, 12, 12)
-        .titled(title, text_style(fonts.title, &BLACK))?;
+    let body = titled(root, title, fonts, (8, 8, 12, 12))?;
     let (lines, entries) = run_lines(runs);
     let y = YAxis::new(
         &body,
