@@ -105,6 +105,12 @@ impl Store {
             .map(|b| b.to_vec())
     }
 
+    fn exists(&self, key: &str) -> bool {
+        self.rt
+            .block_on(self.store.head(&StorePath::from(key)))
+            .is_ok()
+    }
+
     fn put_all(&self, folder: &str, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         self.rt.block_on(async {
             for (name, bytes) in files {
@@ -180,7 +186,10 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let mut failed = 0;
     for j in jobs {
         let prefix = artifacts::job_prefix(&sweep.name, &j.id);
-        if !args.force && run_files(&store, &prefix).is_some() {
+        let done = RUN_FILES
+            .iter()
+            .all(|f| store.exists(&format!("{prefix}/{f}")));
+        if !args.force && done {
             println!("{}: already done (use --force to re-run)", j.id);
             continue;
         }

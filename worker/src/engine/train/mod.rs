@@ -158,14 +158,11 @@ pub fn train(
             best = Some(Snapshot::take(model, &base_vars, snap_state, epoch)?);
         }
         let dendrite_params = params.param_count() - base_count + frozen_dendrite_params(model);
-        let record = EpochRecord {
+        let counts = Counts {
             dendrite_params,
             total_params: cfg.frozen_params + base_count + dendrite_params,
-            improved: step.snapshot.is_some(),
-            improved_current: step.improved_current,
-            val_running: step.running,
-            ..epoch_record(model, epoch, &fit, &checked)?
         };
+        let record = epoch_record(model, epoch, &fit, &checked, &step, counts)?;
         progress.end_epoch(&record);
         history.push(record);
         state = step.state;
@@ -210,13 +207,20 @@ pub fn train(
     })
 }
 
-/// The record of an epoch from what it measured; the tracker's and the
-/// parameter counts' fields are filled in by the caller.
+/// Parameter counts of the network during an epoch.
+struct Counts {
+    dendrite_params: usize,
+    total_params: usize,
+}
+
+/// The record of an epoch from what it measured and what the tracker said.
 fn epoch_record(
     model: &mut Model,
     epoch: usize,
     fit: &Fit,
     checked: &Checked,
+    step: &tracker::Step,
+    counts: Counts,
 ) -> candle_core::Result<EpochRecord> {
     let layers = model.dendrite_summary()?;
     Ok(EpochRecord {
@@ -226,18 +230,18 @@ fn epoch_record(
         val_accuracy: checked.scores.accuracy,
         val_macro_f1: checked.scores.macro_f1,
         val_score: checked.score,
-        val_running: checked.score,
+        val_running: step.running,
         test_score: checked.test_score,
         lr: fit.lr,
         seconds: fit.seconds + checked.seconds,
         train_seconds: fit.seconds,
         val_seconds: checked.seconds,
-        improved: false,
-        improved_current: false,
+        improved: step.snapshot.is_some(),
+        improved_current: step.improved_current,
         discarded: false,
         dendrites: layers.first().map_or(0, |d| d.1),
-        dendrite_params: 0,
-        total_params: 0,
+        dendrite_params: counts.dendrite_params,
+        total_params: counts.total_params,
         gates: layers.iter().map(|(n, _, g)| (n.clone(), *g)).collect(),
     })
 }
