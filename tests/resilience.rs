@@ -141,6 +141,53 @@ async fn succeeded_events(state: &StateStore, sweep: &str, expected: usize) -> u
     }
 }
 
+/// Ends a fault test with the whole picture: `job` succeeded exactly once,
+/// on `worker`, at `attempt`; every queue of the namespace is empty (jobs,
+/// retry and dead letters); and S3 holds the one attempt folder Redis points
+/// at, with every file of a run, and no other folder of the job.
+async fn audit(
+    env: &HashMap<String, String>,
+    state: &StateStore,
+    broker: &Broker,
+    sweep: &str,
+    job: &str,
+    worker: &str,
+    attempt: u32,
+) {
+    let h = state.job(job).await.unwrap();
+    assert_eq!(h["state"], "succeeded", "{h:?}");
+    assert_eq!(h["worker"], worker, "{h:?}");
+    assert_eq!(h["attempt"], attempt.to_string(), "{h:?}");
+    assert_eq!(succeeded_events(state, sweep, 1).await, 1);
+    let class = common::job::DeviceClass::Cpu;
+    let t = &broker.topology;
+    for q in [t.jobs_queue(class), t.retry_queue(class), t.dead_queue()] {
+        let (messages, _) = broker.queue_counts(&q).await.unwrap();
+        assert_eq!(messages, 0, "{q} still holds {messages} message(s)");
+    }
+    let services = common::config::Services::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
+    let job_folder = common::artifacts::job_prefix(sweep, job);
+    let folder = &h["artifacts"];
+    assert!(
+        folder.starts_with(&format!("{job_folder}/attempt-{attempt}-"))
+            && folder.ends_with(&format!("-{worker}")),
+        "{folder}"
+    );
+    let keys = s3.list(&job_folder).await.unwrap();
+    assert!(
+        keys.iter().all(|k| k.starts_with(&format!("{folder}/"))),
+        "files outside the recorded attempt folder: {keys:?}"
+    );
+    for f in report::sweep::RUN_FILES
+        .iter()
+        .chain(&[common::artifacts::files::TRAINED_SAFETENSORS])
+    {
+        let key = format!("{folder}/{f}");
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
 fn training(h: &HashMap<String, String>) -> bool {
     h.get("state").map(String::as_str) == Some("running") && h.get("step").is_some_and(|s| s != "0")
 }
@@ -168,18 +215,9 @@ async fn killed_worker_job_reruns_elsewhere_and_succeeds_once() {
     .await;
     assert_eq!(h["worker"], "wb");
     assert!(h["artifacts"].ends_with("-wb"), "{h:?}");
-    assert_eq!(succeeded_events(&state, "kill", 1).await, 1);
-    // Nothing is left on the queue, nothing was dead-lettered.
-    let q = broker
-        .queue_counts(&broker.topology.jobs_queue(common::job::DeviceClass::Cpu))
-        .await
-        .unwrap();
-    assert_eq!(q.0, 0);
-    let dead = broker
-        .queue_counts(&broker.topology.dead_queue())
-        .await
-        .unwrap();
-    assert_eq!(dead.0, 0);
+    // Nothing is left on any queue, and the dead worker left no files in S3.
+    let attempt = h["attempt"].parse().unwrap();
+    audit(&s.env, &state, &broker, "kill", &job, "wb", attempt).await;
 
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
@@ -260,6 +298,7 @@ async fn worker_recovers_when_its_broker_connection_is_closed() {
     let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
         .await
         .unwrap();
+    audit(&s.env, &state, &broker, "restart", &job, "wr", 1).await;
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
@@ -304,9 +343,9 @@ async fn s3_outage_during_upload_is_retried_before_success() {
     })
     .await;
     assert_eq!(h["attempt"], "1");
-    assert_eq!(succeeded_events(&state, "s3down", 1).await, 1);
-    let _ = (env, dir);
     let broker = Broker::connect(AMQP, Topology::new(&ns), 3).await.unwrap();
+    audit(&env, &state, &broker, "s3down", &job, "ws", 1).await;
+    let _ = dir;
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
