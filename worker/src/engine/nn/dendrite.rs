@@ -17,7 +17,9 @@ use candle_core::{DType, Result, Tensor};
 use common::spec::{Activation, DendriteKind};
 use rand_chacha::ChaCha8Rng;
 
+use super::matmul::matmul;
 use super::params::{normal, Param};
+use super::Ctx;
 
 /// One dendrite module `g_j`.
 #[derive(Clone)]
@@ -33,16 +35,21 @@ pub enum Module {
 }
 
 impl Module {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let dt = x.dtype();
         let (y, b) = match self {
-            Module::Full { w, b } => (x.matmul(&w.get(dt)?.t()?)?, b),
-            Module::LowRank { a, b_mat, b } => {
-                (x.matmul(&a.get(dt)?.t()?)?.matmul(&b_mat.get(dt)?.t()?)?, b)
-            }
+            Module::Full { w, b } => (matmul(x, &ctx.param(w, dt)?.t()?, None)?, b),
+            Module::LowRank { a, b_mat, b } => (
+                matmul(
+                    &matmul(x, &ctx.param(a, dt)?.t()?, None)?,
+                    &ctx.param(b_mat, dt)?.t()?,
+                    None,
+                )?,
+                b,
+            ),
         };
         match b {
-            Some(b) => y.broadcast_add(&b.get(dt)?),
+            Some(b) => y.broadcast_add(&ctx.param(b, dt)?),
             None => Ok(y),
         }
     }
@@ -184,7 +191,7 @@ impl Dendrites {
     }
 
     /// The dendrite term `sum_j T_j * a_j` for `x` of shape `[n, in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
         if self.modules.is_empty() {
             return Ok(None);
         }
@@ -192,15 +199,15 @@ impl Dendrites {
         let mut acts: Vec<Tensor> = Vec::with_capacity(self.modules.len());
         let mut out: Option<Tensor> = None;
         for (j, m) in self.modules.iter().enumerate() {
-            let mut z = m.forward(x)?;
+            let mut z = m.forward(x, ctx)?;
             if j >= 1 {
-                let dj = self.d[j - 1].get(dt)?; // [j, C]
+                let dj = ctx.param(&self.d[j - 1], dt)?; // [j, C]
                 for (i, a) in acts.iter().enumerate() {
                     z = (z + a.broadcast_mul(&dj.get(i)?)?)?;
                 }
             }
             let a = act(&z, self.activation)?;
-            let term = a.broadcast_mul(&self.t[j].get(dt)?)?;
+            let term = a.broadcast_mul(&ctx.param(&self.t[j], dt)?)?;
             out = Some(match out {
                 Some(o) => (o + term)?,
                 None => term,
@@ -406,7 +413,7 @@ mod tests {
         let mut d = Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 4, 3, true);
         let x = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
         d.add(&mut rng, 0.01, &dev).unwrap();
-        let y = d.forward(&x).unwrap().unwrap();
+        let y = d.forward(&x, &Ctx::eval()).unwrap().unwrap();
         assert_eq!(
             y.abs()
                 .unwrap()

@@ -8,6 +8,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor};
 
 use super::dendrite::Dendrites;
+use super::matmul::matmul;
 use super::ops;
 use super::params::{Init, Param, Params};
 use super::Ctx;
@@ -139,23 +140,34 @@ impl Linear {
         let dims = x.dims().to_vec();
         let lead: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((lead, self.in_features))?;
-        let mut y = match &self.weight {
-            Weight::Dense(Param::Frozen(w)) => ops::frozen_matmul(&x2, w)?,
-            Weight::Dense(w @ Param::Train(_)) => x2.matmul(&w.get(dtype)?.t()?)?,
-            Weight::Quantized(q) => ops::quantized_matmul(&x2, q)?,
+        // A frozen bias is added inside the product (no gradient built for it).
+        let frozen_bias = match &self.bias {
+            Some(Param::Frozen(b)) => Some(b.to_dtype(dtype)?),
+            _ => None,
         };
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.get(dtype)?)?;
+        let mut y = match &self.weight {
+            Weight::Dense(w) => matmul(&x2, &ctx.param(w, dtype)?.t()?, frozen_bias.as_ref())?,
+            Weight::Quantized(q) => {
+                let y = ops::quantized_matmul(&x2, q)?;
+                match &frozen_bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
+        };
+        if let Some(b @ Param::Train(_)) = &self.bias {
+            y = y.broadcast_add(&ctx.param(b, dtype)?)?;
         }
         if let Some(l) = &self.lora {
             let xin = ctx.dropout(&x2, l.dropout)?;
-            let a = l.a.get(dtype)?;
-            let b = l.b.get(dtype)?;
-            let delta = xin.matmul(&a.t()?)?.matmul(&b.t()?)?;
-            y = (y + (delta * l.scale)?)?;
+            let a = ctx.param(&l.a, dtype)?;
+            // The scale goes on the small `B` (`[out, r]`), not the `[N, out]` output.
+            let b = (ctx.param(&l.b, dtype)? * l.scale)?;
+            let delta = matmul(&matmul(&xin, &a.t()?, None)?, &b.t()?, None)?;
+            y = (y + delta)?;
         }
         if let Some(d) = &self.dendrites {
-            if let Some(term) = d.forward(&x2)? {
+            if let Some(term) = d.forward(&x2, ctx)? {
                 y = (y + term)?;
             }
         }

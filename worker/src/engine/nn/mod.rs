@@ -4,58 +4,93 @@
 
 pub mod dendrite;
 pub mod linear;
+pub mod matmul;
 pub mod ops;
 pub mod params;
+pub mod rows;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use candle_core::{DType, Device, Result, Tensor};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Per-forward context: training mode and the seeded source of dropout masks.
+use params::Param;
+
+/// Per-forward context: training mode (dropout on), whether a gradient
+/// graph is built, and the seeded source of dropout masks.
 pub struct Ctx {
     pub train: bool,
+    grad: bool,
     rng: RefCell<ChaCha8Rng>,
+    device_seeded: Cell<bool>,
 }
 
 impl Ctx {
+    /// A training context: dropout on, gradients tracked.
     pub fn new(train: bool, rng: ChaCha8Rng) -> Ctx {
         Ctx {
             train,
+            grad: true,
             rng: RefCell::new(rng),
+            device_seeded: Cell::new(false),
         }
     }
 
-    /// An inference context (dropout off).
+    /// Dropout off, graph kept (gradient checks of the eval-mode network).
     pub fn eval() -> Ctx {
-        use rand::SeedableRng;
         Ctx::new(false, ChaCha8Rng::seed_from_u64(0))
     }
 
-    /// Inverted dropout with a mask drawn from this context's seeded RNG, so
-    /// CPU runs are reproducible bit for bit.
+    /// Dropout off and no graph: parameters are read detached, like
+    /// PyTorch's `inference_mode` (evaluation, latency, benchmarks).
+    pub fn inference() -> Ctx {
+        Ctx {
+            grad: false,
+            ..Ctx::eval()
+        }
+    }
+
+    /// A parameter in the compute dtype, detached when no graph is built.
+    pub fn param(&self, p: &Param, dtype: DType) -> Result<Tensor> {
+        let t = p.get(dtype)?;
+        Ok(if self.grad { t } else { t.detach() })
+    }
+
+    /// Inverted dropout, attached with backward `g * mask`. On the CPU the
+    /// mask comes from this context's seeded stream, so runs are
+    /// reproducible bit for bit; on an accelerator it is drawn there (its
+    /// generator seeded once from the same stream).
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !self.train || p <= 0.0 {
             return Ok(x.clone());
         }
-        let n = x.elem_count();
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        let mut rng = self.rng.borrow_mut();
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    scale
-                } else {
-                    0.0
-                }
-            })
+        let mask = self.mask(x, 1.0 - p)?;
+        let y = (x.detach() * &mask)?;
+        ops::attach("dropout", x, y, move |_, _, g| g * &mask)
+    }
+
+    /// `[x.shape]` of `0` or `1 / keep` in `x`'s dtype and device.
+    fn mask(&self, x: &Tensor, keep: f64) -> Result<Tensor> {
+        let scale = 1.0 / keep;
+        let device = x.device();
+        if !device.is_cpu() {
+            if !self.device_seeded.replace(true) {
+                device.set_seed(self.rng.borrow_mut().random())?;
+            }
+            let u = Tensor::rand(0f32, 1f32, x.shape(), device)?;
+            return (u.lt(keep)?.to_dtype(x.dtype())? * scale)?.to_dtype(x.dtype());
+        }
+        let mut bits = vec![0u32; x.elem_count()];
+        self.rng.borrow_mut().fill(&mut bits[..]);
+        // keep with probability `keep`: u32 below keep * 2^32.
+        let threshold = (keep * 4_294_967_296.0) as u64;
+        let s = scale as f32;
+        let mask: Vec<f32> = bits
+            .into_iter()
+            .map(|b| if (b as u64) < threshold { s } else { 0.0 })
             .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-            .to_dtype(x.dtype())?
-            .to_device(x.device())?;
-        x * mask
+        Tensor::from_vec(mask, x.shape(), device)?.to_dtype(x.dtype())
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::QMatMul;
+
+use super::rows;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D,
 };
@@ -111,37 +113,87 @@ fn cpu_len(s: &CpuStorage) -> usize {
 /// `dx = y * (dy - sum(dy * y))`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let y = candle_nn::ops::softmax_last_dim(&x.detach())?;
-    attach("softmax-last-dim", x, y, |_, y, g| {
-        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-        y * g.broadcast_sub(&dot)?
+    attach("softmax-last-dim", x, y, |_, y, g| softmax_bwd(y, g, 1.0))
+}
+
+/// `softmax(x * scale + mask)` over the last dimension, `mask` broadcast
+/// against `x` (additive, constant): one attached op, so no gradient is
+/// built for the mask or the scaled scores. Backward
+/// `dx = scale * y * (dy - sum(dy * y))`.
+pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let z = (x.detach() * scale)?.broadcast_add(mask)?;
+    let y = candle_nn::ops::softmax_last_dim(&z)?;
+    attach("masked-softmax", x, y, move |_, y, g| {
+        softmax_bwd(y, g, scale)
     })
 }
 
-/// Layer norm over the last dimension with affine weight and bias.
-/// The normalisation is fused; its backward is
-/// `dx = rstd * (dy - mean(dy) - y * mean(dy * y))`.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let n = normalize(x, eps)?;
-    n.broadcast_mul(weight)?.broadcast_add(bias)
+/// `scale * y * (dy - sum(dy * y))`: one row kernel on the CPU, composed
+/// ops (with the row sum in f32) elsewhere.
+fn softmax_bwd(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
+    if let Some(dx) = rows::softmax_bwd(y, g, scale)? {
+        return Ok(dx);
+    }
+    let (yf, gf) = (y.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
+    let dot = (&gf * &yf)?.sum_keepdim(D::Minus1)?;
+    ((yf * gf.broadcast_sub(&dot)?)? * scale)?.to_dtype(y.dtype())
 }
 
-fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+/// Exact (erf) GELU, attached with backward `dy * (Phi(x) + x * phi(x))`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     let xd = x.detach();
-    let hidden = xd.dim(D::Minus1)?;
-    let (ones, zeros) = unit_affine(hidden, xd.dtype(), xd.device())?;
-    let y = candle_nn::ops::layer_norm(&xd, &ones, &zeros, eps as f32)?;
-    attach("normalize", x, y, move |x, y, g| {
+    let y = match rows::gelu_erf(&xd, None)? {
+        Some(y) => y,
+        None => xd.gelu_erf()?,
+    };
+    attach("gelu-erf", x, y, |x, _, g| {
+        if let Some(dx) = rows::gelu_erf(x, Some(g))? {
+            return Ok(dx);
+        }
+        let xf = x.to_dtype(DType::F32)?;
+        let cdf = ((xf.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
+        let pdf = ((xf.sqr()? * -0.5)?.exp()?
+            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
+        let d = (cdf + (xf * pdf)?)?;
+        (g.to_dtype(DType::F32)? * d)?.to_dtype(x.dtype())
+    })
+}
+
+/// Layer norm over the last dimension with affine weight and bias, on
+/// candle's fused kernel. A frozen affine is folded into the kernel (no
+/// gradient built for it); a trained one is applied after the fused
+/// normalisation. Backward of the normalisation with gain `w`:
+/// `dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat))`, `gw = dy * w`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if weight.track_op() || bias.track_op() {
+        let hidden = x.dim(D::Minus1)?;
+        let (ones, zeros) = unit_affine(hidden, x.dtype(), x.device())?;
+        return normalize(x, &ones, &zeros, eps)?
+            .broadcast_mul(weight)?
+            .broadcast_add(bias);
+    }
+    normalize(x, weight, bias, eps)
+}
+
+fn normalize(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let y = candle_nn::ops::layer_norm(&x.detach(), weight, bias, eps as f32)?;
+    let w = weight.to_dtype(DType::F32)?;
+    attach("layer-norm", x, y, move |x, _, g| {
+        if let Some(dx) = rows::layer_norm_bwd(x, g, &w, eps)? {
+            return Ok(dx);
+        }
         let xf = x.to_dtype(DType::F32)?;
         let mean = xf.mean_keepdim(D::Minus1)?;
-        let var = xf.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+        let centred = xf.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let rstd = (var + eps)?.sqrt()?.recip()?;
-        let gf = g.to_dtype(DType::F32)?;
-        let yf = y.to_dtype(DType::F32)?;
-        let g_mean = gf.mean_keepdim(D::Minus1)?;
-        let gy_mean = (&gf * &yf)?.mean_keepdim(D::Minus1)?;
-        let inner = gf
+        let xhat = centred.broadcast_mul(&rstd)?;
+        let gw = g.to_dtype(DType::F32)?.broadcast_mul(&w)?;
+        let g_mean = gw.mean_keepdim(D::Minus1)?;
+        let gx_mean = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+        let inner = gw
             .broadcast_sub(&g_mean)?
-            .sub(&yf.broadcast_mul(&gy_mean)?)?;
+            .sub(&xhat.broadcast_mul(&gx_mean)?)?;
         inner.broadcast_mul(&rstd)?.to_dtype(x.dtype())
     })
 }
@@ -151,14 +203,6 @@ fn unit_affine(n: usize, dtype: DType, device: &candle_core::Device) -> Result<(
         Tensor::ones(n, dtype, device)?,
         Tensor::zeros(n, dtype, device)?,
     ))
-}
-
-/// `x @ w^T` for a frozen weight `w` (`[out, in]`): the backward computes
-/// only `dx = dy @ w`, never a weight gradient.
-pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().broadcast_matmul(&w.t()?)?;
-    let w = w.clone();
-    attach("frozen-matmul", x, y, move |_, _, g| g.broadcast_matmul(&w))
 }
 
 /// `x @ w^T` for a frozen quantized weight: forward with candle's quantized
@@ -174,7 +218,9 @@ pub fn quantized_matmul(x: &Tensor, w: &Arc<candle_core::quantized::QTensor>) ->
     let w = w.clone();
     attach("quantized-matmul", x, y, move |x, _, g| {
         let dense = w.dequantize(x.device())?.to_dtype(g.dtype())?;
-        g.broadcast_matmul(&dense)
+        let out = dense.dim(0)?;
+        let g2 = g.detach().reshape(((), out))?;
+        super::matmul::matmul(&g2, &dense, None)?.reshape(x.shape())
     })
 }
 
@@ -233,6 +279,53 @@ mod tests {
     }
 
     #[test]
+    fn masked_softmax_grad_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let mask = Tensor::randn(0f32, 3.0, (1, 3, 16), &dev).unwrap();
+        check_grad(
+            |x| masked_softmax(x, &mask, 0.25),
+            |x| candle_nn::ops::softmax(&(x * 0.25)?.broadcast_add(&mask)?, D::Minus1),
+        );
+    }
+
+    #[test]
+    fn gelu_grad_matches_composed_ops() {
+        check_grad(gelu_erf, |x| x.gelu_erf());
+    }
+
+    #[test]
+    fn trained_layer_norm_affine_gets_exact_gradients() {
+        let dev = Device::Cpu;
+        let w0 = Tensor::randn(1f32, 0.1, 16, &dev).unwrap();
+        let b0 = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let proj = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let run = |fast: bool| {
+            let (x, w, b) = (
+                Var::from_tensor(&x0).unwrap(),
+                Var::from_tensor(&w0).unwrap(),
+                Var::from_tensor(&b0).unwrap(),
+            );
+            let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let y = if fast {
+                layer_norm(xt, wt, bt, 1e-5)
+            } else {
+                candle_nn::ops::layer_norm_slow(xt, wt, bt, 1e-5)
+            };
+            let g = (y.unwrap() * &proj)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [xt, wt, bt].map(|t| g.get(t).unwrap().clone())
+        };
+        for (f, r) in run(true).iter().zip(run(false).iter()) {
+            assert!(max_diff(f, r) < 1e-4, "{f} vs {r}");
+        }
+    }
+
+    #[test]
     fn layer_norm_grad_matches_composed_ops() {
         let dev = Device::Cpu;
         let w = Tensor::randn(1f32, 0.1, 16, &dev).unwrap();
@@ -240,16 +333,6 @@ mod tests {
         check_grad(
             |x| layer_norm(x, &w, &b, 1e-5),
             |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-5),
-        );
-    }
-
-    #[test]
-    fn frozen_matmul_grad_matches_matmul() {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (16, 16), &dev).unwrap();
-        check_grad(
-            |x| frozen_matmul(x, &w),
-            |x| x.broadcast_matmul(&w.t().unwrap()),
         );
     }
 
@@ -287,16 +370,5 @@ mod tests {
         assert!(max_diff(got, want) / scale < 1e-5, "rel err too big");
         // Stock QMatMul cuts the graph: make sure we do not.
         assert!(max_diff(got, &got.zeros_like().unwrap()) > 0.0);
-    }
-
-    #[test]
-    fn frozen_weight_gets_no_gradient() {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (4, 4), &dev).unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap()).unwrap();
-        let y = frozen_matmul(x.as_tensor(), &w).unwrap();
-        let grads = y.sum_all().unwrap().backward().unwrap();
-        assert!(grads.get(&w).is_none());
-        assert!(grads.get(x.as_tensor()).is_some());
     }
 }

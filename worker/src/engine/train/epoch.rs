@@ -148,7 +148,7 @@ pub fn evaluate(
     device: &Device,
     weights: Option<&[f64]>,
 ) -> Result<(f64, Vec<usize>)> {
-    let ctx = Ctx::eval();
+    let ctx = Ctx::inference();
     let mut order: Vec<usize> = (0..data.ids.len()).collect();
     order.sort_by_key(|&i| data.ids[i].len());
     let mut preds = vec![0usize; data.ids.len()];

@@ -1,0 +1,420 @@
+//! Every matrix product of the engine goes through [`matmul`]: `a @ b` over
+//! equal leading (batch) dimensions, operands in place whether row-major or
+//! transposed views, an optional frozen bias added in the same pass, and a
+//! backward that computes a gradient only for the operands that track one
+//! (candle's own matmul backward always computes both, frozen weights
+//! included).
+//!
+//! On the CPU in f32 with the `openblas` feature, products are OpenBLAS
+//! `cblas_sgemm` calls: its kernels use AVX-512 where the processor has it,
+//! while candle's `gemm` runs AVX2 kernels on stable Rust. Everywhere else
+//! the forward is candle's matmul on detached operands (cuBLAS on CUDA).
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+#[cfg(feature = "openblas")]
+#[link(name = "openblas")]
+extern "C" {}
+
+/// `a @ b (+ bias)`: `a` is `[.., m, k]`, `b` is `[.., k, n]` with the same
+/// leading dimensions, `bias` (frozen, `[n]`) is added to every row.
+pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    if ra < 2 || ra != rb || a.dims()[..ra - 2] != b.dims()[..rb - 2] {
+        candle_core::bail!("matmul: shapes {:?} and {:?}", a.dims(), b.dims());
+    }
+    if a.dim(ra - 1)? != b.dim(rb - 2)? {
+        candle_core::bail!("matmul: inner dims of {:?} and {:?}", a.dims(), b.dims());
+    }
+    let blas = blas_ready(a, b);
+    let tracked = a.track_op() || b.track_op();
+    if !blas {
+        let y = reference(&a.detach(), &b.detach())?;
+        let y = match bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        if !tracked {
+            return Ok(y);
+        }
+        return a.apply_op2(
+            b,
+            Product {
+                bias: None,
+                ready: Mutex::new(Some(y)),
+            },
+        );
+    }
+    let bias = match bias {
+        Some(t) => Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let op = Product {
+        bias,
+        ready: Mutex::new(None),
+    };
+    if tracked {
+        a.apply_op2(b, op)
+    } else {
+        a.apply_op2_no_bwd(b, &op)
+    }
+}
+
+/// candle's own product, with the strides its kernels accept.
+fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match a.matmul(b) {
+        Ok(y) => Ok(y),
+        Err(_) => a.contiguous()?.matmul(&b.contiguous()?),
+    }
+}
+
+fn blas_ready(a: &Tensor, b: &Tensor) -> bool {
+    cfg!(feature = "openblas")
+        && a.device().is_cpu()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+}
+
+struct Product {
+    /// Frozen bias added to every output row (BLAS path).
+    bias: Option<Vec<f32>>,
+    /// The forward computed by candle (non-BLAS path), handed over once.
+    ready: Mutex<Option<Tensor>>,
+}
+
+impl Product {
+    fn take_ready(&self) -> Result<Tensor> {
+        self.ready
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("matmul: poisoned".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("matmul: forward ran twice".into()))
+    }
+}
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if let Ok(y) = self.take_ready() {
+            let (s, l) = y.storage_and_layout();
+            return match &*s {
+                candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+                _ => candle_core::bail!("matmul: device mismatch"),
+            };
+        }
+        cpu::gemm(s1, l1, s2, l2, self.bias.as_deref())
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let y = self.take_ready()?;
+        let (s, l) = y.storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("matmul: device mismatch"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.detach();
+        let r = a.rank();
+        let da = if a.track_op() {
+            Some(matmul(&g, &b.detach().transpose(r - 2, r - 1)?, None)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(matmul(&a.detach().transpose(r - 2, r - 1)?, &g, None)?)
+        } else {
+            None
+        };
+        Ok((da, db))
+    }
+}
+
+mod cpu {
+    //! The OpenBLAS forward: one `sgemm` per batch entry.
+
+    use candle_core::{CpuStorage, Layout, Result, Shape};
+
+    /// How one operand's matrices sit in memory.
+    struct Operand<'a> {
+        data: &'a [f32],
+        /// Offset of each batch entry's first element.
+        offsets: Vec<usize>,
+        transposed: bool,
+        ld: usize,
+    }
+
+    fn operand<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(Operand<'a>, Option<Vec<f32>>)> {
+        let data = s.as_slice::<f32>()?;
+        let dims = l.dims();
+        let st = l.stride();
+        let r = dims.len();
+        let (rows, cols) = (dims[r - 2], dims[r - 1]);
+        let (transposed, ld) = if (st[r - 1] == 1 || cols == 1) && (st[r - 2] >= cols || rows == 1)
+        {
+            (false, st[r - 2].max(cols))
+        } else if (st[r - 2] == 1 || rows == 1) && (st[r - 1] >= rows || cols == 1) {
+            (true, st[r - 1].max(rows))
+        } else {
+            // Neither layout: copy to row-major.
+            let copy = gather(data, l);
+            let batch: usize = dims[..r - 2].iter().product();
+            let offsets = (0..batch).map(|i| i * rows * cols).collect();
+            return Ok((
+                Operand {
+                    data: &[],
+                    offsets,
+                    transposed: false,
+                    ld: cols,
+                },
+                Some(copy),
+            ));
+        };
+        Ok((
+            Operand {
+                data,
+                offsets: batch_offsets(l),
+                transposed,
+                ld,
+            },
+            None,
+        ))
+    }
+
+    /// Offsets of each matrix of a batched layout, in row-major batch order.
+    fn batch_offsets(l: &Layout) -> Vec<usize> {
+        let r = l.dims().len();
+        offsets(&l.dims()[..r - 2], &l.stride()[..r - 2], l.start_offset())
+    }
+
+    /// Storage offsets of every index of `dims`, in row-major order.
+    fn offsets(dims: &[usize], stride: &[usize], start: usize) -> Vec<usize> {
+        let mut out = vec![start];
+        for (&n, &st) in dims.iter().zip(stride) {
+            out = out
+                .iter()
+                .flat_map(|&o| (0..n).map(move |i| o + i * st))
+                .collect();
+        }
+        out
+    }
+
+    fn gather(data: &[f32], l: &Layout) -> Vec<f32> {
+        offsets(l.dims(), l.stride(), l.start_offset())
+            .into_iter()
+            .map(|o| data[o])
+            .collect()
+    }
+
+    pub fn gemm(
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, a_copy) = operand(s1, l1)?;
+        let (b, b_copy) = operand(s2, l2)?;
+        let ad = a_copy.as_deref().unwrap_or(a.data);
+        let bd = b_copy.as_deref().unwrap_or(b.data);
+        let r = l1.dims().len();
+        let (m, k) = (l1.dims()[r - 2], l1.dims()[r - 1]);
+        let n = l2.dims()[r - 1];
+        let batch = a.offsets.len();
+        let mut out = vec![0f32; batch * m * n];
+        if let Some(bias) = bias {
+            for row in out.chunks_mut(n) {
+                row.copy_from_slice(bias);
+            }
+        }
+        let beta = if bias.is_some() { 1.0 } else { 0.0 };
+        let call = |i: usize, c: &mut [f32]| {
+            sgemm(
+                (&ad[a.offsets[i]..], a.transposed, a.ld),
+                (&bd[b.offsets[i]..], b.transposed, b.ld),
+                (m, n, k),
+                beta,
+                c,
+            )
+        };
+        // Small products (attention heads) are single-threaded inside
+        // OpenBLAS: spread the batch over the thread pool instead.
+        if batch > 1 && m * n * k < 262_144 {
+            use rayon::prelude::*;
+            out.par_chunks_mut(m * n)
+                .enumerate()
+                .for_each(|(i, c)| call(i, c));
+        } else {
+            for (i, c) in out.chunks_mut(m * n).enumerate() {
+                call(i, c);
+            }
+        }
+        let mut dims = l1.dims()[..r - 1].to_vec();
+        dims.push(n);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    #[cfg(feature = "openblas")]
+    fn sgemm(
+        a: (&[f32], bool, usize),
+        b: (&[f32], bool, usize),
+        (m, n, k): (usize, usize, usize),
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        use cblas_sys::{cblas_sgemm, CblasNoTrans, CblasRowMajor, CblasTrans};
+        let t = |x: bool| if x { CblasTrans } else { CblasNoTrans };
+        // SAFETY: every operand slice starts at its matrix and holds at
+        // least `ld * (rows - 1) + cols` elements (checked by the layout it
+        // came from); `c` holds `m * n`.
+        unsafe {
+            cblas_sgemm(
+                CblasRowMajor,
+                t(a.1),
+                t(b.1),
+                m as i32,
+                n as i32,
+                k as i32,
+                1.0,
+                a.0.as_ptr(),
+                a.2 as i32,
+                b.0.as_ptr(),
+                b.2 as i32,
+                beta,
+                c.as_mut_ptr(),
+                n as i32,
+            )
+        }
+    }
+
+    #[cfg(not(feature = "openblas"))]
+    fn sgemm(
+        _: (&[f32], bool, usize),
+        _: (&[f32], bool, usize),
+        _: (usize, usize, usize),
+        _: f32,
+        _: &mut [f32],
+    ) {
+        unreachable!("the BLAS path is only taken with the openblas feature")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Forward and both gradients against candle's matmul, for operands
+    /// given row-major or as transposed views.
+    #[test]
+    fn matches_candle_in_every_layout() {
+        let dev = Device::Cpu;
+        for lead in [vec![], vec![3], vec![2, 3]] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let shape = |r: usize, c: usize, t: bool| {
+                    let mut d = lead.clone();
+                    d.extend(if t { [c, r] } else { [r, c] });
+                    d
+                };
+                let a0 = Tensor::randn(0f32, 1.0, shape(5, 7, ta), &dev).unwrap();
+                let b0 = Tensor::randn(0f32, 1.0, shape(7, 4, tb), &dev).unwrap();
+                let proj = Tensor::randn(0f32, 1.0, shape(5, 4, false), &dev).unwrap();
+                let r = a0.rank();
+                let view = |t: &Tensor, tr: bool| {
+                    if tr {
+                        t.transpose(r - 2, r - 1).unwrap()
+                    } else {
+                        t.clone()
+                    }
+                };
+                let run = |ours: bool| {
+                    let a = Var::from_tensor(&a0).unwrap();
+                    let b = Var::from_tensor(&b0).unwrap();
+                    let (av, bv) = (view(a.as_tensor(), ta), view(b.as_tensor(), tb));
+                    let y = if ours {
+                        matmul(&av, &bv, None).unwrap()
+                    } else {
+                        av.contiguous()
+                            .unwrap()
+                            .matmul(&bv.contiguous().unwrap())
+                            .unwrap()
+                    };
+                    let g = (&y * &proj).unwrap().sum_all().unwrap().backward().unwrap();
+                    (
+                        y,
+                        g.get(a.as_tensor()).unwrap().clone(),
+                        g.get(b.as_tensor()).unwrap().clone(),
+                    )
+                };
+                let (y1, ga1, gb1) = run(true);
+                let (y2, ga2, gb2) = run(false);
+                assert!(max_diff(&y1, &y2) < 1e-4, "{lead:?} {ta} {tb}");
+                assert!(max_diff(&ga1, &ga2) < 1e-4, "{lead:?} {ta} {tb}");
+                assert!(max_diff(&gb1, &gb2) < 1e-4, "{lead:?} {ta} {tb}");
+            }
+        }
+    }
+
+    #[test]
+    fn bias_is_added_and_frozen_operand_gets_no_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+        let y = matmul(x.as_tensor(), &w.t().unwrap(), Some(&bias)).unwrap();
+        let want = x
+            .as_tensor()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        assert!(max_diff(&y, &want) < 1e-5);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&w).is_none());
+        assert!(grads.get(&bias).is_none());
+        let gx = grads.get(x.as_tensor()).unwrap();
+        let want = Tensor::ones((6, 3), DType::F32, &dev)
+            .unwrap()
+            .matmul(&w)
+            .unwrap();
+        assert!(max_diff(gx, &want) < 1e-5);
+    }
+}
