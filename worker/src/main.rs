@@ -47,18 +47,29 @@ fn tune_allocator() {
 }
 
 /// Sizes the CPU thread pools, before any other thread exists: candle's
-/// kernels read `RAYON_NUM_THREADS`, and rayon's global pool is built once.
+/// kernels read `RAYON_NUM_THREADS`, OpenBLAS `OPENBLAS_NUM_THREADS`, and
+/// rayon's global pool is built once. Idle pool threads park soon instead
+/// of spinning, so that they leave the cores to whoever has work: candle's
+/// elementwise pool (25 000 spins by default) and OpenBLAS's threads (2^28
+/// cycles of `sched_yield` by default; read when the library is opened, on
+/// the first product). Variables already set are kept.
 fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let mut settings = vec![
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000".to_string()),
+        ("OPENBLAS_THREAD_TIMEOUT", "4".to_string()),
+    ];
+    if let Some(n) = threads {
+        settings.push(("RAYON_NUM_THREADS", n.to_string()));
+        settings.push(("OPENBLAS_NUM_THREADS", n.to_string()));
+    }
+    for (var, value) in settings {
+        if var == "RAYON_NUM_THREADS" || std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
+    }
     let Some(n) = threads else {
         return Ok(());
     };
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    // candle's elementwise pool spins 25 000 times before parking a worker;
-    // parked sooner, the idle worker stops competing with BLAS threads
-    // (batch-1 latency on 2 cores: 19 -> 11.5 ms).
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
-    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()

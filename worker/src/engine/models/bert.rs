@@ -207,9 +207,10 @@ impl Bert {
         let words = embed(&ctx.param(&self.word, dt)?, &batch.ids)?;
         let pos = ctx.param(&self.position, dt)?.narrow(0, 0, s)?;
         let tt = ctx.param(&self.token_type, dt)?.narrow(0, 0, 1)?;
-        let x = words
-            .broadcast_add(&pos.unsqueeze(0)?)?
-            .broadcast_add(&tt.reshape((1, 1, h))?)?;
+        let x = ops::bias_add(
+            &ops::bias_add(&words, &pos.unsqueeze(0)?)?,
+            &tt.reshape((1, 1, h))?,
+        )?;
         let mut x = ctx.dropout(&self.emb_ln.forward(&x, ctx)?, self.dropout)?;
         let mask = batch.key_mask(dt)?;
         let heads = self.cfg.num_attention_heads;

@@ -156,7 +156,7 @@ impl Linear {
             }
         };
         if let Some(b @ Param::Train(_)) = &self.bias {
-            y = y.broadcast_add(&ctx.param(b, dtype)?)?;
+            y = ops::bias_add(&y, &ctx.param(b, dtype)?)?;
         }
         if let Some(l) = &self.lora {
             let xin = ctx.dropout(&x2, l.dropout)?;

@@ -5,19 +5,17 @@
 //! (candle's own matmul backward always computes both, frozen weights
 //! included).
 //!
-//! On the CPU in f32 with the `openblas` feature, products are OpenBLAS
-//! `cblas_sgemm` calls: its kernels use AVX-512 where the processor has it,
-//! while candle's `gemm` runs AVX2 kernels on stable Rust. Everywhere else
-//! the forward is candle's matmul on detached operands (cuBLAS on CUDA).
+//! On the CPU in f32, with the `openblas` feature and OpenBLAS installed
+//! (`libopenblas.so.0`, loaded on first use), products are `cblas_sgemm`
+//! calls: its kernels use AVX-512 where the processor has it, while
+//! candle's `gemm` runs AVX2 kernels on stable Rust. Everywhere else (no
+//! OpenBLAS, other dtypes, accelerators) the forward is candle's matmul on
+//! detached operands (cuBLAS on CUDA).
 
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-
-#[cfg(feature = "openblas")]
-#[link(name = "openblas")]
-extern "C" {}
 
 /// `a @ b (+ bias)`: `a` is `[.., m, k]`, `b` is `[.., k, n]` with the same
 /// leading dimensions, `bias` (frozen, `[n]`) is added to every row.
@@ -72,7 +70,7 @@ fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 fn blas_ready(a: &Tensor, b: &Tensor) -> bool {
-    cfg!(feature = "openblas")
+    blas::sgemm().is_some()
         && a.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
@@ -279,7 +277,6 @@ mod cpu {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
-    #[cfg(feature = "openblas")]
     fn sgemm(
         a: (&[f32], bool, usize),
         b: (&[f32], bool, usize),
@@ -287,14 +284,15 @@ mod cpu {
         beta: f32,
         c: &mut [f32],
     ) {
-        use cblas_sys::{cblas_sgemm, CblasNoTrans, CblasRowMajor, CblasTrans};
-        let t = |x: bool| if x { CblasTrans } else { CblasNoTrans };
+        const ROW_MAJOR: i32 = 101;
+        let t = |x: bool| if x { 112 } else { 111 };
+        let sgemm = super::blas::sgemm().expect("BLAS checked before the forward");
         // SAFETY: every operand slice starts at its matrix and holds at
         // least `ld * (rows - 1) + cols` elements (checked by the layout it
         // came from); `c` holds `m * n`.
         unsafe {
-            cblas_sgemm(
-                CblasRowMajor,
+            sgemm(
+                ROW_MAJOR,
                 t(a.1),
                 t(b.1),
                 m as i32,
@@ -311,16 +309,61 @@ mod cpu {
             )
         }
     }
+}
+
+mod blas {
+    //! OpenBLAS, opened on first use (so that a binary built with it runs
+    //! unchanged where it is missing) after `main` has set its environment.
+
+    use std::sync::OnceLock;
+
+    /// `cblas_sgemm(layout, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`.
+    pub type Sgemm = unsafe extern "C" fn(
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        i32,
+        f32,
+        *const f32,
+        i32,
+        *const f32,
+        i32,
+        f32,
+        *mut f32,
+        i32,
+    );
+
+    struct Blas {
+        _lib: libloading::Library,
+        sgemm: Sgemm,
+    }
+
+    static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+
+    /// OpenBLAS's `cblas_sgemm`, when the library can be opened.
+    pub fn sgemm() -> Option<Sgemm> {
+        BLAS.get_or_init(open).as_ref().map(|b| b.sgemm)
+    }
+
+    #[cfg(feature = "openblas")]
+    fn open() -> Option<Blas> {
+        ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"]
+            .into_iter()
+            .find_map(|name| {
+                // SAFETY: OpenBLAS's initialisers only read its environment
+                // and start its thread pool.
+                let lib = unsafe { libloading::Library::new(name) }.ok()?;
+                // SAFETY: the symbol has the CBLAS signature declared above.
+                let sgemm = unsafe { *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()? };
+                Some(Blas { _lib: lib, sgemm })
+            })
+    }
 
     #[cfg(not(feature = "openblas"))]
-    fn sgemm(
-        _: (&[f32], bool, usize),
-        _: (&[f32], bool, usize),
-        _: (usize, usize, usize),
-        _: f32,
-        _: &mut [f32],
-    ) {
-        unreachable!("the BLAS path is only taken with the openblas feature")
+    fn open() -> Option<Blas> {
+        None
     }
 }
 

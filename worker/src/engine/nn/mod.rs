@@ -2,6 +2,7 @@
 //! that decides which weights train ([`params`]) and the one linear layer
 //! every model uses ([`linear`]), which is where adapters attach.
 
+pub mod attach;
 pub mod dendrite;
 pub mod linear;
 pub mod matmul;

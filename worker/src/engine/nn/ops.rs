@@ -1,113 +1,17 @@
-//! Differentiable building blocks that candle lacks or implements without a
-//! backward pass.
-//!
-//! The pattern: compute an output with any fast kernel on *detached* inputs,
-//! then [`attach`] it to the graph with a hand-written gradient. This keeps
-//! candle's fused forward kernels (softmax, layer norm, quantized matmul) on
-//! every device while gradients stay exact, and it lets a frozen weight's
-//! matmul skip the weight-gradient GEMM that candle's own matmul backward
-//! would always compute.
+//! Differentiable building blocks that candle lacks, implements without a
+//! backward pass, or differentiates with gradients for constants: each is
+//! a fast forward on detached inputs [`attach`]ed with an exact backward.
+//! This keeps candle's fused kernels (softmax, layer norm, quantized
+//! matmul) on every device, and CPU row kernels where they exist.
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Result, Tensor, D};
 
+pub use super::attach::{attach, attach2, attach3};
+use super::matmul::matmul;
 use super::rows;
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D,
-};
-
-type BwdFn = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
-
-/// Makes `y` (computed from `x.detach()`) the differentiable output of `x`,
-/// with `grad_x = bwd(x, y, grad_y)`.
-struct Attach {
-    name: &'static str,
-    bwd: Arc<BwdFn>,
-}
-
-impl CustomOp2 for Attach {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        y: &CpuStorage,
-        ly: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        y: &CudaStorage,
-        ly: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some((self.bwd)(x, y, grad)?), None))
-    }
-}
-
-/// Attaches a detached result `y` to `x` with the given backward.
-/// When `x` needs no gradient, `y` is returned as is.
-pub fn attach(
-    name: &'static str,
-    x: &Tensor,
-    y: Tensor,
-    bwd: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
-) -> Result<Tensor> {
-    if !x.track_op() {
-        return Ok(y);
-    }
-    // The forward copies y's whole storage: make sure it is exactly y.
-    let y = {
-        let (storage, layout) = y.storage_and_layout();
-        let exact = layout.is_contiguous()
-            && layout.start_offset() == 0
-            && match &*storage {
-                candle_core::Storage::Cpu(s) => cpu_len(s) == layout.shape().elem_count(),
-                _ => true,
-            };
-        drop(storage);
-        if exact {
-            y
-        } else {
-            y.copy()?
-        }
-    };
-    x.apply_op2(
-        &y,
-        Attach {
-            name,
-            bwd: Arc::new(bwd),
-        },
-    )
-}
-
-fn cpu_len(s: &CpuStorage) -> usize {
-    match s {
-        CpuStorage::F32(v) => v.len(),
-        CpuStorage::BF16(v) => v.len(),
-        CpuStorage::F16(v) => v.len(),
-        CpuStorage::F64(v) => v.len(),
-        _ => usize::MAX,
-    }
-}
 
 /// Softmax over the last dimension: fused forward, exact backward
 /// `dx = y * (dy - sum(dy * y))`.
@@ -168,11 +72,44 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     if weight.track_op() || bias.track_op() {
         let hidden = x.dim(D::Minus1)?;
         let (ones, zeros) = unit_affine(hidden, x.dtype(), x.device())?;
-        return normalize(x, &ones, &zeros, eps)?
-            .broadcast_mul(weight)?
-            .broadcast_add(bias);
+        return affine(&normalize(x, &ones, &zeros, eps)?, weight, bias);
     }
     normalize(x, weight, bias, eps)
+}
+
+/// `x * w + b` with `w`, `b` broadcast over the leading dimensions of `x`:
+/// `dx = dy * w`, `dw = colsum(dy * x)`, `db = colsum(dy)`.
+pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = x.detach().broadcast_mul(w)?.broadcast_add(b)?;
+    attach3("affine", (x, w, b), y, |i, needs, _, g| {
+        let (x, w, b) = (i[0], i[1], i[2]);
+        Ok(vec![
+            needs[0].then(|| g.broadcast_mul(w)).transpose()?,
+            needs[1].then(|| col_sum(&(g * x)?, w)).transpose()?,
+            needs[2].then(|| col_sum(g, b)).transpose()?,
+        ])
+    })
+}
+
+/// `y + b` with `b` broadcast over the leading dimensions of `y` (a
+/// trained bias or embedding table): `db = colsum(dy)`.
+pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = y.detach().broadcast_add(&b.detach())?;
+    attach2("bias-add", (y, b), out, |i, needs, _, g| {
+        Ok(vec![
+            needs[0].then(|| g.clone()),
+            needs[1].then(|| col_sum(g, i[1])).transpose()?,
+        ])
+    })
+}
+
+/// `g` summed over its leading dimensions into `like`'s shape (one
+/// matrix-vector product: `ones[1, N] @ g[N, C]`).
+fn col_sum(g: &Tensor, like: &Tensor) -> Result<Tensor> {
+    let c = like.elem_count();
+    let g2 = g.reshape(((), c))?;
+    let ones = Tensor::ones((1, g2.dim(0)?), g.dtype(), g.device())?;
+    matmul(&ones, &g2, None)?.reshape(like.shape())
 }
 
 fn normalize(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -220,7 +157,7 @@ pub fn quantized_matmul(x: &Tensor, w: &Arc<candle_core::quantized::QTensor>) ->
         let dense = w.dequantize(x.device())?.to_dtype(g.dtype())?;
         let out = dense.dim(0)?;
         let g2 = g.detach().reshape(((), out))?;
-        super::matmul::matmul(&g2, &dense, None)?.reshape(x.shape())
+        matmul(&g2, &dense, None)?.reshape(x.shape())
     })
 }
 
