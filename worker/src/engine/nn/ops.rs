@@ -25,8 +25,11 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// built for the mask or the scaled scores. Backward
 /// `dx = scale * y * (dy - sum(dy * y))`.
 pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let z = (x.detach() * scale)?.broadcast_add(mask)?;
-    let y = candle_nn::ops::softmax_last_dim(&z)?;
+    let xd = x.detach();
+    let y = match rows::masked_softmax(&xd, mask, scale)? {
+        Some(y) => y,
+        None => candle_nn::ops::softmax_last_dim(&(xd * scale)?.broadcast_add(mask)?)?,
+    };
     attach("masked-softmax", x, y, move |_, y, g| {
         softmax_bwd(y, g, scale)
     })
