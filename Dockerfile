@@ -13,7 +13,7 @@ COPY . .
 RUN cargo build --release -p worker -p producer --features worker/cuda,worker/hub
 
 FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcublas-12-4 libcurand-12-4 \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcublas-12-4 libcurand-12-4 libopenblas0 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/worker /src/target/release/producer /usr/local/bin/
 COPY sweeps /sweeps

@@ -206,6 +206,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "arch": args.arch,
         "device": args.device,
+        "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
         "dtype": "bf16" if compute_dtype(args) == torch.bfloat16 else "f32",
         "threads": args.threads,
         "batch": args.batch,

@@ -7,7 +7,20 @@ Usage: ratios.py CASE CANDLE_JSON TORCH_JSON
 """
 
 import json
+import platform
 import sys
+
+
+def cpu_model() -> str:
+    """The processor's model name, as /proc/cpuinfo gives it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 MEASURES = [
     ("train step", "step_ms"),
@@ -30,7 +43,10 @@ def lines(case: str, candle: dict, torch: dict):
             "device": candle.get("device", "cpu"),
             "dtype": candle.get("dtype"),
             "threads": candle.get("threads"),
+            "cpu_gemm": candle.get("cpu_gemm"),
             "torch": torch.get("torch"),
+            "cpu": cpu_model(),
+            "gpu": torch.get("gpu"),
         }
 
 

@@ -10,9 +10,14 @@ class-weighted cross-entropy loss and records:
   its ``state_dict()`` name, the LoRA tensors as ``<module>.lora_A`` /
   ``<module>.lora_B``, and the inputs ``input_ids``, ``attention_mask``,
   ``labels`` plus the reference ``expected_logits``.
+  Every parameter's full gradient is stored as ``grad.<name>``.
 * ``worker/tests/fixtures/<name>.json``: the model config, the LoRA settings,
   the class weights, the loss value and the L2 norm of the gradient of every
   parameter (base, head and LoRA).
+* ``worker/tests/fixtures/dendrites.safetensors``: an input, three dendrite
+  sets (full and low-rank modules, cascade weights, gates) and the dendrite
+  term computed here from the formula of ``docs``' dendrite section,
+  independently of the Rust code.
 
 Everything runs in fp32 on the CPU with dropout disabled and a fixed seed, so
 the output is deterministic.
@@ -270,6 +275,7 @@ def make_fixture(name, builder):
         if p.grad is None:
             raise RuntimeError(f"parameter {n} has no gradient")
         grad_norms[n] = float(p.grad.norm().item())
+        tensors[f"grad.{n}"] = p.grad.detach().to(torch.float32).contiguous().clone()
 
     lora_targets = []
     for module_name, adapter in adapters:
@@ -281,6 +287,7 @@ def make_fixture(name, builder):
             if p.grad is None:
                 raise RuntimeError(f"{key} has no gradient")
             grad_norms[key] = float(p.grad.norm().item())
+            tensors[f"grad.{key}"] = p.grad.detach().contiguous().clone()
 
     tensors["input_ids"] = input_ids.contiguous()
     tensors["attention_mask"] = attention_mask.contiguous()
@@ -313,10 +320,68 @@ def make_fixture(name, builder):
     return zero_grads
 
 
+DENDRITE_IN = 6
+DENDRITE_C = 4
+DENDRITE_SETS = 3
+DENDRITE_RANK = 2
+
+
+def dendrite_term(x, modules, gates, cascades, act):
+    """sum_j T_j * a_j with a_0 = act(g_0(x)) and
+    a_j = act(g_j(x) + sum_{i<j} D_j[i] * a_i): written out per set."""
+    acts = []
+    out = torch.zeros(x.shape[0], DENDRITE_C)
+    for j, g in enumerate(modules):
+        z = g(x)
+        if j >= 1:
+            for i in range(j):
+                z = z + cascades[j - 1][i] * acts[i]
+        a = act(z)
+        acts.append(a)
+        out = out + gates[j] * a
+    return out
+
+
+def make_dendrite_fixture():
+    """Full (sigmoid) and low-rank (tanh) dendrites with biases, three sets."""
+    torch.manual_seed(1)
+    x = torch.randn(5, DENDRITE_IN)
+    tensors = {"x": x}
+    for kind, act in (("full", torch.sigmoid), ("low_rank", torch.tanh)):
+        prefix = f"{kind}.dendrites"
+        modules, gates, cascades = [], [], []
+        for j in range(DENDRITE_SETS):
+            b = torch.randn(DENDRITE_C) * 0.5
+            tensors[f"{prefix}.{j}.bias"] = b
+            if kind == "full":
+                w = torch.randn(DENDRITE_C, DENDRITE_IN) * 0.5
+                tensors[f"{prefix}.{j}.weight"] = w
+                modules.append(lambda v, w=w, b=b: v @ w.t() + b)
+            else:
+                a_mat = torch.randn(DENDRITE_RANK, DENDRITE_IN) * 0.5
+                b_mat = torch.randn(DENDRITE_C, DENDRITE_RANK) * 0.5
+                tensors[f"{prefix}.{j}.lora_A"] = a_mat
+                tensors[f"{prefix}.{j}.lora_B"] = b_mat
+                modules.append(lambda v, a=a_mat, bm=b_mat, b=b: (v @ a.t()) @ bm.t() + b)
+            t = torch.randn(DENDRITE_C)
+            tensors[f"{prefix}.{j}.T"] = t
+            gates.append(t)
+            if j >= 1:
+                d = torch.randn(j, DENDRITE_C)
+                tensors[f"{prefix}.{j}.D"] = d
+                cascades.append(d)
+        tensors[f"{kind}.expected"] = dendrite_term(x, modules, gates, cascades, act)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    path = os.path.join(OUT_DIR, "dendrites.safetensors")
+    save_file(tensors, path)
+    print(f"dendrites: tensors={len(tensors)} -> {path}")
+
+
 def main() -> int:
     torch.set_default_dtype(torch.float32)
     make_fixture("bert", build_bert)
     make_fixture("phi", build_phi)
+    make_dendrite_fixture()
     return 0
 
 

@@ -21,6 +21,7 @@ macro_rules! serde_names {
 serde_names!(
     Arch,
     Finetune,
+    HeadInit,
     Precision,
     Quantize,
     Agreement,
@@ -53,6 +54,25 @@ pub enum Finetune {
     Lora,
     /// Only the classification head trains.
     Head,
+}
+
+/// Where the classification head's first values come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    /// A new head (N(0, 0.02) weights, zero bias), even when the
+    /// checkpoint has one.
+    #[default]
+    Fresh,
+    /// The checkpoint's own head (`classifier` / `score`), whose
+    /// `id2label` must name this data set's labels in this order.
+    Checkpoint,
+}
+
+impl HeadInit {
+    fn is_fresh(&self) -> bool {
+        *self == HeadInit::Fresh
+    }
 }
 
 /// The compute precision of the frozen base and the activations.
@@ -106,6 +126,10 @@ pub struct ModelSpec {
     /// Dropout on hidden states and attention (`None`: the model config's value).
     #[serde(default)]
     pub dropout: Option<f64>,
+    /// A fresh classification head (default) or the checkpoint's own.
+    /// Left out of the canonical spec when fresh, so earlier hashes hold.
+    #[serde(default, skip_serializing_if = "HeadInit::is_fresh")]
+    pub head: HeadInit,
 }
 
 impl ModelSpec {
@@ -130,6 +154,12 @@ impl ModelSpec {
             if !(0.0..1.0).contains(&d) {
                 return Err(bad("model.dropout", "must be in [0, 1)"));
             }
+        }
+        if self.arch == Arch::Phi && self.precision == Precision::F16 {
+            return Err(bad(
+                "model.precision",
+                "f16 overflows in Phi's activations (Phi-2 was trained in bf16): use \"bf16\" or \"f32\"",
+            ));
         }
         Ok(())
     }
@@ -669,6 +699,28 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "lora");
         s.lora = Some(LoraSpec::default());
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn phi_refuses_f16() {
+        let mut s = minimal();
+        s.model.arch = Arch::Phi;
+        s.model.precision = Precision::F16;
+        assert_eq!(s.validate().unwrap_err().field, "model.precision");
+        s.model.precision = Precision::Bf16;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn checkpoint_head_is_asked_for_and_hashed() {
+        let fresh = minimal();
+        let mut reused = minimal();
+        reused.model.head = "checkpoint".parse().unwrap();
+        assert_eq!(reused.model.head, HeadInit::Checkpoint);
+        assert_eq!(fresh.model.head, HeadInit::Fresh);
+        // The default stays out of the canonical form; the choice is in it.
+        assert_eq!(fresh.config_hash(), HASH_OF_MINIMAL);
+        assert_ne!(reused.config_hash(), fresh.config_hash());
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         "device": a.device,
         "dtype": format!("{:?}", compute_dtype(&device, a.precision)).to_lowercase(),
         "threads": a.threads,
+        "cpu_gemm": crate::engine::nn::matmul::cpu_backend(),
         "batch": a.batch,
         "seq": a.seq,
         "finetune": if a.arch == "phi" { "lora" } else { a.finetune.as_str() },

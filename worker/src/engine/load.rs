@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Var};
-use common::spec::{Arch, Finetune, JobSpec, ModelSpec, Variant};
+use common::spec::{Arch, Finetune, HeadInit, JobSpec, ModelSpec, Variant};
 use common::summary::LoadStats;
 
-use super::data::{self, Split};
+use super::data::{self, Split, LABELS};
 use super::error::JobError;
 use super::models::{bert, phi, Model};
 use super::nn::compute_dtype;
@@ -164,6 +164,17 @@ pub fn load_model(
         path: config_path.display().to_string(),
         message: e.to_string(),
     };
+    p.head = m.head;
+    if m.head == HeadInit::Checkpoint {
+        let head = format!("{}weight", head_prefixes(m.arch)[0]);
+        if !p.contains(&head) {
+            return Err(JobError::Spec(format!(
+                "`model.head` = \"checkpoint\": {} has no `{head}`",
+                dir.display()
+            )));
+        }
+        check_head_labels(&config_text, &config_path.display().to_string())?;
+    }
     let model = match m.arch {
         Arch::Bert => {
             let cfg: bert::BertConfig = serde_json::from_str(&config_text).map_err(cfg_err)?;
@@ -219,6 +230,37 @@ pub fn load_model(
     })
 }
 
+/// A checkpoint's head is only reused when its `id2label` names this data
+/// set's labels in the same order (a FinBERT head, say, orders them
+/// positive, negative, neutral).
+pub fn check_head_labels(config_text: &str, path: &str) -> Result<(), JobError> {
+    #[derive(serde::Deserialize)]
+    struct Labels {
+        #[serde(default)]
+        id2label: std::collections::BTreeMap<String, String>,
+    }
+    let found: Labels = serde_json::from_str(config_text).map_err(|e| JobError::Config {
+        path: path.to_string(),
+        message: e.to_string(),
+    })?;
+    let names: Vec<String> = (0..found.id2label.len())
+        .map(|i| {
+            found
+                .id2label
+                .get(&i.to_string())
+                .map(|l| l.to_lowercase())
+                .unwrap_or_default()
+        })
+        .collect();
+    if names != LABELS {
+        return Err(JobError::Spec(format!(
+            "`model.head` = \"checkpoint\": {path} has id2label {:?}; this data set needs {LABELS:?} in that order (use the default fresh head)",
+            found.id2label
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(feature = "hub")]
 fn hub_data(id: &str) -> Result<PathBuf, JobError> {
     let api =
@@ -233,4 +275,24 @@ fn hub_data(id: &str) -> Result<PathBuf, JobError> {
     Err(JobError::Spec(format!(
         "`data.hub_id` = {id:?} needs a worker built with `--features hub`; or set `data.path`"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_head_needs_our_labels_in_our_order() {
+        let ours = r#"{"id2label": {"0": "NEGATIVE", "1": "neutral", "2": "positive"}}"#;
+        check_head_labels(ours, "c.json").unwrap();
+        // FinBERT's order.
+        let finbert = r#"{"id2label": {"0": "positive", "1": "negative", "2": "neutral"}}"#;
+        let e = check_head_labels(finbert, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.json") && e.contains("model.head"), "{e}");
+        let generic = r#"{"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}"#;
+        assert!(check_head_labels(generic, "c.json").is_err());
+        assert!(check_head_labels("{}", "c.json").is_err());
+    }
 }

@@ -98,6 +98,8 @@ pub struct Bert {
     pooler: Option<Linear>,
     classifier: Linear,
     dropout: f64,
+    /// The compute dtype of activations (the store's, whatever trains).
+    dtype: candle_core::DType,
     pub pad_id: u32,
 }
 
@@ -175,6 +177,7 @@ impl Bert {
         let classifier = Linear::new_head(p, "classifier", h, num_labels, true)?;
         Ok(Bert {
             dropout: dropout.unwrap_or(cfg.hidden_dropout_prob),
+            dtype: p.dtype,
             pad_id: cfg.pad_token_id.unwrap_or(0),
             cfg,
             word,
@@ -188,14 +191,7 @@ impl Bert {
     }
 
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let dt = match &self.word {
-            Param::Frozen(t) => t.dtype(),
-            Param::Train(_) => self.emb_ln.w.get(candle_core::DType::F32)?.dtype(),
-        };
-        let dt = match &self.emb_ln.w {
-            Param::Frozen(t) => t.dtype(),
-            Param::Train(_) => dt,
-        };
+        let dt = self.dtype;
         let (b, s) = batch.ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
             candle_core::bail!(
@@ -235,6 +231,11 @@ impl Bert {
         self.classifier
             .forward(&pooled, ctx)?
             .to_dtype(candle_core::DType::F32)
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.dtype
     }
 
     fn attention_dropout(&self) -> f64 {

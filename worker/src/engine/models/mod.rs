@@ -82,6 +82,14 @@ impl Model {
         }
     }
 
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Model::Bert(m) => m.dtype(),
+            Model::Phi(m) => m.dtype(),
+        }
+    }
+
     /// Every linear layer, for adapter merging and placement.
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         match self {

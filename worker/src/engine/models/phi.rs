@@ -4,6 +4,9 @@
 //! causal plus padding mask, and a bias-free `score` head applied to the
 //! last non-pad token. Tensor names follow Hugging Face's `PhiForCausalLM`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Deserialize;
 
@@ -115,7 +118,22 @@ pub struct Phi {
     rotary_dims: usize,
     theta: f64,
     dropout: Option<f64>,
+    /// The compute dtype of activations (the store's, whatever trains).
+    dtype: DType,
+    /// Rotary `cos`/`sin` and the causal mask per sequence length, made
+    /// once on the model's device.
+    tables: Mutex<HashMap<usize, Tables>>,
     pub pad_id: u32,
+}
+
+/// What every forward of one sequence length shares.
+#[derive(Clone)]
+struct Tables {
+    /// `[s, rotary_dims / 2]` in the compute dtype.
+    cos: Tensor,
+    sin: Tensor,
+    /// `[1, 1, s, s]`, 0 on and below the diagonal, -1e4 above (f32).
+    causal: Tensor,
 }
 
 impl Phi {
@@ -186,76 +204,68 @@ impl Phi {
             rotary_dims,
             theta,
             dropout,
+            dtype: p.dtype,
+            tables: Mutex::new(HashMap::new()),
             pad_id,
         })
     }
 
-    /// `(cos, sin)` of shape `[s, rotary_dims]`.
-    fn rotary(&self, s: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
-        let rd = self.rotary_dims;
-        let half = rd / 2;
-        let mut cos = Vec::with_capacity(s * rd);
-        let mut sin = Vec::with_capacity(s * rd);
-        for pos in 0..s {
-            for _ in 0..2 {
-                for i in 0..half {
-                    let inv = 1.0 / self.theta.powf((2 * i) as f64 / rd as f64);
-                    let a = pos as f64 * inv;
-                    cos.push(a.cos() as f32);
-                    sin.push(a.sin() as f32);
-                }
-            }
+    /// The rotary tables and causal mask for length `s` (cached).
+    fn tables(&self, s: usize, device: &Device) -> Result<Tables> {
+        let mut cache = self.tables.lock().expect("tables lock");
+        if let Some(t) = cache.get(&s) {
+            return Ok(t.clone());
         }
-        let cos = Tensor::from_vec(cos, (s, rd), &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
-        let sin = Tensor::from_vec(sin, (s, rd), &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(device)?;
-        Ok((cos, sin))
+        let half = self.rotary_dims / 2;
+        let angles: Vec<f64> = (0..s)
+            .flat_map(|pos| {
+                (0..half).map(move |i| {
+                    pos as f64 / self.theta.powf((2 * i) as f64 / self.rotary_dims as f64)
+                })
+            })
+            .collect();
+        let table = |f: fn(f64) -> f64| -> Result<Tensor> {
+            let v: Vec<f32> = angles.iter().map(|&a| f(a) as f32).collect();
+            Tensor::from_vec(v, (s, half), device)?.to_dtype(self.dtype)
+        };
+        let causal: Vec<f32> = (0..s)
+            .flat_map(|i| (0..s).map(move |j| if j > i { -1e4 } else { 0.0 }))
+            .collect();
+        let t = Tables {
+            cos: table(f64::cos)?,
+            sin: table(f64::sin)?,
+            causal: Tensor::from_vec(causal, (1, 1, s, s), device)?,
+        };
+        cache.insert(s, t.clone());
+        Ok(t)
     }
 
-    fn apply_rotary(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Rotary embedding on the first `rotary_dims` of each head (candle's
+    /// fused kernel, attached backward); the rest passes through.
+    fn apply_rotary(&self, x: &Tensor, t: &Tables) -> Result<Tensor> {
         let rd = self.rotary_dims;
         if rd == 0 {
             return Ok(x.clone());
         }
         let d = x.dim(3)?;
-        let rot = x.narrow(3, 0, rd)?;
-        let half = rd / 2;
-        let x1 = rot.narrow(3, 0, half)?;
-        let x2 = rot.narrow(3, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
-        let out = (rot.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
         if rd == d {
-            return Ok(out);
+            return ops::rope(x, &t.cos, &t.sin);
         }
-        let pass = x.narrow(3, rd, d - rd)?;
-        Tensor::cat(&[&out, &pass], 3)?.contiguous()
+        let out = ops::rope(&x.narrow(3, 0, rd)?, &t.cos, &t.sin)?;
+        Tensor::cat(&[&out, &x.narrow(3, rd, d - rd)?], 3)
     }
 
     /// `[b, 1, s, s]`: causal mask plus key padding, additive, finite.
-    fn mask(&self, batch: &Batch, dtype: DType) -> Result<Tensor> {
-        let (_, s) = batch.ids.dims2()?;
-        let causal: Vec<f32> = (0..s)
-            .flat_map(|i| (0..s).map(move |j| if j > i { -1e4 } else { 0.0 }))
-            .collect();
-        let causal = Tensor::from_vec(causal, (1, 1, s, s), batch.ids.device())?;
+    fn mask(&self, batch: &Batch, t: &Tables) -> Result<Tensor> {
         let pad = batch.key_mask(DType::F32)?;
-        causal
+        t.causal
             .broadcast_add(&pad)?
             .clamp(-1e4f32, 0f32)?
-            .to_dtype(dtype)
+            .to_dtype(self.dtype)
     }
 
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let dt = match &self.final_ln.w {
-            Param::Frozen(t) => t.dtype(),
-            Param::Train(_) => match &self.embed {
-                Param::Frozen(t) => t.dtype(),
-                Param::Train(_) => DType::F32,
-            },
-        };
+        let dt = self.dtype;
         let (_, s) = batch.ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
             candle_core::bail!(
@@ -267,13 +277,13 @@ impl Phi {
         let embd_p = self.dropout.unwrap_or(self.cfg.embd_pdrop);
         let attn_p = self.dropout.unwrap_or(self.cfg.attention_dropout);
         let mut x = ctx.dropout(&embed(&ctx.param(&self.embed, dt)?, &batch.ids)?, embd_p)?;
-        let mask = self.mask(batch, dt)?;
-        let (cos, sin) = self.rotary(s, dt, x.device())?;
+        let tables = self.tables(s, x.device())?;
+        let mask = self.mask(batch, &tables)?;
         let heads = self.cfg.num_attention_heads;
         for l in &self.layers {
             let hn = l.ln.forward(&x, ctx)?;
-            let q = self.apply_rotary(&split_heads(&l.q.forward(&hn, ctx)?, heads)?, &cos, &sin)?;
-            let k = self.apply_rotary(&split_heads(&l.k.forward(&hn, ctx)?, heads)?, &cos, &sin)?;
+            let q = self.apply_rotary(&split_heads(&l.q.forward(&hn, ctx)?, heads)?, &tables)?;
+            let k = self.apply_rotary(&split_heads(&l.k.forward(&hn, ctx)?, heads)?, &tables)?;
             let v = split_heads(&l.v.forward(&hn, ctx)?, heads)?;
             let a = merge_heads(&attention(&q, &k, &v, &mask, attn_p, ctx)?)?;
             let a = ctx.dropout(&l.dense.forward(&a, ctx)?, resid_p)?;
@@ -285,6 +295,11 @@ impl Phi {
         let last: Vec<usize> = batch.lengths.iter().map(|&n| n.max(1) - 1).collect();
         let pooled = gather_positions(&x, &last)?;
         self.score.forward(&pooled, ctx)?.to_dtype(DType::F32)
+    }
+
+    /// The dtype activations are computed in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {

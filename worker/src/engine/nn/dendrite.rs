@@ -150,7 +150,7 @@ impl Dendrites {
     ) -> Result<()> {
         if let Some(last) = self.t.last_mut() {
             if let Param::Train(v) = last {
-                *last = Param::Frozen(v.as_tensor().copy()?);
+                *last = Param::Frozen(v.as_tensor().copy()?.detach());
             }
         }
         let (c, i) = (self.channels, self.in_features);
@@ -248,7 +248,7 @@ impl Dendrites {
     pub fn snapshot(&self) -> Result<Dendrites> {
         let copy = |p: &Param| -> Result<Param> {
             Ok(match p {
-                Param::Frozen(t) => Param::Frozen(t.copy()?),
+                Param::Frozen(t) => Param::Frozen(t.copy()?.detach()),
                 Param::Train(v) => {
                     Param::Train(candle_core::Var::from_tensor(&v.as_tensor().copy()?)?)
                 }
@@ -313,7 +313,7 @@ impl Dendrites {
             };
             if let Some(last) = self.t.last_mut() {
                 if let Param::Train(v) = last {
-                    *last = Param::Frozen(v.as_tensor().copy()?);
+                    *last = Param::Frozen(v.as_tensor().copy()?.detach());
                 }
             }
             self.modules.push(m);
@@ -425,7 +425,12 @@ mod tests {
         );
         assert!(matches!(d.t[0], Param::Train(_)));
         d.add(&mut rng, 0.01, &dev).unwrap();
-        assert!(matches!(d.t[0], Param::Frozen(_)));
+        // A frozen row is a constant: no link back into the graph of the
+        // variable it was copied from.
+        let Param::Frozen(t0) = &d.t[0] else {
+            panic!("the first gate row is frozen");
+        };
+        assert!(!t0.track_op());
         assert!(matches!(d.t[1], Param::Train(_)));
         assert_eq!(d.d[0].get(DType::F32).unwrap().dims(), &[1, 3]);
     }

@@ -100,8 +100,8 @@ impl Linear {
         })
     }
 
-    /// A freshly initialised trainable layer (classification heads):
-    /// weights N(0, 0.02), bias zero, unless the checkpoint has them.
+    /// A trainable classification head: weights N(0, 0.02), bias zero,
+    /// or stored values as [`Params::new_head_tensor`] decides.
     pub fn new_head(
         p: &mut Params,
         name: &str,
@@ -109,13 +109,13 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> crate::engine::nn::params::Result<Linear> {
-        let w = p.new_trainable(
+        let w = p.new_head_tensor(
             &format!("{name}.weight"),
             &[out_features, in_features],
             Init::Normal(0.02),
         )?;
         let b = if bias {
-            Some(Param::Train(p.new_trainable(
+            Some(Param::Train(p.new_head_tensor(
                 &format!("{name}.bias"),
                 &[out_features],
                 Init::Zeros,
@@ -182,10 +182,14 @@ impl Linear {
         let (Some(l), Weight::Dense(Param::Frozen(w))) = (&self.lora, &self.weight) else {
             return Ok(());
         };
-        let a = l.a.get(DType::F32)?;
-        let b = l.b.get(DType::F32)?;
+        // Detached: the merged weight is a constant, not a node of the
+        // adapters' graph.
+        let a = l.a.get(DType::F32)?.detach();
+        let b = l.b.get(DType::F32)?.detach();
         let delta = (b.matmul(&a)? * l.scale)?;
-        let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+        let merged = (w.to_dtype(DType::F32)? + delta)?
+            .to_dtype(w.dtype())?
+            .detach();
         self.weight = Weight::Dense(Param::Frozen(merged));
         self.lora = None;
         Ok(())
@@ -219,4 +223,102 @@ fn new_lora(
         scale: cfg.alpha / r as f64,
         dropout: cfg.dropout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::nn::params::TrainPolicy;
+    use candle_core::{Device, Var};
+    use std::collections::HashMap;
+
+    /// A LoRA layer over a frozen `[5, 7]` weight with a frozen bias.
+    fn lora_layer() -> Linear {
+        let dev = Device::Cpu;
+        let tensors = HashMap::from([
+            (
+                "l.weight".to_string(),
+                Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap(),
+            ),
+            (
+                "l.bias".to_string(),
+                Tensor::randn(0f32, 1.0, 5, &dev).unwrap(),
+            ),
+        ]);
+        let policy = TrainPolicy {
+            train_base: false,
+            freeze: vec![],
+        };
+        let mut p = Params::from_tensors(tensors, &dev, DType::F32, policy, 0);
+        let cfg = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: vec!["l".into()],
+            random_b: true,
+        };
+        Linear::load(&mut p, "l", 7, 5, true, Some(&cfg)).unwrap()
+    }
+
+    /// The frozen weight costs no weight-gradient product: no gradient of
+    /// its shape (or its transpose's, which is what a view would be keyed
+    /// by) exists anywhere in the store, while the adapters get theirs.
+    #[test]
+    fn frozen_weight_gets_no_gradient() {
+        let layer = lora_layer();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &Device::Cpu).unwrap()).unwrap();
+        let y = layer.forward(x.as_tensor(), &Ctx::eval()).unwrap();
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let shapes: Vec<Vec<usize>> = grads
+            .get_ids()
+            .map(|id| grads.get_id(*id).unwrap().dims().to_vec())
+            .collect();
+        assert!(
+            !shapes.iter().any(|s| s == &[5, 7] || s == &[7, 5]),
+            "a weight-shaped gradient was computed: {shapes:?}"
+        );
+        assert!(
+            !shapes.iter().any(|s| s == &[5]),
+            "bias gradient: {shapes:?}"
+        );
+        let lora = layer.lora.as_ref().unwrap();
+        for p in [&lora.a, &lora.b] {
+            let Param::Train(v) = p else { panic!() };
+            assert!(grads.get(v.as_tensor()).is_some());
+        }
+    }
+
+    /// Merging gives the same outputs and leaves no link to the adapters:
+    /// the merged weight is a constant.
+    #[test]
+    fn merged_weight_is_detached() {
+        let mut layer = lora_layer();
+        let x = Tensor::randn(0f32, 1.0, (3, 7), &Device::Cpu).unwrap();
+        let before = layer.forward(&x, &Ctx::eval()).unwrap();
+        let lora = layer.lora.clone().unwrap();
+        layer.merge_lora().unwrap();
+        let Weight::Dense(Param::Frozen(w)) = &layer.weight else {
+            panic!("merged weight is frozen and dense")
+        };
+        assert!(!w.track_op(), "the merged weight records an op");
+        let xv = Var::from_tensor(&x).unwrap();
+        let after = layer.forward(xv.as_tensor(), &Ctx::eval()).unwrap();
+        let d = (&after - &before)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+        let grads = after.sum_all().unwrap().backward().unwrap();
+        for p in [&lora.a, &lora.b] {
+            let Param::Train(v) = p else { panic!() };
+            assert!(
+                grads.get(v.as_tensor()).is_none(),
+                "gradient reached an adapter"
+            );
+        }
+    }
 }

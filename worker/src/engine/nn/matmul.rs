@@ -69,6 +69,16 @@ fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The CPU f32 product in use: `"openblas"` when the library was found,
+/// else `"candle"` (its `gemm` crate).
+pub fn cpu_backend() -> &'static str {
+    if blas::sgemm().is_some() {
+        "openblas"
+    } else {
+        "candle"
+    }
+}
+
 fn blas_ready(a: &Tensor, b: &Tensor) -> bool {
     blas::sgemm().is_some()
         && a.device().is_cpu()

@@ -106,3 +106,46 @@ pub fn compute_dtype(device: &Device, precision: common::spec::Precision) -> DTy
         Precision::Auto => DType::F32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn dropped(seed: u64, p: f64) -> (Tensor, Tensor) {
+        let x =
+            Var::from_tensor(&Tensor::ones((400, 250), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let ctx = Ctx::new(true, ChaCha8Rng::seed_from_u64(seed));
+        let y = ctx.dropout(x.as_tensor(), p).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        (y, g.get(x.as_tensor()).unwrap().clone())
+    }
+
+    /// Inverted dropout: about `p` of the values are zero, the others are
+    /// `1 / (1 - p)`, the mean is kept, the gradient is the same mask, and
+    /// the seed decides the mask.
+    #[test]
+    fn dropout_statistics_and_gradient() {
+        let p = 0.1;
+        let (y, g) = dropped(7, p);
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let n = v.len() as f64;
+        let zeros = v.iter().filter(|&&e| e == 0.0).count() as f64 / n;
+        // 100 000 draws: the standard deviation of the rate is ~0.00095.
+        assert!((zeros - p).abs() < 0.005, "dropped fraction {zeros}");
+        let keep = (1.0 / (1.0 - p)) as f32;
+        assert!(v.iter().all(|&e| e == 0.0 || e == keep));
+        let mean = v.iter().map(|&e| e as f64).sum::<f64>() / n;
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        // d(sum y)/dx = mask (x is all ones, so y is the mask).
+        assert_eq!(g.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+        let (again, _) = dropped(7, p);
+        assert_eq!(again.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+        let (other, _) = dropped(8, p);
+        assert_ne!(other.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+        // Off outside training and at p = 0.
+        let x = Tensor::ones(10, DType::F32, &Device::Cpu).unwrap();
+        let out = Ctx::eval().dropout(&x, 0.5).unwrap();
+        assert_eq!(out.to_vec1::<f32>().unwrap(), vec![1.0; 10]);
+    }
+}

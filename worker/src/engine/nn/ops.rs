@@ -46,6 +46,18 @@ fn softmax_bwd(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
     ((yf * gf.broadcast_sub(&dot)?)? * scale)?.to_dtype(y.dtype())
 }
 
+/// Rotary embedding in rotate-half form over `x` `[b, h, s, d]` with
+/// `cos`, `sin` `[s, d/2]`, on candle's fused kernel. The rotation is
+/// orthogonal, so the backward rotates the gradient back:
+/// `dx = rope(dy, cos, -sin)`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, cos, sin)?;
+    let (cos, sin) = (cos.clone(), sin.clone());
+    attach("rope", x, y, move |_, _, g| {
+        candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &sin.neg()?)
+    })
+}
+
 /// Exact (erf) GELU, attached with backward `dy * (Phi(x) + x * phi(x))`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     let xd = x.detach();
@@ -225,6 +237,19 @@ mod tests {
         check_grad(
             |x| masked_softmax(x, &mask, 0.25),
             |x| candle_nn::ops::softmax(&(x * 0.25)?.broadcast_add(&mask)?, D::Minus1),
+        );
+    }
+
+    #[test]
+    fn rope_grad_matches_composed_ops() {
+        let dev = Device::Cpu;
+        // `check_grad` feeds `[2, 3, 16]`: one batch of 2 heads, 3 positions.
+        let cos = Tensor::randn(0f32, 1.0, (3, 8), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (3, 8), &dev).unwrap();
+        let four = |x: &Tensor| x.unsqueeze(0);
+        check_grad(
+            |x| rope(&four(x)?, &cos, &sin)?.squeeze(0),
+            |x| candle_nn::rotary_emb::rope_slow(&four(x)?, &cos, &sin)?.squeeze(0),
         );
     }
 

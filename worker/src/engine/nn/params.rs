@@ -3,13 +3,13 @@
 //! registered here, in creation order, so the optimiser, the gradient
 //! checks and the checkpoint writer all see the same list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
-use common::spec::Quantize;
+use common::spec::{HeadInit, Quantize};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -95,6 +95,10 @@ pub struct Params {
     pub dtype: DType,
     pub policy: TrainPolicy,
     pub quantize: Quantize,
+    /// Whether a classification head found in the base checkpoint is used.
+    pub head: HeadInit,
+    /// Names given by overlays (trained parameters of an earlier run).
+    overlaid: HashSet<String>,
     trainable: Vec<(String, Var)>,
     frozen_elems: usize,
     rng: ChaCha8Rng,
@@ -121,11 +125,16 @@ impl Params {
         if files.is_empty() {
             return Err(ParamError::NoWeights(dir.to_path_buf()));
         }
+        let base_files = files.len();
         files.extend(overlays.iter().cloned());
         let mut tensors = HashMap::new();
-        for f in &files {
+        let mut overlaid = HashSet::new();
+        for (i, f) in files.iter().enumerate() {
             // Loaded to CPU first; moved to the device and dtype on first use.
             for (name, t) in candle_core::safetensors::load(f, &Device::Cpu)? {
+                if i >= base_files {
+                    overlaid.insert(name.clone());
+                }
                 tensors.insert(name, t);
             }
         }
@@ -136,6 +145,8 @@ impl Params {
             dtype,
             policy,
             quantize,
+            head: HeadInit::Fresh,
+            overlaid,
             trainable: Vec::new(),
             frozen_elems: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -157,6 +168,8 @@ impl Params {
             dtype,
             policy,
             quantize: Quantize::None,
+            head: HeadInit::Fresh,
+            overlaid: HashSet::new(),
             trainable: Vec::new(),
             frozen_elems: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -246,6 +259,19 @@ impl Params {
             self.draw(shape, init)?
         };
         let t = t.to_dtype(DType::F32)?.to_device(&self.device)?;
+        self.register(name, t)
+    }
+
+    /// A classification head tensor: the trained value of an earlier run
+    /// when an overlay has it, the base checkpoint's only when
+    /// [`Params::head`] asks for it, else drawn from `init` (a checkpoint's
+    /// head was trained for another label set or order).
+    pub fn new_head_tensor(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        let use_stored = self.overlaid.contains(name) || self.head == HeadInit::Checkpoint;
+        if use_stored {
+            return self.new_trainable(name, shape, init);
+        }
+        let t = self.draw(shape, init)?.to_device(&self.device)?;
         self.register(name, t)
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Result, Var};
+use candle_core::{Device, Result, Tensor, Var};
 use common::metrics::{self, Scores};
 use common::spec::Metric;
 use rand::seq::SliceRandom;
@@ -80,6 +80,13 @@ pub struct Fit {
     pub seconds: f64,
 }
 
+/// Micro-batch losses are read from the device this often (and at the end
+/// of the epoch): a read waits for the device, so reading after every
+/// forward would stall an accelerator's queue before each backward. A
+/// non-finite loss is still reported with its batch; its gradients have a
+/// non-finite norm, so no optimiser step applied them meanwhile.
+const LOSS_READ_EVERY: usize = 8;
+
 /// Trains one epoch (1-based `epoch`) over `data`.
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
@@ -105,6 +112,7 @@ pub fn train_epoch(
     );
     let mut acc = GradAccumulator::new(spec.grad_accum);
     let (mut loss_sum, mut lr) = (0.0, 0.0);
+    let mut pending: Vec<Tensor> = Vec::with_capacity(LOSS_READ_EVERY);
     for (bi, b) in batches.iter().enumerate() {
         if progress.should_stop() {
             return Err(TrainError::Stopped);
@@ -113,15 +121,7 @@ pub fn train_epoch(
         let ys: Vec<usize> = b.iter().map(|&i| data.labels[i]).collect();
         let batch = Batch::new(&rows, model.pad_id(), device)?;
         let loss = cross_entropy(&model.forward(&batch, &ctx)?, &ys, weights)?;
-        let loss_val = loss.to_scalar::<f32>()? as f64;
-        if !loss_val.is_finite() {
-            return Err(TrainError::NonFinite {
-                loss: loss_val,
-                epoch,
-                batch: bi,
-            });
-        }
-        loss_sum += loss_val;
+        pending.push(loss.detach());
         acc.add(acc.scale_loss(&loss)?.backward()?, &params.vars)?;
         if acc.ready(bi + 1 == batches.len()) {
             // A non-finite gradient norm skips the optimiser step.
@@ -131,7 +131,23 @@ pub fn train_epoch(
                 schedule.advance();
             }
         }
-        progress.step(epoch, bi + 1, loss_val);
+        if pending.len() == LOSS_READ_EVERY || bi + 1 == batches.len() {
+            let first = bi + 1 - pending.len();
+            let values = Tensor::stack(&pending, 0)?.to_vec1::<f32>()?;
+            pending.clear();
+            for (i, v) in values.into_iter().enumerate() {
+                let v = v as f64;
+                if !v.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        loss: v,
+                        epoch,
+                        batch: first + i,
+                    });
+                }
+                loss_sum += v;
+                progress.step(epoch, first + i + 1, v);
+            }
+        }
     }
     Ok(Fit {
         loss: loss_sum / batches.len().max(1) as f64,

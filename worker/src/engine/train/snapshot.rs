@@ -27,7 +27,7 @@ impl Snapshot {
         Ok(Snapshot {
             vars: base_vars
                 .iter()
-                .map(|v| v.as_tensor().copy())
+                .map(|v| v.as_tensor().copy().map(|t| t.detach()))
                 .collect::<Result<_>>()?,
             dendrites: model.dendrite_snapshot()?,
             state,
