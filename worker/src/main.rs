@@ -47,8 +47,8 @@ fn tune_allocator() {
 }
 
 /// Sizes the CPU thread pools, before any other thread exists: candle's
-/// kernels read `RAYON_NUM_THREADS`, OpenBLAS `OPENBLAS_NUM_THREADS`, and
-/// rayon's global pool is built once. Idle pool threads park soon instead
+/// kernels read `RAYON_NUM_THREADS`, OpenBLAS `OPENBLAS_NUM_THREADS`, MKL
+/// `MKL_NUM_THREADS`, and rayon's global pool is built once. Idle pool threads park soon instead
 /// of spinning, so that they leave the cores to whoever has work: candle's
 /// elementwise pool (25 000 spins by default) and OpenBLAS's threads (2^28
 /// cycles of `sched_yield` by default; read when the library is opened, on
@@ -57,10 +57,16 @@ fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
     let mut settings = vec![
         ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000".to_string()),
         ("OPENBLAS_THREAD_TIMEOUT", "4".to_string()),
+        // MKL's OpenMP threads spin 200 ms after each product by default.
+        ("KMP_BLOCKTIME", "1".to_string()),
     ];
+    if let Some(core) = worker::engine::nn::matmul::openblas_core() {
+        settings.push(("OPENBLAS_CORETYPE", core.to_string()));
+    }
     if let Some(n) = threads {
         settings.push(("RAYON_NUM_THREADS", n.to_string()));
         settings.push(("OPENBLAS_NUM_THREADS", n.to_string()));
+        settings.push(("MKL_NUM_THREADS", n.to_string()));
     }
     for (var, value) in settings {
         if var == "RAYON_NUM_THREADS" || std::env::var_os(var).is_none() {
@@ -91,6 +97,11 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match &cli.command {
+        Command::Run(a) => worker::engine::allow_spec_env(a.spec_env.clone()),
+        Command::Serve(a) => worker::engine::allow_spec_env(a.spec_env.clone()),
+        Command::Bench(_) => {}
+    }
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Bench(args) => bench::main(args),

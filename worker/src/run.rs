@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// List the expanded jobs and exit.
     #[arg(long)]
     dry_run: bool,
+    /// Environment variables specs may use as `${VAR}` besides `*_DIR`
+    /// and `*_PATH` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub spec_env: Vec<String>,
 }
 
 struct Bars {

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// CPU threads for tensor kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Environment variables specs may use as `${VAR}` besides `*_DIR`
+    /// and `*_PATH` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub spec_env: Vec<String>,
 }
 
 /// Everything a slot needs.

@@ -29,8 +29,29 @@ pub enum DataError {
         line: usize,
         message: String,
     },
+    #[error("{0}: no sentences (expected lines of `sentence@label`)")]
+    Empty(String),
     #[error("{0}")]
     Split(String),
+}
+
+/// Sentences read from one file, and how its bytes were decoded.
+#[derive(Debug, Clone)]
+pub struct FileRead {
+    pub examples: Vec<Example>,
+    pub encoding: &'static str,
+}
+
+/// The text of a data file: UTF-8 when the bytes are valid UTF-8 (a
+/// leading byte-order mark dropped), as editors and exports write it;
+/// else latin-1, the original files' encoding, where every byte is the
+/// code point of the same value.
+pub fn decode(bytes: &[u8]) -> (String, &'static str) {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match std::str::from_utf8(body) {
+        Ok(text) => (text.to_string(), "utf-8"),
+        Err(_) => (bytes.iter().map(|&b| b as char).collect(), "latin-1"),
+    }
 }
 
 /// One labelled sentence.
@@ -40,11 +61,11 @@ pub struct Example {
     pub label: usize,
 }
 
-/// Parses the text of one `Sentences_*.txt` file (latin-1, CRLF,
-/// `sentence@label`, split on the last `@`).
-pub fn parse(origin: &str, bytes: &[u8]) -> Result<Vec<Example>, DataError> {
-    // latin-1: every byte is the code point of the same value.
-    let text: String = bytes.iter().map(|&b| b as char).collect();
+/// Parses the bytes of one `Sentences_*.txt` file (CRLF or LF,
+/// `sentence@label`, split on the last `@`; decoded by [`decode`]). A file
+/// without a single sentence is an error naming it.
+pub fn parse(origin: &str, bytes: &[u8]) -> Result<FileRead, DataError> {
+    let (text, encoding) = decode(bytes);
     let mut out = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
         let line = raw.trim_end_matches('\r');
@@ -78,12 +99,18 @@ pub fn parse(origin: &str, bytes: &[u8]) -> Result<Vec<Example>, DataError> {
             label,
         });
     }
-    Ok(out)
+    if out.is_empty() {
+        return Err(DataError::Empty(origin.to_string()));
+    }
+    Ok(FileRead {
+        examples: out,
+        encoding,
+    })
 }
 
 /// Reads one agreement level from a directory holding the `Sentences_*.txt`
 /// files, or from the original `FinancialPhraseBank-v1.0.zip`.
-pub fn load(path: &Path, agreement: Agreement) -> Result<Vec<Example>, DataError> {
+pub fn load(path: &Path, agreement: Agreement) -> Result<FileRead, DataError> {
     let name = agreement.file_name();
     if path.is_dir() {
         let file = path.join(&name);
@@ -212,11 +239,38 @@ mod tests {
     #[test]
     fn parses_latin1_crlf_last_at() {
         let bytes = b"Caf\xe9 sales @ record@positive\r\nFlat.@neutral\r\n\r\n";
-        let ex = parse("f.txt", bytes).unwrap();
+        let read = parse("f.txt", bytes).unwrap();
+        assert_eq!(read.encoding, "latin-1");
+        let ex = read.examples;
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[0].text, "Caf\u{e9} sales @ record");
         assert_eq!(ex[0].label, 2);
         assert_eq!(ex[1].label, 1);
+    }
+
+    /// The same sentence written as UTF-8 (with or without a byte-order
+    /// mark) reads as the same text, not mojibake.
+    #[test]
+    fn utf8_files_are_decoded_as_utf8() {
+        for bytes in [
+            &b"Caf\xc3\xa9 sales @ record@positive\n"[..],
+            &b"\xef\xbb\xbfCaf\xc3\xa9 sales @ record@positive\r\n"[..],
+        ] {
+            let read = parse("f.txt", bytes).unwrap();
+            assert_eq!(read.encoding, "utf-8");
+            assert_eq!(read.examples[0].text, "Caf\u{e9} sales @ record");
+        }
+    }
+
+    #[test]
+    fn a_file_without_sentences_is_an_error_naming_it() {
+        for bytes in [&b""[..], &b"\r\n\r\n  \n"[..]] {
+            let e = parse("data/Sentences_AllAgree.txt", bytes).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "data/Sentences_AllAgree.txt: no sentences (expected lines of `sentence@label`)"
+            );
+        }
     }
 
     #[test]

@@ -55,8 +55,9 @@ pub fn data_path(spec: &JobSpec) -> Result<PathBuf, JobError> {
 
 /// The spec's data set, deduplicated and split, with what loading found.
 pub fn load_splits(spec: &JobSpec) -> Result<(Split, LoadStats), JobError> {
-    let raw = data::load(&data_path(spec)?, spec.data.agreement)?;
-    let (examples, stats) = data::dedupe(raw);
+    let read = data::load(&data_path(spec)?, spec.data.agreement)?;
+    let (examples, mut stats) = data::dedupe(read.examples);
+    stats.encoding = read.encoding.to_string();
     Ok((data::split(&examples, &spec.data.split)?, stats))
 }
 

@@ -18,8 +18,29 @@ pub mod train;
 pub mod trained;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-/// Expands `${VAR}` and `${VAR:-default}` from the environment.
+static SPEC_ENV: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Allows these variable names in specs besides `*_DIR` and `*_PATH` (the
+/// worker's `--spec-env`); set once, before any job.
+pub fn allow_spec_env(names: Vec<String>) {
+    let _ = SPEC_ENV.set(names);
+}
+
+/// Whether a spec may read `${name}` from the worker's environment: names
+/// ending in `_DIR` or `_PATH` (locations, by convention) and those given
+/// with `--spec-env`. Nothing else is read, so a spec cannot make a worker
+/// put a credential into a path, an error message or a results table.
+pub fn spec_env_allowed(name: &str) -> bool {
+    name.ends_with("_DIR")
+        || name.ends_with("_PATH")
+        || SPEC_ENV.get().is_some_and(|v| v.iter().any(|n| n == name))
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` from the environment, for the
+/// variables [`spec_env_allowed`] lets through. Errors quote the template,
+/// never a value.
 pub fn expand_env(s: &str) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
@@ -34,6 +55,11 @@ pub fn expand_env(s: &str) -> Result<String, String> {
             Some((n, d)) => (n, Some(d)),
             None => (body, None),
         };
+        if !spec_env_allowed(name) {
+            return Err(format!(
+                "${{{name}}} in {s:?}: only variables named *_DIR or *_PATH, or given to the worker with --spec-env, expand in specs"
+            ));
+        }
         match std::env::var(name) {
             Ok(v) if !v.is_empty() => out.push_str(&v),
             _ => match default {
@@ -64,12 +90,24 @@ mod tests {
 
     #[test]
     fn env_expansion() {
-        std::env::set_var("ENGINE_TEST_X", "/x");
-        assert_eq!(expand_env("${ENGINE_TEST_X}/y").unwrap(), "/x/y");
-        assert_eq!(expand_env("${ENGINE_TEST_NOPE:-d}/y").unwrap(), "d/y");
+        std::env::set_var("ENGINE_TEST_X_DIR", "/x");
+        assert_eq!(expand_env("${ENGINE_TEST_X_DIR}/y").unwrap(), "/x/y");
+        assert_eq!(expand_env("${ENGINE_TEST_NOPE_DIR:-d}/y").unwrap(), "d/y");
         assert_eq!(expand_env("plain").unwrap(), "plain");
-        assert!(expand_env("${ENGINE_TEST_NOPE}")
+        assert!(expand_env("${ENGINE_TEST_NOPE_DIR}")
             .unwrap_err()
-            .contains("ENGINE_TEST_NOPE"));
+            .contains("ENGINE_TEST_NOPE_DIR"));
+    }
+
+    /// A credential named in a spec is never read: the error quotes the
+    /// template and holds no part of the value.
+    #[test]
+    fn secrets_do_not_expand() {
+        std::env::set_var("ENGINE_TEST_SECRET_KEY", "hunter2-do-not-print");
+        for template in ["${ENGINE_TEST_SECRET_KEY}", "${ENGINE_TEST_SECRET_KEY:-/d}/x"] {
+            let e = spec_path("data.path", template).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("data.path") && e.contains("ENGINE_TEST_SECRET_KEY"), "{e}");
+        }
     }
 }

@@ -5,11 +5,12 @@
 //! (candle's own matmul backward always computes both, frozen weights
 //! included).
 //!
-//! On the CPU in f32, with the `openblas` feature and OpenBLAS installed
-//! (`libopenblas.so.0`, loaded on first use), products are `cblas_sgemm`
-//! calls: its kernels use AVX-512 where the processor has it, while
+//! On the CPU in f32, with the `blas` feature and a CBLAS library installed
+//! (Intel MKL's `libmkl_rt` or OpenBLAS's `libopenblas.so.0`, or the one
+//! `WORKER_BLAS` names; loaded on first use), products are `cblas_sgemm`
+//! calls: their kernels use AVX-512 where the processor has it, while
 //! candle's `gemm` runs AVX2 kernels on stable Rust. Everywhere else (no
-//! OpenBLAS, other dtypes, accelerators) the forward is candle's matmul on
+//! library, other dtypes, accelerators) the forward is candle's matmul on
 //! detached operands (cuBLAS on CUDA).
 
 use std::sync::Mutex;
@@ -69,14 +70,33 @@ fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The CPU f32 product in use: `"openblas"` when the library was found,
-/// else `"candle"` (its `gemm` crate).
-pub fn cpu_backend() -> &'static str {
-    if blas::sgemm().is_some() {
-        "openblas"
-    } else {
-        "candle"
+/// The OpenBLAS kernel family for this processor, by its instruction set.
+/// OpenBLAS picks kernels by CPU model, and a release older than the
+/// processor falls back to its generic SSE3 ("Prescott") kernels, several
+/// times slower (Debian 12's 0.3.21 does so on recent Xeons). The worker
+/// sets `OPENBLAS_CORETYPE` to this before anything else runs.
+pub fn openblas_core() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Some("SkylakeX");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some("Haswell");
+        }
     }
+    None
+}
+
+/// The CPU f32 product in use: `"mkl"` or `"openblas"` (the CBLAS
+/// library found), else `"candle"` (its `gemm` crate).
+pub fn cpu_backend() -> &'static str {
+    blas::name().unwrap_or("candle")
 }
 
 fn blas_ready(a: &Tensor, b: &Tensor) -> bool {
@@ -322,8 +342,10 @@ mod cpu {
 }
 
 mod blas {
-    //! OpenBLAS, opened on first use (so that a binary built with it runs
-    //! unchanged where it is missing) after `main` has set its environment.
+    //! A CBLAS library, opened on first use (so that a binary built with it
+    //! runs unchanged where none is installed) after `main` has set its
+    //! environment: `WORKER_BLAS` (a path or file name) when set, else
+    //! Intel MKL's `libmkl_rt`, else OpenBLAS.
 
     use std::sync::OnceLock;
 
@@ -348,30 +370,68 @@ mod blas {
     struct Blas {
         _lib: libloading::Library,
         sgemm: Sgemm,
+        name: &'static str,
     }
 
     static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
 
-    /// OpenBLAS's `cblas_sgemm`, when the library can be opened.
+    /// The library's `cblas_sgemm`, when one could be opened.
     pub fn sgemm() -> Option<Sgemm> {
         BLAS.get_or_init(open).as_ref().map(|b| b.sgemm)
     }
 
-    #[cfg(feature = "openblas")]
-    fn open() -> Option<Blas> {
-        ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"]
-            .into_iter()
-            .find_map(|name| {
-                // SAFETY: OpenBLAS's initialisers only read its environment
-                // and start its thread pool.
-                let lib = unsafe { libloading::Library::new(name) }.ok()?;
-                // SAFETY: the symbol has the CBLAS signature declared above.
-                let sgemm = unsafe { *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()? };
-                Some(Blas { _lib: lib, sgemm })
-            })
+    /// `"mkl"`, `"openblas"` or `"blas"` (another `WORKER_BLAS`).
+    pub fn name() -> Option<&'static str> {
+        BLAS.get_or_init(open).as_ref().map(|b| b.name)
     }
 
-    #[cfg(not(feature = "openblas"))]
+    /// Which family a library file belongs to, by its name.
+    fn family(file: &str) -> &'static str {
+        if file.contains("mkl") {
+            "mkl"
+        } else if file.contains("openblas") {
+            "openblas"
+        } else {
+            "blas"
+        }
+    }
+
+    #[cfg(feature = "blas")]
+    fn open() -> Option<Blas> {
+        // Where `main` has not chosen OpenBLAS's kernels (tests, other binaries).
+        if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
+            if let Some(core) = super::openblas_core() {
+                std::env::set_var("OPENBLAS_CORETYPE", core);
+            }
+        }
+        let chosen = std::env::var("WORKER_BLAS").ok().filter(|s| !s.is_empty());
+        let defaults = [
+            "libmkl_rt.so.3",
+            "libmkl_rt.so.2",
+            "libmkl_rt.so",
+            "libopenblas.so.0",
+            "libopenblas.so",
+            "libopenblas.dylib",
+        ];
+        let names: Vec<String> = match chosen {
+            Some(c) => vec![c],
+            None => defaults.iter().map(|s| s.to_string()).collect(),
+        };
+        names.into_iter().find_map(|name| {
+            // SAFETY: a CBLAS library's initialisers only read its
+            // environment and start its thread pool.
+            let lib = unsafe { libloading::Library::new(&name) }.ok()?;
+            // SAFETY: the symbol has the CBLAS signature declared above.
+            let sgemm = unsafe { *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()? };
+            Some(Blas {
+                _lib: lib,
+                sgemm,
+                name: family(&name),
+            })
+        })
+    }
+
+    #[cfg(not(feature = "blas"))]
     fn open() -> Option<Blas> {
         None
     }

@@ -78,6 +78,29 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// tanh-GELU (`gelu_new`), attached with its exact backward: a row
+/// kernel on the CPU, candle's fused forward and composed ops elsewhere.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let xd = x.detach();
+    let y = match rows::gelu_tanh(&xd, None)? {
+        Some(y) => y,
+        None => xd.gelu()?,
+    };
+    attach("gelu-tanh", x, y, |x, _, g| {
+        if let Some(dx) = rows::gelu_tanh(x, Some(g))? {
+            return Ok(dx);
+        }
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let xf = x.to_dtype(DType::F32)?;
+        let x2 = xf.sqr()?;
+        let t = ((&xf * c)? * ((&x2 * 0.044_715)? + 1.0)?)?.tanh()?;
+        let du = ((&x2 * (3.0 * 0.044_715))? + 1.0)? * c;
+        let left = ((&t + 1.0)? * 0.5)?;
+        let right = (((xf * 0.5)? * (t.sqr()?.affine(-1.0, 1.0)?))? * du?)?;
+        (g.to_dtype(DType::F32)? * (left + right)?)?.to_dtype(x.dtype())
+    })
+}
+
 /// Layer norm over the last dimension with affine weight and bias, on
 /// candle's fused kernel. A frozen affine is folded into the kernel (no
 /// gradient built for it); a trained one is applied after the fused
@@ -251,6 +274,29 @@ mod tests {
             |x| rope(&four(x)?, &cos, &sin)?.squeeze(0),
             |x| candle_nn::rotary_emb::rope_slow(&four(x)?, &cos, &sin)?.squeeze(0),
         );
+    }
+
+    #[test]
+    fn gelu_tanh_grad_matches_candle() {
+        check_grad(gelu_tanh, |x| x.gelu());
+    }
+
+    #[test]
+    fn gelu_tanh_composed_backward_matches_candle() {
+        // The path devices without a row kernel take (bf16 on the CPU here).
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 2.0, (4, 16), &dev).unwrap();
+        let grad = |fast: bool| {
+            let x = Var::from_tensor(&x0.to_dtype(DType::BF16).unwrap()).unwrap();
+            let y = if fast {
+                gelu_tanh(x.as_tensor()).unwrap()
+            } else {
+                x.as_tensor().gelu().unwrap()
+            };
+            let g = y.sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().to_dtype(DType::F32).unwrap()
+        };
+        assert!(max_diff(&grad(true), &grad(false)) < 2e-2);
     }
 
     #[test]

@@ -59,13 +59,20 @@ fn sum(a: &[f32]) -> f32 {
 fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    // Rounded to an integer by the shift; the integer also sits in the
+    // low mantissa bits, read from there (an `as i32` cast saturates,
+    // which keeps the loop from vectorising).
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let k = shifted - SHIFT;
+    // Wrapping arithmetic: an overflow check (on in test builds) would
+    // also keep the loop scalar; the values are small.
+    let ki = (shifted.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    p * f32::from_bits((ki.wrapping_add(127) << 23) as u32)
 }
 
 /// Rows are handed to threads in chunks of about this many elements.
@@ -212,6 +219,23 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 /// erf-GELU `x * Phi(x)` and, with `g`, its backward
 /// `g * (Phi(x) + x * phi(x))`, elementwise over the thread pool.
 pub fn gelu_erf(x: &Tensor, g: Option<&Tensor>) -> Result<Option<Tensor>> {
+    elementwise(x, g, gelu_chunk, gelu_bwd_chunk)
+}
+
+/// tanh-GELU (`gelu_new`, `gelu_pytorch_tanh`)
+/// `0.5 x (1 + tanh(c (x + 0.044715 x^3)))`, `c = sqrt(2 / pi)`, and with
+/// `g` its backward, elementwise over the thread pool.
+pub fn gelu_tanh(x: &Tensor, g: Option<&Tensor>) -> Result<Option<Tensor>> {
+    elementwise(x, g, gelu_tanh_chunk, gelu_tanh_bwd_chunk)
+}
+
+/// `fwd(x)`, or `bwd(x, g)` when `g` is given, chunk by chunk.
+fn elementwise(
+    x: &Tensor,
+    g: Option<&Tensor>,
+    fwd: fn(&mut [f32], &[f32]),
+    bwd: fn(&mut [f32], &[f32], &[f32]),
+) -> Result<Option<Tensor>> {
     let Some(xv) = data(x)? else {
         return Ok(None);
     };
@@ -220,22 +244,49 @@ pub fn gelu_erf(x: &Tensor, g: Option<&Tensor>) -> Result<Option<Tensor>> {
         None => out
             .par_chunks_mut(CHUNK)
             .zip(xv.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_chunk(o, x)),
+            .for_each(|(o, x)| fwd(o, x)),
         Some(g) => {
             let Some(gv) = data(g)? else {
                 return Ok(None);
             };
             out.par_chunks_mut(CHUNK)
                 .zip(xv.par_chunks(CHUNK).zip(gv.par_chunks(CHUNK)))
-                .for_each(|(o, (x, g))| gelu_bwd_chunk(o, x, g))
+                .for_each(|(o, (x, g))| bwd(o, x, g))
         }
     }
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
+/// The standard normal CDF `Phi(x)`.
 #[inline(always)]
 fn cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2))
+}
+
+/// sqrt(2 / pi).
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// `tanh(u) = 1 - 2 / (e^(2u) + 1)` (saturates cleanly: `exp` clamps).
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+fn gelu_tanh_chunk(o: &mut [f32], x: &[f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        let t = tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
+        *o = 0.5 * x * (1.0 + t);
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+fn gelu_tanh_bwd_chunk(o: &mut [f32], x: &[f32], g: &[f32]) {
+    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+        let t = tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
+        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x);
+        *o = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+    }
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
