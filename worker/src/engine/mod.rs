@@ -104,10 +104,16 @@ mod tests {
     #[test]
     fn secrets_do_not_expand() {
         std::env::set_var("ENGINE_TEST_SECRET_KEY", "hunter2-do-not-print");
-        for template in ["${ENGINE_TEST_SECRET_KEY}", "${ENGINE_TEST_SECRET_KEY:-/d}/x"] {
+        for template in [
+            "${ENGINE_TEST_SECRET_KEY}",
+            "${ENGINE_TEST_SECRET_KEY:-/d}/x",
+        ] {
             let e = spec_path("data.path", template).unwrap_err();
             assert!(!e.contains("hunter2"), "{e}");
-            assert!(e.contains("data.path") && e.contains("ENGINE_TEST_SECRET_KEY"), "{e}");
+            assert!(
+                e.contains("data.path") && e.contains("ENGINE_TEST_SECRET_KEY"),
+                "{e}"
+            );
         }
     }
 }

@@ -287,7 +287,9 @@ impl Phi {
             let v = split_heads(&l.v.forward(&hn, ctx)?, heads)?;
             let a = merge_heads(&attention(&q, &k, &v, &mask, attn_p, ctx)?)?;
             let a = ctx.dropout(&l.dense.forward(&a, ctx)?, resid_p)?;
-            let m = l.fc2.forward(&ops::gelu_tanh(&l.fc1.forward(&hn, ctx)?)?, ctx)?;
+            let m = l
+                .fc2
+                .forward(&ops::gelu_tanh(&l.fc1.forward(&hn, ctx)?)?, ctx)?;
             let m = ctx.dropout(&m, resid_p)?;
             x = ((x + a)? + m)?;
         }
