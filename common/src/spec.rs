@@ -56,6 +56,14 @@ pub enum Finetune {
     Head,
 }
 
+/// Upper bounds a job may ask for: beyond them a spec is a mistake (or an
+/// attempt to tie a worker up), not an experiment on this data set.
+pub const MAX_EPOCHS: usize = 1000;
+/// Sentences per micro-batch.
+pub const MAX_BATCH: usize = 4096;
+/// Tokens per sentence (Phi-2's context is 2048).
+pub const MAX_LEN: usize = 4096;
+
 /// Where the classification head's first values come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,8 +149,11 @@ impl ModelSpec {
         if self.path.is_none() && self.hub_id.is_none() {
             return Err(bad("model.path", "set `model.path` or `model.hub_id`"));
         }
-        if self.max_len < 8 {
-            return Err(bad("model.max_len", "must be at least 8"));
+        if !(8..=MAX_LEN).contains(&self.max_len) {
+            return Err(bad(
+                "model.max_len",
+                format!("must be between 8 and {MAX_LEN}"),
+            ));
         }
         if self.quantize != Quantize::None && self.finetune == Finetune::Full {
             return Err(bad(
@@ -349,11 +360,17 @@ impl Default for TrainSpec {
 
 impl TrainSpec {
     fn validate(&self) -> Result<(), SpecError> {
-        if self.epochs == 0 {
-            return Err(bad("train.epochs", "must be at least 1"));
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(bad(
+                "train.epochs",
+                format!("must be between 1 and {MAX_EPOCHS}"),
+            ));
         }
-        if self.batch_size == 0 {
-            return Err(bad("train.batch_size", "must be at least 1"));
+        if !(1..=MAX_BATCH).contains(&self.batch_size) {
+            return Err(bad(
+                "train.batch_size",
+                format!("must be between 1 and {MAX_BATCH}"),
+            ));
         }
         if self.grad_accum == 0 {
             return Err(bad("train.grad_accum", "must be at least 1"));
@@ -698,6 +715,21 @@ mod tests {
         s.model.finetune = Finetune::Lora;
         assert_eq!(s.validate().unwrap_err().field, "lora");
         s.lora = Some(LoraSpec::default());
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn sizes_have_upper_bounds() {
+        let mut s = minimal();
+        s.train.epochs = MAX_EPOCHS + 1;
+        assert_eq!(s.validate().unwrap_err().field, "train.epochs");
+        let mut s = minimal();
+        s.train.batch_size = MAX_BATCH + 1;
+        assert_eq!(s.validate().unwrap_err().field, "train.batch_size");
+        let mut s = minimal();
+        s.model.max_len = MAX_LEN + 1;
+        assert_eq!(s.validate().unwrap_err().field, "model.max_len");
+        s.model.max_len = MAX_LEN;
         s.validate().unwrap();
     }
 
