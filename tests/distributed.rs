@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::job::DeviceClass;
 use common::queue::Topology;
+use common::state::JobState;
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use services::broker::{header, Broker, REASON_HEADER};
@@ -58,12 +59,6 @@ async fn sweep_runs_across_two_slots_and_malformed_messages_are_dead_lettered() 
     let broker = Broker::connect(AMQP, Topology::new(&ns), 3).await.unwrap();
     let state = StateStore::connect(REDIS, &ns).await.unwrap();
 
-    // A malformed message waits on the queue before the worker starts.
-    broker
-        .publish_raw(DeviceClass::Cpu, b"{\"version\": 1, \"oops\": true}")
-        .await
-        .unwrap();
-
     let dir = tempfile::tempdir().unwrap();
     let sweep = dir.path().join("dist.toml");
     std::fs::write(
@@ -99,6 +94,22 @@ seed = [0, 1]
         ),
     )
     .unwrap();
+
+    // A malformed message naming one of the sweep's jobs waits on the queue
+    // before the sweep is submitted: it is not trusted to name a job, so it
+    // must not change that job's state.
+    let text = std::fs::read_to_string(&sweep).unwrap();
+    let victim = common::sweep::Sweep::parse("dist.toml", &text)
+        .unwrap()
+        .jobs[0]
+        .id
+        .clone();
+    let malformed = format!("{{\"version\": 1, \"job_id\": \"{victim}\", \"oops\": true}}");
+    broker
+        .publish_raw(DeviceClass::Cpu, malformed.as_bytes())
+        .await
+        .unwrap();
+
     let (ok, out) = producer(
         &env,
         &["submit", sweep.to_str().unwrap(), "--device", "cpu"],
@@ -143,6 +154,14 @@ seed = [0, 1]
         "{reason}"
     );
     d.ack(BasicAckOptions::default()).await.unwrap();
+    // It recorded nothing for the job it named (dead-lettering happens
+    // after any record, so the state is final for this message here).
+    let victim_state = state.state(&victim).await.unwrap();
+    assert_ne!(
+        victim_state,
+        Some(JobState::Dead),
+        "a malformed message marked {victim} dead"
+    );
 
     // Every job succeeds exactly once.
     let deadline = Instant::now() + Duration::from_secs(900);

@@ -258,16 +258,11 @@ async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> any
     let msg = match JobMessage::decode(&d.data) {
         Ok(m) => m,
         Err(e) => {
+            // A message that does not decode is not trusted to name a job:
+            // it goes to the dead letters with its reason and records
+            // nothing (it could name any job, another sweep's included).
             let reason = format!("rejected by worker {}: {e}", ctx.worker_id);
             tracing::warn!(%reason, "dead-lettering a message");
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.data) {
-                if let Some(job) = v.get("job_id").and_then(|j| j.as_str()) {
-                    let _ = ctx
-                        .state
-                        .transition(job, Event::DeadLetter, &[("error", reason.clone())])
-                        .await;
-                }
-            }
             ctx.broker.dead_letter(&d.data, &reason).await?;
             d.ack(BasicAckOptions::default()).await?;
             return Ok(());
