@@ -325,3 +325,79 @@ seed = [0, 1]
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// The producer stopped between registering a job and publishing it: the
+/// job is `queued` in Redis and its message is nowhere. Submitting the sweep
+/// again publishes it (it used to be skipped as queued, for good); once the
+/// broker has confirmed it, a further submit skips it.
+#[tokio::test(flavor = "multi_thread")]
+async fn resubmit_publishes_a_job_registered_but_never_published() {
+    let ns = format!("test-unpub-{}", std::process::id());
+    let env = env(&ns, free_port());
+    let topology = Topology::new(&ns);
+    let broker = Broker::connect(AMQP, topology.clone(), 3).await.unwrap();
+    let state = StateStore::connect(REDIS, &ns).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = dir.path().join("unpub.toml");
+    std::fs::write(
+        &sweep,
+        "[sweep]\nname = \"unpub\"\n[base.model]\narch = \"bert\"\npath = \"/m\"\n[base.data]\npath = \"/d\"\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&sweep).unwrap();
+    let job = common::sweep::Sweep::parse("unpub.toml", &text)
+        .unwrap()
+        .jobs[0]
+        .id
+        .clone();
+    // What a producer that stopped right after registering leaves behind.
+    state
+        .register_job("unpub", &job, &[("published_at", String::new())])
+        .await
+        .unwrap();
+
+    let submit = || {
+        producer(
+            &env,
+            &["submit", sweep.to_str().unwrap(), "--device", "cpu"],
+        )
+    };
+    let (ok, out) = submit();
+    assert!(ok, "{out}");
+    assert!(out.contains("1 job(s) queued, 0 skipped"), "{out}");
+
+    // Audit: queued and confirmed in Redis, exactly its one message on the
+    // jobs queue, nothing in the retry or dead-letter queues.
+    assert_eq!(state.state(&job).await.unwrap(), Some(JobState::Queued));
+    assert!(state.published(&job).await.unwrap());
+    let jobs_queue = topology.jobs_queue(DeviceClass::Cpu);
+    assert_eq!(broker.queue_counts(&jobs_queue).await.unwrap().0, 1);
+    let (ch, mut consumer) = broker
+        .consume(DeviceClass::Cpu, "test-unpub")
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the message within 10 s")
+        .unwrap()
+        .unwrap();
+    let msg = common::job::JobMessage::decode(&d.data).unwrap();
+    assert_eq!(msg.job_id, job);
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    ch.close(200, "done".into()).await.unwrap();
+    for q in [
+        topology.retry_queue(DeviceClass::Cpu),
+        topology.dead_queue(),
+    ] {
+        assert_eq!(broker.queue_counts(&q).await.unwrap().0, 0, "{q}");
+    }
+
+    // Confirmed now: the next submit leaves it alone.
+    let (ok, out) = submit();
+    assert!(ok, "{out}");
+    assert!(out.contains("0 job(s) queued, 1 skipped"), "{out}");
+    assert_eq!(broker.queue_counts(&jobs_queue).await.unwrap().0, 0);
+
+    state.delete_namespace().await.unwrap();
+    broker.delete_topology().await.unwrap();
+}

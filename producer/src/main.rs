@@ -222,9 +222,16 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
                 "message",
                 String::from_utf8_lossy(&msg.encode()).to_string(),
             ),
+            // Set once the broker confirms the message.
+            ("published_at", String::new()),
         ];
         let before = c.state.state(&j.id).await?;
         match before {
+            // Registered but never confirmed on the queue (the producer
+            // stopped in between): publish it now.
+            Some(JobState::Queued) if !c.state.published(&j.id).await? => {
+                println!("{}: queued, never published: publishing", j.id);
+            }
             Some(JobState::Succeeded) | Some(JobState::Queued) | Some(JobState::Running) => {
                 skipped += 1;
                 println!(
@@ -241,7 +248,7 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
                 c.state.register_job(&sweep.name, &j.id, &fields).await?;
             }
         }
-        b.publish_job(&msg).await?;
+        enqueue(&c, &b, &msg).await?;
         c.state
             .event(
                 &sweep.name,
@@ -251,6 +258,15 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
         queued += 1;
     }
     println!("{}: {queued} job(s) queued, {skipped} skipped", sweep.name);
+    Ok(())
+}
+
+/// Publishes a job's message and, once the broker has confirmed it, records
+/// `published_at`: a job left `queued` without it (the producer stopped
+/// between registering and publishing) is published by the next `submit`.
+async fn enqueue(c: &Conn, b: &Broker, msg: &JobMessage) -> anyhow::Result<()> {
+    b.publish_job(msg).await?;
+    c.state.mark_published(&msg.job_id).await?;
     Ok(())
 }
 
@@ -423,10 +439,11 @@ async fn retry(target: &str) -> anyhow::Result<()> {
                 &[
                     ("attempt", msg.attempt.to_string()),
                     ("error", String::new()),
+                    ("published_at", String::new()),
                 ],
             )
             .await?;
-        b.publish_job(&msg).await?;
+        enqueue(&c, &b, &msg).await?;
         println!("{j}: queued again (attempt {})", msg.attempt);
         n += 1;
     }
@@ -531,12 +548,16 @@ async fn validate(
             "message",
             String::from_utf8_lossy(&msg.encode()).to_string(),
         ),
+        ("published_at", String::new()),
     ];
     match c.state.state(&msg.job_id).await? {
         None => {
             c.state
                 .register_job(&msg.sweep, &msg.job_id, &fields)
                 .await?;
+        }
+        Some(JobState::Queued) if !c.state.published(&msg.job_id).await? => {
+            println!("{}: queued, never published: publishing", msg.job_id);
         }
         Some(JobState::Queued | JobState::Running) => {
             println!("{}: already queued or running", msg.job_id);
@@ -548,7 +569,7 @@ async fn validate(
                 .await?;
         }
     }
-    broker(&c).await?.publish_job(&msg).await?;
+    enqueue(&c, &broker(&c).await?, &msg).await?;
     println!("{}: queued", msg.job_id);
     Ok(())
 }

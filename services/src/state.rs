@@ -79,6 +79,19 @@ end
 return {2, cur}
 "#;
 
+/// Registers a job in one step: the job hash with its fields (state
+/// `queued`) and its place in the sweep and sweep sets, unless the hash
+/// exists. Returns the job's state either way.
+const REGISTER: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[1], 'state')
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 'queued'
+"#;
+
 const RENEW: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -136,22 +149,41 @@ impl StateStore {
         fields: &[(&str, String)],
     ) -> Result<JobState> {
         let mut c = self.conn.clone();
-        let key = self.key(&["job", job]);
-        let created: bool = c.hset_nx(&key, "state", "queued").await?;
-        if created {
-            let mut f: Vec<(String, String)> = vec![
-                ("sweep".into(), sweep.into()),
-                ("attempt".into(), "1".into()),
-                ("queued_at".into(), now_ms().to_string()),
-            ];
-            f.extend(fields.iter().map(|(k, v)| (k.to_string(), v.clone())));
-            let _: () = c.hset_multiple(&key, &f).await?;
-            let _: () = c.sadd(self.key(&["sweep", sweep]), job).await?;
-            let _: () = c.sadd(self.key(&["sweeps"]), sweep).await?;
+        let mut f: Vec<(String, String)> = vec![
+            ("sweep".into(), sweep.into()),
+            ("attempt".into(), "1".into()),
+            ("queued_at".into(), now_ms().to_string()),
+        ];
+        f.extend(fields.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let script = redis::Script::new(REGISTER);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&["job", job]))
+            .key(self.key(&["sweep", sweep]))
+            .key(self.key(&["sweeps"]))
+            .arg(sweep)
+            .arg(job);
+        for (k, v) in &f {
+            inv.arg(k).arg(v);
         }
-        self.state(job)
-            .await?
+        let state: Option<String> = inv.invoke_async(&mut c).await?;
+        state
+            .as_deref()
+            .and_then(parse_state)
             .ok_or_else(|| StateError::UnknownJob(job.into()))
+    }
+
+    /// Records that the broker confirmed the job's message (`published_at`):
+    /// a job still `queued` without it was never known to be on the queue.
+    pub async fn mark_published(&self, job: &str) -> Result<()> {
+        self.set_fields(job, &[("published_at", now_ms().to_string())])
+            .await
+    }
+
+    /// Whether the job's message was confirmed by the broker since it was
+    /// last queued.
+    pub async fn published(&self, job: &str) -> Result<bool> {
+        let h = self.job(job).await?;
+        Ok(h.get("published_at").is_some_and(|v| !v.is_empty()))
     }
 
     /// Applies `event` if the current state allows it, setting `fields` too.
