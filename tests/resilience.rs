@@ -349,3 +349,91 @@ async fn s3_outage_during_upload_is_retried_before_success() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// A private Redis on `port` without persistence (the test stops it).
+fn start_redis(port: u16) -> Killed {
+    let k = Killed(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    k
+}
+
+/// Redis is unreachable when a job arrives: the worker keeps the delivery
+/// unacknowledged and retries with backoff instead of dropping its channel
+/// (which requeued the message, counted a delivery and, three deliveries
+/// later, had the broker dead-letter a job nobody ran). Redis comes back
+/// empty (no persistence): the job is registered from its message, runs and
+/// succeeds once, and the audit finds every queue empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn job_waits_while_redis_is_down_instead_of_being_dead_lettered() {
+    let mut s = setup("redisdown");
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    s.env.insert("REDIS_URL".into(), url.clone());
+    let state = StateStore::connect(&url, &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let _w = worker(&s, "wd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !state.workers().await.unwrap().iter().any(|w| w.id == "wd") {
+        assert!(Instant::now() < deadline, "the worker did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Redis goes away, then a job arrives.
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    let file = sweep(&s, "redisdown", 1, "0");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let parsed = common::sweep::Sweep::parse("redisdown.toml", &text).unwrap();
+    let job = parsed.jobs[0].id.clone();
+    let msg =
+        common::job::JobMessage::train("redisdown", &parsed.jobs[0], common::job::DeviceClass::Cpu);
+    broker.publish_job(&msg).await.unwrap();
+    // Long enough for the Redis client's own reconnection attempts (about
+    // 6 s each) to give up several times over.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let (dead, _) = broker
+        .queue_counts(&broker.topology.dead_queue())
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "the job was dead-lettered while Redis was down");
+
+    let _redis = start_redis(port);
+    // This client reconnects too: its first reads after the restart may fail.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        match state.job(&job).await {
+            Ok(h) if h.get("state").map(String::as_str) == Some("succeeded") => break,
+            last => assert!(
+                Instant::now() < deadline,
+                "{job} did not succeed after Redis came back: {last:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    audit(&s.env, &state, &broker, "redisdown", &job, "wd", 1).await;
+
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

@@ -254,51 +254,80 @@ async fn take_lease(ctx: &Ctx, job: &str) -> anyhow::Result<bool> {
     }
 }
 
-async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> anyhow::Result<()> {
-    let msg = match JobMessage::decode(&d.data) {
-        Ok(m) => m,
-        Err(e) => {
-            // A message that does not decode is not trusted to name a job:
-            // it goes to the dead letters with its reason and records
-            // nothing (it could name any job, another sweep's included).
-            let reason = format!("rejected by worker {}: {e}", ctx.worker_id);
-            tracing::warn!(%reason, "dead-lettering a message");
-            ctx.broker.dead_letter(&d.data, &reason).await?;
-            d.ack(BasicAckOptions::default()).await?;
-            return Ok(());
-        }
-    };
-    let job = msg.job_id.clone();
+/// What a delivery comes to before any training.
+enum Admission {
+    /// Already finished, held by a live worker, or cancelled: acknowledged
+    /// without running.
+    Settled,
+    /// Ours to run, as this attempt (the job is `running`, the lease ours).
+    Run { attempt: u32 },
+}
+
+/// [`admit`], retried with backoff (1 s doubling to 30 s) while Redis is
+/// unreachable, the delivery kept unacknowledged: dropping the channel
+/// instead would requeue the message and count a delivery toward the
+/// broker's dead-letter limit. `None` when the worker shuts down meanwhile.
+async fn admit_while_reachable(
+    ctx: &Ctx,
+    msg: &JobMessage,
+    device: &str,
+    delivered_attempt: u32,
+) -> anyhow::Result<Option<Admission>> {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times();
+    let mut stop = ctx.shutdown.clone();
+    tokio::select! {
+        a = (|| admit(ctx, msg, device, delivered_attempt))
+            .retry(backoff)
+            .when(redis_unreachable)
+            .notify(|e, wait| {
+                tracing::warn!(job = %msg.job_id, error = %e, "Redis unreachable before the job starts; retrying in {wait:?}");
+            }) => a.map(Some),
+        _ = stop.changed() => Ok(None),
+    }
+}
+
+/// Whether an error is Redis being out of reach (as opposed to a refusal).
+fn redis_unreachable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<services::state::StateError>(),
+        Some(services::state::StateError::Redis(_))
+    )
+}
+
+/// Registers the job from its message, skips it when finished, held by a
+/// live worker or cancelled, else takes the lease and records the start.
+/// Each step can be repeated: registration and the lease are no-ops the
+/// second time, and `Start` is allowed from `running`.
+async fn admit(
+    ctx: &Ctx,
+    msg: &JobMessage,
+    device: &str,
+    delivered_attempt: u32,
+) -> anyhow::Result<Admission> {
+    let job = &msg.job_id;
     ctx.state
-        .register_job(&msg.sweep, &job, &[("variant", msg.variant.to_string())])
+        .register_job(&msg.sweep, job, &[("variant", msg.variant.to_string())])
         .await?;
-    match ctx.state.state(&job).await? {
-        Some(JobState::Succeeded) | Some(JobState::Cancelled) => {
-            tracing::info!(%job, "already finished; skipping this delivery");
-            d.ack(BasicAckOptions::default()).await?;
-            return Ok(());
-        }
-        _ => {}
+    if let Some(JobState::Succeeded | JobState::Cancelled) = ctx.state.state(job).await? {
+        tracing::info!(%job, "already finished; skipping this delivery");
+        return Ok(Admission::Settled);
     }
-    if !take_lease(ctx, &job).await? {
+    if !take_lease(ctx, job).await? {
         tracing::info!(%job, "a live worker holds this job; dropping the duplicate delivery");
-        d.ack(BasicAckOptions::default()).await?;
-        return Ok(());
+        return Ok(Admission::Settled);
     }
-    if ctx.state.cancel_requested(&job).await? {
-        ctx.state.transition(&job, Event::Cancel, &[]).await.ok();
-        ctx.state.release_lease(&job, &ctx.worker_id).await?;
-        d.ack(BasicAckOptions::default()).await?;
-        return Ok(());
+    if ctx.state.cancel_requested(job).await? {
+        ctx.state.transition(job, Event::Cancel, &[]).await.ok();
+        ctx.state.release_lease(job, &ctx.worker_id).await?;
+        return Ok(Admission::Settled);
     }
-    let attempt = msg.attempt.max(
-        services::broker::header(&d.properties, services::broker::ATTEMPT_HEADER)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(1),
-    );
+    let attempt = msg.attempt.max(delivered_attempt);
     ctx.state
         .transition(
-            &job,
+            job,
             Event::Start,
             &[
                 ("worker", ctx.worker_id.clone()),
@@ -319,6 +348,37 @@ async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> any
             ],
         )
         .await?;
+    Ok(Admission::Run { attempt })
+}
+
+async fn handle(ctx: &Ctx, device: &str, class: DeviceClass, d: Delivery) -> anyhow::Result<()> {
+    let msg = match JobMessage::decode(&d.data) {
+        Ok(m) => m,
+        Err(e) => {
+            // A message that does not decode is not trusted to name a job:
+            // it goes to the dead letters with its reason and records
+            // nothing (it could name any job, another sweep's included).
+            let reason = format!("rejected by worker {}: {e}", ctx.worker_id);
+            tracing::warn!(%reason, "dead-lettering a message");
+            ctx.broker.dead_letter(&d.data, &reason).await?;
+            d.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+    };
+    let job = msg.job_id.clone();
+    let delivered_attempt =
+        services::broker::header(&d.properties, services::broker::ATTEMPT_HEADER)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+    let attempt = match admit_while_reachable(ctx, &msg, device, delivered_attempt).await? {
+        // Shutting down: the delivery goes back to the queue with the channel.
+        None => return Ok(()),
+        Some(Admission::Settled) => {
+            d.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+        Some(Admission::Run { attempt }) => attempt,
+    };
 
     if let Ok(mut c) = ctx.current.lock() {
         c.insert(job.clone());
