@@ -98,10 +98,7 @@ seed = [0, 1]
     // A malformed message naming one of the sweep's jobs waits on the queue
     // before the sweep is submitted: it is not trusted to name a job, so it
     // must not change that job's state.
-    let text = std::fs::read_to_string(&sweep).unwrap();
-    let victim = common::sweep::Sweep::parse("dist.toml", &text)
-        .unwrap()
-        .jobs[0]
+    let victim = common::sweep::Sweep::load(&sweep).unwrap().jobs[0]
         .id
         .clone();
     let malformed = format!("{{\"version\": 1, \"job_id\": \"{victim}\", \"oops\": true}}");
@@ -344,10 +341,7 @@ async fn resubmit_publishes_a_job_registered_but_never_published() {
         "[sweep]\nname = \"unpub\"\n[base.model]\narch = \"bert\"\npath = \"/m\"\n[base.data]\npath = \"/d\"\n",
     )
     .unwrap();
-    let text = std::fs::read_to_string(&sweep).unwrap();
-    let job = common::sweep::Sweep::parse("unpub.toml", &text)
-        .unwrap()
-        .jobs[0]
+    let job = common::sweep::Sweep::load(&sweep).unwrap().jobs[0]
         .id
         .clone();
     // What a producer that stopped right after registering leaves behind.

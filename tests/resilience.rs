@@ -404,8 +404,7 @@ async fn job_waits_while_redis_is_down_instead_of_being_dead_lettered() {
     redis.0.kill().unwrap();
     redis.0.wait().unwrap();
     let file = sweep(&s, "redisdown", 1, "0");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let parsed = common::sweep::Sweep::parse("redisdown.toml", &text).unwrap();
+    let parsed = common::sweep::Sweep::load(&file).unwrap();
     let job = parsed.jobs[0].id.clone();
     let msg =
         common::job::JobMessage::train("redisdown", &parsed.jobs[0], common::job::DeviceClass::Cpu);

@@ -182,8 +182,9 @@ impl StateStore {
     /// Whether the job's message was confirmed by the broker since it was
     /// last queued.
     pub async fn published(&self, job: &str) -> Result<bool> {
-        let h = self.job(job).await?;
-        Ok(h.get("published_at").is_some_and(|v| !v.is_empty()))
+        let mut c = self.conn.clone();
+        let at: Option<String> = c.hget(self.key(&["job", job]), "published_at").await?;
+        Ok(at.is_some_and(|v| !v.is_empty()))
     }
 
     /// Applies `event` if the current state allows it, setting `fields` too.

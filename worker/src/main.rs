@@ -60,9 +60,6 @@ fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
         // MKL's OpenMP threads spin 200 ms after each product by default.
         ("KMP_BLOCKTIME", "1".to_string()),
     ];
-    if let Some(core) = worker::engine::nn::matmul::openblas_core() {
-        settings.push(("OPENBLAS_CORETYPE", core.to_string()));
-    }
     if let Some(n) = threads {
         settings.push(("RAYON_NUM_THREADS", n.to_string()));
         settings.push(("OPENBLAS_NUM_THREADS", n.to_string()));
@@ -97,15 +94,14 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match &cli.command {
-        Command::Run(a) => worker::engine::allow_spec_env(a.spec_env.clone()),
-        Command::Serve(a) => worker::engine::allow_spec_env(a.spec_env.clone()),
-        Command::Bench(_) => {}
-    }
     match cli.command {
-        Command::Run(args) => run::main(args),
+        Command::Run(mut args) => {
+            worker::engine::allow_spec_env(std::mem::take(&mut args.spec_env));
+            run::main(args)
+        }
         Command::Bench(args) => bench::main(args),
         Command::Serve(args) => {
+            worker::engine::allow_spec_env(args.spec_env.clone());
             let services = common::config::Services::from_env()?;
             tracing::info!(?services, "configuration");
             let rt = tokio::runtime::Builder::new_multi_thread()

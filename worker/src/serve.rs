@@ -153,13 +153,9 @@ pub async fn serve(
                 args.delivery_limit,
             )
         };
-        let reconnect = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_secs(1))
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times();
         let mut stop = shutdown.clone();
         let broker = tokio::select! {
-            b = connect.retry(reconnect).notify(|e, wait| {
+            b = connect.retry(backoff()).notify(|e, wait| {
                 tracing::warn!(error = %e, "cannot reach RabbitMQ; retrying in {wait:?}");
             }) => Arc::new(b?),
             _ = stop.changed() => break,
@@ -254,6 +250,15 @@ async fn take_lease(ctx: &Ctx, job: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// Waits between tries of a service that is out of reach: 1 s doubling to
+/// 30 s, for as long as it takes.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+}
+
 /// What a delivery comes to before any training.
 enum Admission {
     /// Already finished, held by a live worker, or cancelled: acknowledged
@@ -273,14 +278,10 @@ async fn admit_while_reachable(
     device: &str,
     delivered_attempt: u32,
 ) -> anyhow::Result<Option<Admission>> {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times();
     let mut stop = ctx.shutdown.clone();
     tokio::select! {
         a = (|| admit(ctx, msg, device, delivered_attempt))
-            .retry(backoff)
+            .retry(backoff())
             .when(redis_unreachable)
             .notify(|e, wait| {
                 tracing::warn!(job = %msg.job_id, error = %e, "Redis unreachable before the job starts; retrying in {wait:?}");

@@ -148,11 +148,7 @@ impl Dendrites {
         init_scale: f64,
         device: &candle_core::Device,
     ) -> Result<()> {
-        if let Some(last) = self.t.last_mut() {
-            if let Param::Train(v) = last {
-                *last = Param::Frozen(v.as_tensor().copy()?.detach());
-            }
-        }
+        self.freeze_newest_gate()?;
         let (c, i) = (self.channels, self.in_features);
         let bias = if self.bias {
             Some(var(draw(rng, &[c], init_scale, device)?)?)
@@ -176,6 +172,17 @@ impl Dendrites {
         if k >= 1 {
             self.d
                 .push(var(Tensor::zeros((k, c), DType::F32, device)?)?);
+        }
+        Ok(())
+    }
+
+    /// Freezes the newest gate row at its current value: a detached copy,
+    /// with no link back into the graph of the variable it was.
+    fn freeze_newest_gate(&mut self) -> Result<()> {
+        if let Some(last) = self.t.last_mut() {
+            if let Param::Train(v) = last {
+                *last = Param::Frozen(v.as_tensor().copy()?.detach());
+            }
         }
         Ok(())
     }
@@ -311,11 +318,7 @@ impl Dendrites {
                     b,
                 },
             };
-            if let Some(last) = self.t.last_mut() {
-                if let Param::Train(v) = last {
-                    *last = Param::Frozen(v.as_tensor().copy()?.detach());
-                }
-            }
+            self.freeze_newest_gate()?;
             self.modules.push(m);
             self.t.push(var(t)?);
             if j >= 1 {

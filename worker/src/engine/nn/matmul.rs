@@ -70,29 +70,6 @@ fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The OpenBLAS kernel family for this processor, by its instruction set.
-/// OpenBLAS picks kernels by CPU model, and a release older than the
-/// processor falls back to its generic SSE3 ("Prescott") kernels, several
-/// times slower (Debian 12's 0.3.21 does so on recent Xeons). The worker
-/// sets `OPENBLAS_CORETYPE` to this before anything else runs.
-pub fn openblas_core() -> Option<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            return Some("SkylakeX");
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Some("Haswell");
-        }
-    }
-    None
-}
-
 /// The CPU f32 product in use: `"mkl"` or `"openblas"` (the CBLAS
 /// library found), else `"candle"` (its `gemm` crate).
 pub fn cpu_backend() -> &'static str {
@@ -368,6 +345,7 @@ mod blas {
     );
 
     struct Blas {
+        #[cfg(feature = "blas")]
         _lib: libloading::Library,
         sgemm: Sgemm,
         name: &'static str,
@@ -385,7 +363,33 @@ mod blas {
         BLAS.get_or_init(open).as_ref().map(|b| b.name)
     }
 
+    /// The OpenBLAS kernel family for this processor, by its instruction set.
+    /// OpenBLAS picks kernels by CPU model, and a release older than the
+    /// processor falls back to its generic SSE3 ("Prescott") kernels, several
+    /// times slower (Debian 12's 0.3.21 does so on recent Xeons): set as
+    /// `OPENBLAS_CORETYPE` (unless already set) before the library is opened.
+    #[cfg(feature = "blas")]
+    fn openblas_core() -> Option<&'static str> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                return Some("SkylakeX");
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Some("Haswell");
+            }
+        }
+        None
+    }
+
     /// Which family a library file belongs to, by its name.
+    #[cfg(feature = "blas")]
     fn family(file: &str) -> &'static str {
         if file.contains("mkl") {
             "mkl"
@@ -398,24 +402,23 @@ mod blas {
 
     #[cfg(feature = "blas")]
     fn open() -> Option<Blas> {
-        // Where `main` has not chosen OpenBLAS's kernels (tests, other binaries).
         if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
-            if let Some(core) = super::openblas_core() {
+            if let Some(core) = openblas_core() {
                 std::env::set_var("OPENBLAS_CORETYPE", core);
             }
         }
-        let chosen = std::env::var("WORKER_BLAS").ok().filter(|s| !s.is_empty());
-        let defaults = [
-            "libmkl_rt.so.3",
-            "libmkl_rt.so.2",
-            "libmkl_rt.so",
-            "libopenblas.so.0",
-            "libopenblas.so",
-            "libopenblas.dylib",
-        ];
-        let names: Vec<String> = match chosen {
-            Some(c) => vec![c],
-            None => defaults.iter().map(|s| s.to_string()).collect(),
+        let names: Vec<String> = match std::env::var("WORKER_BLAS") {
+            Ok(chosen) if !chosen.is_empty() => vec![chosen],
+            _ => [
+                "libmkl_rt.so.3",
+                "libmkl_rt.so.2",
+                "libmkl_rt.so",
+                "libopenblas.so.0",
+                "libopenblas.so",
+                "libopenblas.dylib",
+            ]
+            .map(String::from)
+            .to_vec(),
         };
         names.into_iter().find_map(|name| {
             // SAFETY: a CBLAS library's initialisers only read its

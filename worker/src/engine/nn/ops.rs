@@ -58,17 +58,34 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// The CPU row kernel of an elementwise activation: `kernel(x, None)` is
+/// the forward, `kernel(x, Some(dy))` the backward, `None` where it does
+/// not apply (other devices and dtypes).
+type RowKernel = fn(&Tensor, Option<&Tensor>) -> Result<Option<Tensor>>;
+
+/// An elementwise activation attached with its exact backward: the row
+/// kernel where it applies, else `fwd` and the composed-op `bwd(x, dy)`.
+fn activation(
+    name: &'static str,
+    x: &Tensor,
+    kernel: RowKernel,
+    fwd: fn(&Tensor) -> Result<Tensor>,
+    bwd: fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let xd = x.detach();
+    let y = match kernel(&xd, None)? {
+        Some(y) => y,
+        None => fwd(&xd)?,
+    };
+    attach(name, x, y, move |x, _, g| match kernel(x, Some(g))? {
+        Some(dx) => Ok(dx),
+        None => bwd(x, g),
+    })
+}
+
 /// Exact (erf) GELU, attached with backward `dy * (Phi(x) + x * phi(x))`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    let xd = x.detach();
-    let y = match rows::gelu_erf(&xd, None)? {
-        Some(y) => y,
-        None => xd.gelu_erf()?,
-    };
-    attach("gelu-erf", x, y, |x, _, g| {
-        if let Some(dx) = rows::gelu_erf(x, Some(g))? {
-            return Ok(dx);
-        }
+    activation("gelu-erf", x, rows::gelu_erf, Tensor::gelu_erf, |x, g| {
         let xf = x.to_dtype(DType::F32)?;
         let cdf = ((xf.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
         let pdf = ((xf.sqr()? * -0.5)?.exp()?
@@ -81,15 +98,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 /// tanh-GELU (`gelu_new`), attached with its exact backward: a row
 /// kernel on the CPU, candle's fused forward and composed ops elsewhere.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    let xd = x.detach();
-    let y = match rows::gelu_tanh(&xd, None)? {
-        Some(y) => y,
-        None => xd.gelu()?,
-    };
-    attach("gelu-tanh", x, y, |x, _, g| {
-        if let Some(dx) = rows::gelu_tanh(x, Some(g))? {
-            return Ok(dx);
-        }
+    activation("gelu-tanh", x, rows::gelu_tanh, Tensor::gelu, |x, g| {
         let c = (2.0 / std::f64::consts::PI).sqrt();
         let xf = x.to_dtype(DType::F32)?;
         let x2 = xf.sqr()?;
