@@ -81,3 +81,33 @@ pub fn start_moto(port: u16, bucket: &str) -> Killed {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Queues whose name starts with `prefix` that hold messages (ready or
+/// unacknowledged), with their count, read with `rabbitmqctl` (on `node`,
+/// or the default one): the jobs, delay and dead-letter queues alike.
+pub fn queued_messages(prefix: &str, node: Option<&str>) -> Vec<(String, u64)> {
+    let mut cmd = Command::new("rabbitmqctl");
+    if let Some(n) = node {
+        cmd.args(["-n", n]);
+    }
+    let o = cmd
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("rabbitmqctl (the RabbitMQ server's CLI) must be installed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (name, n) = (parts.next()?, parts.next()?.parse::<u64>().ok()?);
+            (name.starts_with(&format!("{prefix}.")) && n > 0).then(|| (name.to_string(), n))
+        })
+        .collect()
+}

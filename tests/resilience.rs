@@ -3,194 +3,16 @@
 //! exactly once), and the cancellation of a running job (it stops within
 //! seconds and the worker goes on serving).
 
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
+mod kit;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::queue::Topology;
+use kit::*;
 use services::broker::Broker;
 use services::state::StateStore;
-use system_tests::{binary, free_port, required_env, start_moto, Killed};
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS: &str = "redis://127.0.0.1:6379";
-
-struct Setup {
-    env: HashMap<String, String>,
-    ns: String,
-    _moto: Killed,
-    dir: tempfile::TempDir,
-}
-
-fn setup(tag: &str) -> Setup {
-    let ns = format!("test-{tag}-{}", std::process::id());
-    let port = free_port();
-    let moto = start_moto(port, "runs");
-    let env = HashMap::from([
-        ("AMQP_URL".to_string(), AMQP.to_string()),
-        ("REDIS_URL".into(), REDIS.into()),
-        ("QUEUE_PREFIX".into(), ns.clone()),
-        ("AWS_BUCKET".into(), "runs".into()),
-        ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
-        ("AWS_ALLOW_HTTP".into(), "true".into()),
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-    ]);
-    Setup {
-        env,
-        ns,
-        _moto: moto,
-        dir: tempfile::tempdir().unwrap(),
-    }
-}
-
-/// A sweep of `seeds` head-only MiniLM jobs of `epochs` epochs.
-fn sweep(s: &Setup, name: &str, epochs: usize, seeds: &str) -> std::path::PathBuf {
-    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
-    let fpb = required_env("FPB_DIR", "the Financial PhraseBank directory");
-    let path = s.dir.path().join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[sweep]\nname = \"{name}\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\nmax_len = 48\n\
-             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = {epochs}\nbatch_size = 32\nlr = 2e-2\nschedule = \"constant\"\nwarmup = 0.0\n\
-             [base.tracker]\ntest_every_epoch = false\n[grid]\nseed = [{seeds}]\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn worker(s: &Setup, id: &str) -> Killed {
-    Killed(
-        Command::new(binary("worker"))
-            .args([
-                "serve",
-                "--devices",
-                "cpu",
-                "--worker-id",
-                id,
-                "--threads",
-                "2",
-                "--lease-secs",
-                "6",
-                "--heartbeat-secs",
-                "1",
-            ])
-            .envs(&s.env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn submit(s: &Setup, file: &std::path::Path) {
-    let o = Command::new(binary("producer"))
-        .args(["submit", file.to_str().unwrap(), "--device", "cpu"])
-        .envs(&s.env)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-async fn wait_for(
-    state: &StateStore,
-    job: &str,
-    secs: u64,
-    done: impl Fn(&HashMap<String, String>) -> bool,
-) -> HashMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let h = state.job(job).await.unwrap();
-        if done(&h) {
-            return h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{job}: condition not met in {secs} s: {h:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The number of `succeeded` events of a sweep, once the worker has written
-/// them (the event follows the state change by a few milliseconds).
-async fn succeeded_events(state: &StateStore, sweep: &str, expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = state
-            .events(sweep, "0")
-            .await
-            .unwrap()
-            .iter()
-            .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
-            .count();
-        if n >= expected || Instant::now() > deadline {
-            // Give a duplicate, if any, the time to show up too.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            return state
-                .events(sweep, "0")
-                .await
-                .unwrap()
-                .iter()
-                .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
-                .count();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Ends a fault test with the whole picture: `job` succeeded exactly once,
-/// on `worker`, at `attempt`; every queue of the namespace is empty (jobs,
-/// retry and dead letters); and S3 holds the one attempt folder Redis points
-/// at, with every file of a run, and no other folder of the job.
-async fn audit(
-    env: &HashMap<String, String>,
-    state: &StateStore,
-    broker: &Broker,
-    sweep: &str,
-    job: &str,
-    worker: &str,
-    attempt: u32,
-) {
-    let h = state.job(job).await.unwrap();
-    assert_eq!(h["state"], "succeeded", "{h:?}");
-    assert_eq!(h["worker"], worker, "{h:?}");
-    assert_eq!(h["attempt"], attempt.to_string(), "{h:?}");
-    assert_eq!(succeeded_events(state, sweep, 1).await, 1);
-    let class = common::job::DeviceClass::Cpu;
-    let t = &broker.topology;
-    for q in [t.jobs_queue(class), t.retry_queue(class), t.dead_queue()] {
-        let (messages, _) = broker.queue_counts(&q).await.unwrap();
-        assert_eq!(messages, 0, "{q} still holds {messages} message(s)");
-    }
-    let services = common::config::Services::from_lookup(|k| env.get(k).cloned()).unwrap();
-    let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
-    let job_folder = common::artifacts::job_prefix(sweep, job);
-    let folder = &h["artifacts"];
-    assert!(
-        folder.starts_with(&format!("{job_folder}/attempt-{attempt}-"))
-            && folder.ends_with(&format!("-{worker}")),
-        "{folder}"
-    );
-    let keys = s3.list(&job_folder).await.unwrap();
-    assert!(
-        keys.iter().all(|k| k.starts_with(&format!("{folder}/"))),
-        "files outside the recorded attempt folder: {keys:?}"
-    );
-    for f in report::sweep::RUN_FILES
-        .iter()
-        .chain(&[common::artifacts::files::TRAINED_SAFETENSORS])
-    {
-        let key = format!("{folder}/{f}");
-        assert!(keys.contains(&key), "{key} missing from {keys:?}");
-    }
-}
-
-fn training(h: &HashMap<String, String>) -> bool {
-    h.get("state").map(String::as_str) == Some("running") && h.get("step").is_some_and(|s| s != "0")
-}
+use system_tests::{binary, free_port, start_moto};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_worker_job_reruns_elsewhere_and_succeeds_once() {
@@ -348,32 +170,6 @@ async fn s3_outage_during_upload_is_retried_before_success() {
     let _ = dir;
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
-}
-
-/// A private Redis on `port` without persistence (the test stops it).
-fn start_redis(port: u16) -> Killed {
-    let k = Killed(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    k
 }
 
 /// Redis is unreachable when a job arrives: the worker keeps the delivery

@@ -59,6 +59,10 @@ pub struct Services {
     pub s3: Option<S3Config>,
     /// `QUEUE_PREFIX`: names queues and Redis keys (default `fpb`).
     pub namespace: String,
+    /// `QUEUE_DELIVERY_LIMIT`: deliveries of a job that keeps crashing its
+    /// worker before RabbitMQ dead-letters it (default 3). Part of the work
+    /// queues' arguments, so producer and workers must agree on it.
+    pub delivery_limit: i64,
 }
 
 /// `scheme://user:password@host` -> `scheme://user:***@host`.
@@ -83,6 +87,7 @@ impl fmt::Debug for Services {
             .field("redis_url", &redact_url(self.redis_url.expose()))
             .field("s3", &self.s3)
             .field("namespace", &self.namespace)
+            .field("delivery_limit", &self.delivery_limit)
             .finish()
     }
 }
@@ -129,7 +134,19 @@ impl Services {
                 reason: "use letters, digits, '-', '_' or '.'".into(),
             });
         }
+        let delivery_limit = match first(&["QUEUE_DELIVERY_LIMIT"]) {
+            None => 3,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| ConfigError {
+                    name: "QUEUE_DELIVERY_LIMIT".into(),
+                    reason: format!("expected a whole number from 1 to 1000, got {v:?}"),
+                })?,
+        };
         Ok(Services {
+            delivery_limit,
             amqp_url: Secret(
                 first(&["AMQP_URL"])
                     .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
@@ -197,5 +214,17 @@ mod tests {
         let e = Services::from_lookup(lookup(&[("AWS_BUCKET", "b"), ("AWS_ALLOW_HTTP", "maybe")]))
             .unwrap_err();
         assert_eq!(e.name, "AWS_ALLOW_HTTP");
+        let e = Services::from_lookup(lookup(&[("QUEUE_DELIVERY_LIMIT", "0")])).unwrap_err();
+        assert_eq!(e.name, "QUEUE_DELIVERY_LIMIT");
+    }
+
+    #[test]
+    fn delivery_limit_is_settable() {
+        assert_eq!(
+            Services::from_lookup(lookup(&[])).unwrap().delivery_limit,
+            3
+        );
+        let s = Services::from_lookup(lookup(&[("QUEUE_DELIVERY_LIMIT", "7")])).unwrap();
+        assert_eq!(s.delivery_limit, 7);
     }
 }

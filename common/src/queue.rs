@@ -1,6 +1,7 @@
 //! Broker topology as data (pure): versioned queue and exchange names and
-//! their arguments, and the retry / dead-letter decision for a finished
-//! delivery. The AMQP client only declares what this module describes.
+//! their arguments, with one delay queue per delay level. The AMQP client
+//! only declares what this module describes; what happens to a finished
+//! delivery is [`crate::settle`]'s.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use crate::job::DeviceClass;
 
 /// Bumped when the topology or message format changes incompatibly.
-pub const TOPOLOGY_VERSION: u32 = 1;
+pub const TOPOLOGY_VERSION: u32 = 2;
 
 /// A queue argument value.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,14 +54,26 @@ impl Topology {
         format!("{}.dead.v{TOPOLOGY_VERSION}", self.prefix)
     }
 
-    /// The delay queue of a device class: messages wait out their TTL and
-    /// dead-letter back to the jobs exchange.
-    pub fn retry_queue(&self, class: DeviceClass) -> String {
+    /// The delay queue of a device class for one level of [`DELAY_LEVELS`]:
+    /// its messages wait out the queue's TTL and dead-letter back to the
+    /// jobs exchange. One queue per level, because a per-message TTL only
+    /// expires at the head of a queue (a 60 s message would wait behind a
+    /// 30 min one).
+    pub fn delay_queue(&self, class: DeviceClass, level: Duration) -> String {
         format!(
-            "{}.retry.v{TOPOLOGY_VERSION}.{}",
+            "{}.delay.v{TOPOLOGY_VERSION}.{}.{}s",
             self.prefix,
-            class.as_str()
+            class.as_str(),
+            level.as_secs()
         )
+    }
+
+    /// Every delay queue of a class.
+    pub fn delay_queues(&self, class: DeviceClass) -> Vec<String> {
+        DELAY_LEVELS
+            .iter()
+            .map(|s| self.delay_queue(class, Duration::from_secs(*s)))
+            .collect()
     }
 
     /// Arguments of a work queue: quorum (for `x-delivery-count`), a
@@ -78,13 +91,20 @@ impl Topology {
                 Arg::Str("at-least-once".into()),
             ),
             ("x-overflow".into(), Arg::Str("reject-publish".into())),
+            (
+                "x-consumer-timeout".into(),
+                Arg::Int(CONSUMER_TIMEOUT.as_millis() as i64),
+            ),
         ])
     }
 
-    /// Arguments of a delay queue for `class`.
-    pub fn retry_queue_args(&self, class: DeviceClass) -> BTreeMap<String, Arg> {
+    /// Arguments of the delay queue of `class` for `level`: quorum with
+    /// at-least-once dead-lettering, which needs `reject-publish` (a full
+    /// queue refuses the publish, which the publisher confirm reports).
+    pub fn delay_queue_args(&self, class: DeviceClass, level: Duration) -> BTreeMap<String, Arg> {
         BTreeMap::from([
             ("x-queue-type".into(), Arg::Str("quorum".into())),
+            ("x-message-ttl".into(), Arg::Int(level.as_millis() as i64)),
             (
                 "x-dead-letter-exchange".into(),
                 Arg::Str(self.jobs_exchange()),
@@ -97,56 +117,30 @@ impl Topology {
                 "x-dead-letter-strategy".into(),
                 Arg::Str("at-least-once".into()),
             ),
+            ("x-overflow".into(), Arg::Str("reject-publish".into())),
         ])
     }
 }
 
-/// How a run ended, as the worker classifies it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Succeeded,
-    /// Retrying cannot help (bad spec, missing weights or data).
-    Permanent(String),
-    /// May pass later (artifact store down, out of memory).
-    Transient(String),
-    /// The message cannot be read at all.
-    Malformed(String),
-    Cancelled,
-}
+/// How long a delivery may stay unacknowledged before the broker closes
+/// its channel, set per work queue (RabbitMQ 3.12 and later read it; older
+/// brokers use `consumer_timeout` in rabbitmq.conf). A job runs longer than
+/// the 30 min default; a channel closed anyway is detected and the job
+/// settled through Redis.
+pub const CONSUMER_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// What to do with the delivery.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Disposition {
-    Ack,
-    /// Ack, and republish to the delay queue with this TTL.
-    RetryAfter(Duration),
-    /// Reject without requeue (dead-letter) with this reason.
-    DeadLetter(String),
-}
+/// Delay levels in seconds: a delay is rounded up to the next level (the
+/// last one caps it).
+pub const DELAY_LEVELS: [u64; 12] = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600];
 
-/// Retry policy: transient failures are retried with exponential backoff
-/// (`base * 2^(attempt-1)`, capped) up to `max_attempts`, then dead-lettered;
-/// permanent and malformed ones are never retried.
-pub fn disposition(
-    outcome: &Outcome,
-    attempt: u32,
-    max_attempts: u32,
-    base: Duration,
-    cap: Duration,
-) -> Disposition {
-    match outcome {
-        Outcome::Succeeded | Outcome::Cancelled | Outcome::Permanent(_) => Disposition::Ack,
-        Outcome::Malformed(reason) => {
-            Disposition::DeadLetter(format!("malformed message: {reason}"))
-        }
-        Outcome::Transient(reason) if attempt >= max_attempts => {
-            Disposition::DeadLetter(format!("gave up after {attempt} attempts: {reason}"))
-        }
-        Outcome::Transient(_) => {
-            let factor = 1u32 << (attempt.saturating_sub(1)).min(16);
-            Disposition::RetryAfter((base * factor).min(cap))
-        }
-    }
+/// The level a delay waits in: the shortest one at least as long.
+pub fn delay_level(delay: Duration) -> Duration {
+    let secs = DELAY_LEVELS
+        .iter()
+        .copied()
+        .find(|l| Duration::from_secs(*l) >= delay)
+        .unwrap_or(DELAY_LEVELS[DELAY_LEVELS.len() - 1]);
+    Duration::from_secs(secs)
 }
 
 #[cfg(test)]
@@ -156,54 +150,32 @@ mod tests {
     #[test]
     fn names_are_versioned_and_prefixed() {
         let t = Topology::new("test-123");
-        assert_eq!(t.jobs_queue(DeviceClass::Gpu), "test-123.jobs.v1.gpu");
-        assert_eq!(t.retry_queue(DeviceClass::Cpu), "test-123.retry.v1.cpu");
+        assert_eq!(t.jobs_queue(DeviceClass::Gpu), "test-123.jobs.v2.gpu");
+        assert_eq!(
+            t.delay_queue(DeviceClass::Cpu, Duration::from_secs(30)),
+            "test-123.delay.v2.cpu.30s"
+        );
         let args = t.jobs_queue_args(3);
         assert_eq!(args["x-queue-type"], Arg::Str("quorum".into()));
         assert_eq!(args["x-delivery-limit"], Arg::Int(3));
         assert_eq!(
             args["x-dead-letter-exchange"],
-            Arg::Str("test-123.dead.v1".into())
+            Arg::Str("test-123.dead.v2".into())
         );
-        let r = t.retry_queue_args(DeviceClass::Gpu);
+        let r = t.delay_queue_args(DeviceClass::Gpu, Duration::from_secs(5));
         assert_eq!(r["x-dead-letter-exchange"], Arg::Str(t.jobs_exchange()));
         assert_eq!(r["x-dead-letter-routing-key"], Arg::Str("gpu".into()));
+        assert_eq!(r["x-message-ttl"], Arg::Int(5000));
+        assert_eq!(r["x-overflow"], Arg::Str("reject-publish".into()));
+        assert_eq!(t.delay_queues(DeviceClass::Cpu).len(), DELAY_LEVELS.len());
     }
 
     #[test]
-    fn retry_policy() {
-        let (b, c) = (Duration::from_secs(10), Duration::from_secs(60));
-        assert_eq!(
-            disposition(&Outcome::Succeeded, 1, 3, b, c),
-            Disposition::Ack
-        );
-        assert_eq!(
-            disposition(&Outcome::Permanent("x".into()), 1, 3, b, c),
-            Disposition::Ack
-        );
-        assert_eq!(
-            disposition(&Outcome::Transient("s3".into()), 1, 3, b, c),
-            Disposition::RetryAfter(Duration::from_secs(10))
-        );
-        assert_eq!(
-            disposition(&Outcome::Transient("s3".into()), 2, 3, b, c),
-            Disposition::RetryAfter(Duration::from_secs(20))
-        );
-        assert!(
-            matches!(disposition(&Outcome::Transient("s3".into()), 3, 3, b, c), Disposition::DeadLetter(r) if r.contains("3 attempts"))
-        );
-        assert_eq!(
-            disposition(
-                &Outcome::Transient("s3".into()),
-                2,
-                9,
-                Duration::from_secs(50),
-                c
-            ),
-            Disposition::RetryAfter(c)
-        );
-        assert!(
-            matches!(disposition(&Outcome::Malformed("bad json".into()), 1, 3, b, c), Disposition::DeadLetter(r) if r.contains("bad json"))
-        );
+    fn delays_round_up_to_a_level() {
+        let s = Duration::from_secs;
+        assert_eq!(delay_level(Duration::from_millis(1)), s(1));
+        assert_eq!(delay_level(s(30)), s(30));
+        assert_eq!(delay_level(s(31)), s(60));
+        assert_eq!(delay_level(s(7200)), s(3600));
     }
 }

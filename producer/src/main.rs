@@ -20,6 +20,7 @@ use common::sweep::Sweep;
 use report::sweep::{SweepRun, RUN_FILES};
 use services::artifacts::Artifacts;
 use services::broker::Broker;
+use services::reconcile::Reconciler;
 use services::state::{now_ms, parse_state, StateStore};
 
 #[derive(Parser)]
@@ -76,7 +77,21 @@ enum Command {
     /// Cancel a job, or every unfinished job of a sweep.
     Cancel { target: String },
     /// Queue failed, dead and cancelled jobs of a sweep (or one job) again.
-    Retry { target: String },
+    Retry {
+        target: String,
+        /// Instead: publish again the message of every queued or running
+        /// job that no live worker holds (a message lost with a broker).
+        #[arg(long)]
+        stuck: bool,
+    },
+    /// One reconciler pass: republish jobs left with no message (running
+    /// with an expired lease, queued but never confirmed on the queue) and
+    /// record dead-lettered jobs `dead` with the broker's reason.
+    Reconcile {
+        /// Seconds a job must have looked stuck.
+        #[arg(long, default_value_t = 120)]
+        grace_secs: u64,
+    },
     /// Score a finished job's trained parameters again on a split, with
     /// latency (a `validate` job; its results land next to the job's).
     Validate {
@@ -122,7 +137,7 @@ async fn broker(c: &Conn) -> anyhow::Result<Broker> {
     Broker::connect(
         c.services.amqp_url.expose(),
         Topology::new(&c.services.namespace),
-        3,
+        c.services.delivery_limit,
     )
     .await
     .context("cannot reach RabbitMQ (AMQP_URL)")
@@ -176,7 +191,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Status { sweep, watch } => status(sweep, watch).await,
         Command::Workers => workers().await,
         Command::Cancel { target } => cancel(&target).await,
-        Command::Retry { target } => retry(&target).await,
+        Command::Retry { target, stuck } => retry(&target, stuck).await,
+        Command::Reconcile { grace_secs } => reconcile(grace_secs).await,
         Command::Fetch { sweep, out } => fetch(&sweep, &out).await,
         Command::Validate {
             job,
@@ -411,9 +427,70 @@ async fn cancel(target: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn retry(target: &str) -> anyhow::Result<()> {
+async fn reconcile(grace_secs: u64) -> anyhow::Result<()> {
     let c = connect().await?;
     let b = broker(&c).await?;
+    let r = Reconciler {
+        state: &c.state,
+        broker: &b,
+        grace: Duration::from_secs(grace_secs),
+    };
+    let report = r.pass().await?;
+    for j in &report.republished {
+        println!("{j}: running with no live worker: published again");
+    }
+    for j in &report.published {
+        println!("{j}: queued, never published: published");
+    }
+    for (j, why) in &report.dead {
+        println!("{j}: dead ({why})");
+    }
+    if report.unreadable > 0 {
+        println!(
+            "{} unreadable dead letter(s) kept in Redis",
+            report.unreadable
+        );
+    }
+    println!(
+        "{} job(s) published, {} recorded dead",
+        report.republished.len() + report.published.len(),
+        report.dead.len()
+    );
+    Ok(())
+}
+
+/// `retry --stuck`: every queued or running job no live attempt holds gets
+/// its stored message published again (a duplicate is harmless: starts
+/// are fenced and a finished job's extra message is dropped).
+async fn retry_stuck(c: &Conn, b: &Broker, target: &str) -> anyhow::Result<()> {
+    let r = Reconciler {
+        state: &c.state,
+        broker: b,
+        grace: Duration::ZERO,
+    };
+    let mut n = 0;
+    for j in targets(c, target).await? {
+        let Some(rec) = c.state.record(&j).await? else {
+            continue;
+        };
+        if matches!(rec.state, Some(JobState::Queued | JobState::Running))
+            && !c.state.leased(&j).await?
+            && r.republish(&rec).await?
+        {
+            println!("{j}: published again");
+            n += 1;
+        }
+    }
+    println!("{n} stuck job(s) published again");
+    Ok(())
+}
+
+async fn retry(target: &str, stuck: bool) -> anyhow::Result<()> {
+    let c = connect().await?;
+    let b = broker(&c).await?;
+    if stuck {
+        return retry_stuck(&c, &b, target).await;
+    }
     let mut n = 0;
     for j in targets(&c, target).await? {
         let st = c.state.state(&j).await?;
@@ -440,6 +517,7 @@ async fn retry(target: &str) -> anyhow::Result<()> {
                     ("attempt", msg.attempt.to_string()),
                     ("error", String::new()),
                     ("published_at", String::new()),
+                    ("takeovers", "0".into()),
                 ],
             )
             .await?;

@@ -1,13 +1,14 @@
 //! RabbitMQ through lapin: declares the topology that
 //! [`common::queue::Topology`] describes, publishes persistent messages with
-//! publisher confirms and `mandatory` (an unroutable publish is an error),
-//! moves messages to the delay and dead-letter queues, and opens consumers
-//! with a prefetch of one.
+//! publisher confirms (waited for at most [`CONFIRM_TIMEOUT`]) and
+//! `mandatory` (an unroutable publish is an error), moves messages to the
+//! delay queues (one per delay level, declared when first used) and the
+//! dead letters, and opens consumers with a prefetch of one.
 
 use std::time::Duration;
 
 use common::job::{DeviceClass, JobMessage};
-use common::queue::{Arg, Topology};
+use common::queue::{delay_level, Arg, Topology};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -29,6 +30,12 @@ pub enum BrokerError {
         exchange: String,
         routing_key: String,
     },
+    #[error("RabbitMQ did not confirm the message for {exchange}/{routing_key} within {secs} s (is a resource alarm raised?)")]
+    ConfirmTimeout {
+        exchange: String,
+        routing_key: String,
+        secs: u64,
+    },
     #[error("RabbitMQ refused the message for {exchange}/{routing_key}")]
     Nacked {
         exchange: String,
@@ -42,6 +49,12 @@ pub type Result<T> = std::result::Result<T, BrokerError>;
 pub const REASON_HEADER: &str = "x-dead-reason";
 /// Header carrying the attempt of a retried message.
 pub const ATTEMPT_HEADER: &str = "x-attempt";
+/// Header RabbitMQ sets on what it dead-letters itself (`delivery_limit`,
+/// `expired`, `rejected`, `maxlen`).
+pub const BROKER_REASON_HEADER: &str = "x-first-death-reason";
+/// How long a publish waits for the broker's confirm: a broker under a
+/// memory or disk alarm blocks publishers, which must not hang forever.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn table(args: &std::collections::BTreeMap<String, Arg>) -> FieldTable {
     let mut t = FieldTable::default();
@@ -61,6 +74,8 @@ pub struct Broker {
     publisher: Channel,
     pub topology: Topology,
     delivery_limit: i64,
+    /// Delay queues declared on this connection.
+    declared: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Broker {
@@ -76,6 +91,7 @@ impl Broker {
             publisher,
             topology,
             delivery_limit,
+            declared: Default::default(),
         };
         b.declare().await?;
         Ok(b)
@@ -139,14 +155,35 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-            ch.queue_declare(
-                t.retry_queue(class).into(),
-                qopts,
-                table(&t.retry_queue_args(class)),
-            )
-            .await?;
         }
         Ok(())
+    }
+
+    /// Declares the delay queue of `class` for `level` once per connection.
+    async fn declare_delay(&self, class: DeviceClass, level: Duration) -> Result<String> {
+        let name = self.topology.delay_queue(class, level);
+        if self
+            .declared
+            .lock()
+            .map(|d| d.contains(&name))
+            .unwrap_or(false)
+        {
+            return Ok(name);
+        }
+        self.publisher
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                table(&self.topology.delay_queue_args(class, level)),
+            )
+            .await?;
+        if let Ok(mut d) = self.declared.lock() {
+            d.insert(name.clone());
+        }
+        Ok(name)
     }
 
     /// Publishes persistently with `mandatory`, waiting for the confirm.
@@ -157,22 +194,30 @@ impl Broker {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<()> {
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await?
-            .await?;
+        let timeout = || BrokerError::ConfirmTimeout {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            secs: CONFIRM_TIMEOUT.as_secs(),
+        };
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            self.publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    props
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await?
+                .await
+        })
+        .await
+        .map_err(|_| timeout())??;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
@@ -188,17 +233,23 @@ impl Broker {
 
     /// Publishes a job to the queue of its device class.
     pub async fn publish_job(&self, msg: &JobMessage) -> Result<()> {
-        let props = BasicProperties::default().with_message_id(msg.job_id.as_str().into());
+        self.publish_body(msg.device, &msg.encode(), msg.attempt)
+            .await
+    }
+
+    /// Publishes a job's encoded message to the work queue of `class` as
+    /// `attempt` (a republish or a hand-back).
+    pub async fn publish_body(&self, class: DeviceClass, body: &[u8], attempt: u32) -> Result<()> {
         self.publish(
             &self.topology.jobs_exchange(),
-            msg.device.as_str(),
-            &msg.encode(),
-            props,
+            class.as_str(),
+            body,
+            attempt_props(attempt),
         )
         .await
     }
 
-    /// Publishes raw bytes to the jobs exchange (tests, and re-queueing).
+    /// Publishes raw bytes to the jobs exchange (tests).
     pub async fn publish_raw(&self, class: DeviceClass, body: &[u8]) -> Result<()> {
         self.publish(
             &self.topology.jobs_exchange(),
@@ -209,25 +260,17 @@ impl Broker {
         .await
     }
 
-    /// Parks a message in the delay queue; it returns to the work queue of
-    /// `class` after `delay`.
-    pub async fn retry_later(
+    /// Parks a message in a delay queue; it returns to the work queue of
+    /// `class` after `delay` rounded up to a delay level.
+    pub async fn publish_later(
         &self,
         class: DeviceClass,
         body: &[u8],
         attempt: u32,
         delay: Duration,
     ) -> Result<()> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ATTEMPT_HEADER.into(),
-            AMQPValue::LongLongInt(attempt as i64),
-        );
-        let props = BasicProperties::default()
-            .with_expiration(delay.as_millis().to_string().as_str().into())
-            .with_headers(headers);
-        self.publish("", &self.topology.retry_queue(class), body, props)
-            .await
+        let queue = self.declare_delay(class, delay_level(delay)).await?;
+        self.publish("", &queue, body, attempt_props(attempt)).await
     }
 
     /// Sends a message to the dead letters with its reason.
@@ -255,9 +298,10 @@ impl Broker {
         Ok((ch, consumer))
     }
 
-    /// A consumer of the dead letters (inspection and tests).
+    /// A consumer of the dead letters, one unacked message at a time.
     pub async fn consume_dead(&self, tag: &str) -> Result<(Channel, Consumer)> {
         let ch = self.conn.create_channel().await?;
+        ch.basic_qos(1, BasicQosOptions::default()).await?;
         let consumer = ch
             .basic_consume(
                 self.topology.dead_queue().into(),
@@ -294,7 +338,7 @@ impl Broker {
         let mut queues = vec![t.dead_queue()];
         for c in [DeviceClass::Gpu, DeviceClass::Cpu] {
             queues.push(t.jobs_queue(c));
-            queues.push(t.retry_queue(c));
+            queues.extend(t.delay_queues(c));
         }
         for q in queues {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -310,6 +354,29 @@ impl Broker {
     /// The underlying connection (to close it, or open more channels).
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+fn attempt_props(attempt: u32) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(attempt as i64),
+    );
+    BasicProperties::default().with_headers(headers)
+}
+
+/// Why a dead letter is one: the worker's reason, or the broker's (with the
+/// number of deliveries it counted).
+pub fn dead_reason(props: &BasicProperties) -> String {
+    if let Some(r) = header(props, REASON_HEADER) {
+        return r;
+    }
+    let count = header(props, "x-delivery-count");
+    match (header(props, BROKER_REASON_HEADER), count) {
+        (Some(r), Some(n)) => format!("dead-lettered by RabbitMQ ({r}) after {n} deliveries"),
+        (Some(r), None) => format!("dead-lettered by RabbitMQ ({r})"),
+        (None, _) => "dead-lettered (no reason given)".into(),
     }
 }
 

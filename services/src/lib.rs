@@ -1,11 +1,13 @@
 //! Adapters to the services of a distributed sweep, each a thin layer that
 //! executes what `common` decides: [`broker`] (RabbitMQ topology, confirmed
 //! publishing, dead letters), [`state`] (job, sweep and worker state in
-//! Redis with guarded transitions, leases and event streams) and
+//! Redis with fenced transitions, leases and event streams),
 //! [`artifacts`] (S3 or a local directory through object_store, with
-//! retried uploads). Connections are passed in, so tests use real servers
+//! retried uploads) and the [`reconcile`]r that brings Redis and the broker
+//! back in agreement after faults. Connections are passed in, so tests use real servers
 //! with unique names.
 
 pub mod artifacts;
 pub mod broker;
+pub mod reconcile;
 pub mod state;

@@ -24,6 +24,8 @@ pub enum StateError {
     Redis(#[from] redis::RedisError),
     #[error("job {0} is not known")]
     UnknownJob(String),
+    #[error("job {job}: attempt of generation {generation} was superseded by a later start")]
+    Superseded { job: String, generation: u64 },
     #[error("job {job} is {from}, which does not allow {event:?}")]
     Refused {
         job: String,
@@ -66,30 +68,74 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A compare-and-set transition: applies only from the allowed states
+/// (ARGV[1]) and, when ARGV[3] is not empty, only while the job's
+/// generation is ARGV[3] (the fence: an attempt superseded by a later
+/// start cannot record anything).
 const TRANSITION: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'generation') ~= ARGV[3] then
+  return {3, cur}
+end
 for s in string.gmatch(ARGV[1], '[^,]+') do
   if s == cur then
     redis.call('HSET', KEYS[1], 'state', ARGV[2])
-    for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     return {1, cur}
   end
 end
 return {2, cur}
 "#;
 
+/// Starts an attempt in one step: a finished job, a job whose lease is
+/// held, or a cancelled one is not started; a job still `running` whose
+/// lease expired was abandoned by its attempt (a crash): past ARGV[3] such
+/// takeovers it is recorded dead instead. Otherwise the lease is taken
+/// with the delivery's token, the generation bumped and the job marked
+/// running with ARGV[4..] as fields.
+const START: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+if cur ~= 'queued' and cur ~= 'running' then return {2, cur} end
+local holder = redis.call('GET', KEYS[2])
+if holder then return {3, holder} end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled')
+  redis.call('DEL', KEYS[3])
+  return {4, cur}
+end
+if cur == 'running' then
+  local n = redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
+  if n > tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'state', 'dead', 'error',
+      'abandoned by ' .. n .. ' attempt(s) that never finished (crashed workers?)')
+    return {5, tostring(n)}
+  end
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', unpack(ARGV, 4))
+return {1, tostring(g)}
+"#;
+
 /// Registers a job in one step: the job hash with its fields (state
 /// `queued`) and its place in the sweep and sweep sets, unless the hash
 /// exists. Returns the job's state either way.
 const REGISTER: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('HEXISTS', KEYS[1], 'state') == 1 then
   return redis.call('HGET', KEYS[1], 'state')
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', unpack(ARGV, 3))
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 'queued'
+"#;
+
+const SET_FIELDS: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'state') == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
 "#;
 
 const RENEW: &str = r#"
@@ -103,6 +149,68 @@ const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
+
+/// A job's record in Redis, typed (the fields every component reads).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobRecord {
+    pub id: String,
+    pub sweep: String,
+    pub state: Option<JobState>,
+    /// Starts so far (the fence of the current attempt).
+    pub generation: u64,
+    pub attempt: u32,
+    pub worker: String,
+    /// The job's message as published (what a republish sends).
+    pub message: String,
+    pub device_class: String,
+    /// When the broker confirmed the message (0: not since it was queued).
+    pub published_at: u64,
+    pub queued_at: u64,
+    pub started_at: u64,
+    pub artifacts: String,
+    pub error: String,
+}
+
+impl JobRecord {
+    /// From the hash's fields; `None` when there are none.
+    pub fn from_fields(id: &str, h: &HashMap<String, String>) -> Option<JobRecord> {
+        if h.is_empty() {
+            return None;
+        }
+        let text = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Some(JobRecord {
+            id: id.to_string(),
+            sweep: text("sweep"),
+            state: h.get("state").and_then(|s| parse_state(s)),
+            generation: num("generation"),
+            attempt: num("attempt").max(1) as u32,
+            worker: text("worker"),
+            message: text("message"),
+            device_class: text("device_class"),
+            published_at: num("published_at"),
+            queued_at: num("queued_at"),
+            started_at: num("started_at"),
+            artifacts: text("artifacts"),
+            error: text("error"),
+        })
+    }
+}
+
+/// What [`StateStore::start`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The attempt runs under this generation; the lease is the caller's.
+    Started { generation: u64 },
+    /// The job is finished (succeeded, failed, cancelled or dead).
+    Finished(JobState),
+    /// A lease is held, by this token.
+    Held(String),
+    /// A cancellation was pending: the job is now `cancelled`.
+    Cancelled,
+    /// Too many attempts started and never finished: the job is now `dead`.
+    Abandoned(u32),
+}
 
 /// A worker's self-description, refreshed by its heartbeat.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +303,19 @@ impl StateStore {
         event: Event,
         fields: &[(&str, String)],
     ) -> Result<JobState> {
+        self.transition_fenced(job, event, None, fields).await
+    }
+
+    /// [`StateStore::transition`], applied only while the job's generation
+    /// is `generation` (when given): refused with [`StateError::Superseded`]
+    /// once a later attempt has started.
+    pub async fn transition_fenced(
+        &self,
+        job: &str,
+        event: Event,
+        generation: Option<u64>,
+        fields: &[(&str, String)],
+    ) -> Result<JobState> {
         let allowed: Vec<&str> = ALL_STATES
             .into_iter()
             .filter(|s| next(*s, event).is_ok())
@@ -211,7 +332,8 @@ impl StateStore {
         let mut inv = script.prepare_invoke();
         inv.key(self.key(&["job", job]))
             .arg(allowed.join(","))
-            .arg(state_name(to));
+            .arg(state_name(to))
+            .arg(generation.map(|g| g.to_string()).unwrap_or_default());
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }
@@ -220,6 +342,10 @@ impl StateStore {
         match code {
             0 => Err(StateError::UnknownJob(job.into())),
             1 => Ok(parse_state(&prev).unwrap_or(JobState::Queued)),
+            3 => Err(StateError::Superseded {
+                job: job.into(),
+                generation: generation.unwrap_or(0),
+            }),
             _ => Err(StateError::Refused {
                 job: job.into(),
                 from: prev,
@@ -234,15 +360,32 @@ impl StateStore {
         Ok(s.as_deref().and_then(parse_state))
     }
 
+    /// A job's record, typed; `None` when the job is not known.
+    pub async fn record(&self, job: &str) -> Result<Option<JobRecord>> {
+        let h = self.job(job).await?;
+        Ok(JobRecord::from_fields(job, &h))
+    }
+
     /// Every field of a job.
     pub async fn job(&self, job: &str) -> Result<HashMap<String, String>> {
         let mut c = self.conn.clone();
         Ok(c.hgetall(self.key(&["job", job])).await?)
     }
 
+    /// Sets fields of a registered job; a job Redis does not know (lost
+    /// with a Redis restart) is left unknown rather than half-created.
     pub async fn set_fields(&self, job: &str, fields: &[(&str, String)]) -> Result<()> {
+        if fields.is_empty() {
+            return Ok(());
+        }
         let mut c = self.conn.clone();
-        let _: () = c.hset_multiple(self.key(&["job", job]), fields).await?;
+        let script = redis::Script::new(SET_FIELDS);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&["job", job]));
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        let _: i64 = inv.invoke_async(&mut c).await?;
         Ok(())
     }
 
@@ -299,12 +442,86 @@ impl StateStore {
             .collect())
     }
 
-    /// Takes the job's lease for `worker` if nobody holds it.
-    pub async fn acquire_lease(&self, job: &str, worker: &str, ttl: Duration) -> Result<bool> {
+    /// Starts an attempt of a registered job (see [`Start`]): takes the
+    /// lease with `token` for `ttl`, bumps the generation and records
+    /// `fields` with state `running`, all in one step. A job abandoned by
+    /// more than `max_takeovers` attempts is recorded dead instead.
+    pub async fn start(
+        &self,
+        job: &str,
+        token: &str,
+        ttl: Duration,
+        max_takeovers: u32,
+        fields: &[(&str, String)],
+    ) -> Result<Start> {
+        let script = redis::Script::new(START);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&["job", job]))
+            .key(self.key(&["lease", job]))
+            .key(self.key(&["cancel", job]))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .arg(max_takeovers);
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        let mut c = self.conn.clone();
+        let (code, v): (i64, String) = inv.invoke_async(&mut c).await?;
+        Ok(match code {
+            0 => return Err(StateError::UnknownJob(job.into())),
+            1 => Start::Started {
+                generation: v.parse().unwrap_or(0),
+            },
+            2 => Start::Finished(parse_state(&v).unwrap_or(JobState::Dead)),
+            3 => Start::Held(v),
+            4 => Start::Cancelled,
+            _ => Start::Abandoned(v.parse().unwrap_or(0)),
+        })
+    }
+
+    /// Extends the lease if `token` still holds it.
+    pub async fn renew_lease(&self, job: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::Script::new(RENEW)
+            .key(self.key(&["lease", job]))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Gives the lease up if `token` holds it.
+    pub async fn release_lease(&self, job: &str, token: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(self.key(&["lease", job]))
+            .arg(token)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// The token holding the job's lease, if any (it starts with the
+    /// worker's id).
+    pub async fn lease_holder(&self, job: &str) -> Result<Option<String>> {
+        let mut c = self.conn.clone();
+        Ok(c.get(self.key(&["lease", job])).await?)
+    }
+
+    /// Whether the job's lease is held by anyone.
+    pub async fn leased(&self, job: &str) -> Result<bool> {
+        let mut c = self.conn.clone();
+        Ok(c.exists(self.key(&["lease", job])).await?)
+    }
+
+    /// Takes the named lock for `ttl` unless someone holds it (one
+    /// reconciler pass at a time across workers).
+    pub async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         let mut c = self.conn.clone();
         let ok: Option<String> = redis::cmd("SET")
-            .arg(self.key(&["lease", job]))
-            .arg(worker)
+            .arg(self.key(&["lock", name]))
+            .arg(holder)
             .arg("NX")
             .arg("PX")
             .arg(ttl.as_millis() as u64)
@@ -313,32 +530,24 @@ impl StateStore {
         Ok(ok.is_some())
     }
 
-    /// Extends the lease if `worker` still holds it.
-    pub async fn renew_lease(&self, job: &str, worker: &str, ttl: Duration) -> Result<bool> {
+    /// Keeps a dead letter that names no job (it does not decode): its
+    /// reason and body, newest first, so nothing is lost.
+    pub async fn keep_dead_letter(&self, reason: &str, body: &[u8]) -> Result<()> {
         let mut c = self.conn.clone();
-        let n: i64 = redis::Script::new(RENEW)
-            .key(self.key(&["lease", job]))
-            .arg(worker)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut c)
-            .await?;
-        Ok(n == 1)
-    }
-
-    pub async fn release_lease(&self, job: &str, worker: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        let _: i64 = redis::Script::new(RELEASE)
-            .key(self.key(&["lease", job]))
-            .arg(worker)
-            .invoke_async(&mut c)
-            .await?;
+        let entry = serde_json::json!({
+            "at_ms": now_ms(),
+            "reason": reason,
+            "body": String::from_utf8_lossy(body),
+        })
+        .to_string();
+        let _: () = c.lpush(self.key(&["dead-letters"]), entry).await?;
         Ok(())
     }
 
-    /// The worker holding the job's lease, if any.
-    pub async fn lease_holder(&self, job: &str) -> Result<Option<String>> {
+    /// The dead letters kept by [`StateStore::keep_dead_letter`].
+    pub async fn dead_letters(&self) -> Result<Vec<String>> {
         let mut c = self.conn.clone();
-        Ok(c.get(self.key(&["lease", job])).await?)
+        Ok(c.lrange(self.key(&["dead-letters"]), 0, -1).await?)
     }
 
     pub async fn request_cancel(&self, job: &str) -> Result<()> {

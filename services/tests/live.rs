@@ -16,8 +16,9 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::BasicProperties;
 use services::artifacts::{Artifacts, UploadRetry};
-use services::broker::{header, Broker, BrokerError, ATTEMPT_HEADER, REASON_HEADER};
-use services::state::{StateError, StateStore, WorkerInfo};
+use services::broker::{dead_reason, header, Broker, BrokerError, ATTEMPT_HEADER, REASON_HEADER};
+use services::reconcile::Reconciler;
+use services::state::{Start, StateError, StateStore, WorkerInfo};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -71,9 +72,16 @@ async fn broker_publishes_consumes_retries_and_dead_letters() {
         .unwrap_err();
     assert!(matches!(e, BrokerError::Unroutable { .. }), "{e}");
 
-    // Delay queue: back on the work queue after the delay, with its attempt.
+    // Delay queues: back on the work queue after the delay (rounded up to
+    // its level), with its attempt. A long delay published first does not
+    // hold a short one back (one queue per level).
     let t0 = Instant::now();
-    b.retry_later(
+    let mut long = msg.clone();
+    long.job_id = "waits-long".into();
+    b.publish_later(DeviceClass::Cpu, &long.encode(), 5, Duration::from_secs(5))
+        .await
+        .unwrap();
+    b.publish_later(
         DeviceClass::Cpu,
         &msg.encode(),
         2,
@@ -82,8 +90,18 @@ async fn broker_publishes_consumes_retries_and_dead_letters() {
     .await
     .unwrap();
     let d = next_delivery(&mut consumer).await;
-    assert!(t0.elapsed() >= Duration::from_millis(250));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    assert_eq!(JobMessage::decode(&d.data).unwrap().job_id, msg.job_id);
     assert_eq!(header(&d.properties, ATTEMPT_HEADER).as_deref(), Some("2"));
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    let d = next_delivery(&mut consumer).await;
+    assert!(t0.elapsed() >= Duration::from_secs(5));
+    assert_eq!(JobMessage::decode(&d.data).unwrap().job_id, "waits-long");
+    assert_eq!(header(&d.properties, ATTEMPT_HEADER).as_deref(), Some("5"));
     d.ack(BasicAckOptions::default()).await.unwrap();
 
     // Explicit dead letter with a reason.
@@ -112,6 +130,8 @@ async fn broker_publishes_consumes_retries_and_dead_letters() {
     }
     let d = next_delivery(&mut dead).await;
     assert_eq!(JobMessage::decode(&d.data).unwrap().job_id, msg.job_id);
+    let reason = dead_reason(&d.properties);
+    assert!(reason.contains("delivery_limit"), "{reason}");
     d.ack(BasicAckOptions::default()).await.unwrap();
 
     b.delete_topology().await.unwrap();
@@ -146,20 +166,79 @@ async fn state_transitions_leases_workers_and_events() {
     ));
     assert_eq!(s.sweep_jobs("sw").await.unwrap(), vec!["j1"]);
 
-    // Leases: one holder at a time; renew and release only by the holder.
+    // Starts are fenced: one lease holder at a time, a generation per
+    // start, and a superseded attempt records nothing.
     let ttl = Duration::from_millis(400);
-    assert!(s.acquire_lease("j2", "w1", ttl).await.unwrap());
-    assert!(!s.acquire_lease("j2", "w2", ttl).await.unwrap());
-    assert!(!s.renew_lease("j2", "w2", ttl).await.unwrap());
-    assert!(s.renew_lease("j2", "w1", ttl).await.unwrap());
-    assert_eq!(s.lease_holder("j2").await.unwrap().as_deref(), Some("w1"));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        s.acquire_lease("j2", "w2", ttl).await.unwrap(),
-        "an expired lease is free"
+    s.register_job("sw", "j2", &[]).await.unwrap();
+    let fields = [("worker", "w1".to_string())];
+    assert_eq!(
+        s.start("j2", "w1/a", ttl, 3, &fields).await.unwrap(),
+        Start::Started { generation: 1 }
     );
-    s.release_lease("j2", "w1").await.unwrap();
-    assert_eq!(s.lease_holder("j2").await.unwrap().as_deref(), Some("w2"));
+    assert_eq!(
+        s.start("j2", "w2/b", ttl, 3, &fields).await.unwrap(),
+        Start::Held("w1/a".into())
+    );
+    assert!(!s.renew_lease("j2", "w2/b", ttl).await.unwrap());
+    assert!(s.renew_lease("j2", "w1/a", ttl).await.unwrap());
+    assert_eq!(s.lease_holder("j2").await.unwrap().as_deref(), Some("w1/a"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!s.leased("j2").await.unwrap(), "an expired lease is free");
+    assert_eq!(
+        s.start("j2", "w2/b", ttl, 3, &fields).await.unwrap(),
+        Start::Started { generation: 2 }
+    );
+    // The first attempt wakes up: it can neither renew nor release the
+    // second one's lease, nor record its outcome.
+    assert!(!s.renew_lease("j2", "w1/a", ttl).await.unwrap());
+    s.release_lease("j2", "w1/a").await.unwrap();
+    assert_eq!(s.lease_holder("j2").await.unwrap().as_deref(), Some("w2/b"));
+    let e = s
+        .transition_fenced("j2", Event::Succeed, Some(1), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StateError::Superseded { generation: 1, .. }),
+        "{e}"
+    );
+    assert_eq!(s.state("j2").await.unwrap(), Some(JobState::Running));
+    s.transition_fenced("j2", Event::Succeed, Some(2), &[])
+        .await
+        .unwrap();
+    s.release_lease("j2", "w2/b").await.unwrap();
+    assert_eq!(
+        s.start("j2", "w3/c", ttl, 3, &fields).await.unwrap(),
+        Start::Finished(JobState::Succeeded)
+    );
+    // A pending cancellation is honoured at the start.
+    s.register_job("sw", "j4", &[]).await.unwrap();
+    s.request_cancel("j4").await.unwrap();
+    assert_eq!(
+        s.start("j4", "w1/d", ttl, 3, &fields).await.unwrap(),
+        Start::Cancelled
+    );
+    assert_eq!(s.state("j4").await.unwrap(), Some(JobState::Cancelled));
+    // Attempts that start and never finish (their worker crashes) are
+    // taken over at most `max_takeovers` times; then the job is dead.
+    s.register_job("sw", "j5", &[]).await.unwrap();
+    let short = Duration::from_millis(50);
+    for g in 1..=3 {
+        assert_eq!(
+            s.start("j5", "w/e", short, 2, &fields).await.unwrap(),
+            Start::Started { generation: g }
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert_eq!(
+        s.start("j5", "w/e", short, 2, &fields).await.unwrap(),
+        Start::Abandoned(3)
+    );
+    let r = s.record("j5").await.unwrap().unwrap();
+    assert_eq!(r.state, Some(JobState::Dead));
+    assert!(r.error.contains("abandoned by 3 attempt(s)"), "{r:?}");
+    assert!(!s.leased("j4").await.unwrap());
+    let r = s.record("j2").await.unwrap().unwrap();
+    assert_eq!((r.generation, r.state), (2, Some(JobState::Succeeded)));
 
     // Workers vanish when their heartbeat stops.
     let w = WorkerInfo {
@@ -194,6 +273,151 @@ async fn state_transitions_leases_workers_and_events() {
 
     s.delete_namespace().await.unwrap();
     assert!(s.sweeps().await.unwrap().is_empty());
+}
+
+/// A message of job `id`, and the job registered from it.
+async fn registered(s: &StateStore, id: &str) -> JobMessage {
+    let mut m = job_message();
+    m.job_id = id.into();
+    s.register_job(
+        &m.sweep,
+        id,
+        &[
+            ("device_class", "cpu".into()),
+            ("message", String::from_utf8(m.encode()).unwrap()),
+        ],
+    )
+    .await
+    .unwrap();
+    m
+}
+
+#[tokio::test]
+async fn reconciler_republishes_stuck_jobs_and_records_dead_letters() {
+    let ns = unique("reconcile");
+    let s = StateStore::connect(REDIS, &ns).await.unwrap();
+    let b = Broker::connect(AMQP, Topology::new(&ns), 1).await.unwrap();
+    let long_ago = (services::state::now_ms() - 600_000).to_string();
+    let ttl = Duration::from_secs(60);
+    // Queued, never confirmed on the queue.
+    registered(&s, "never-published").await;
+    s.set_fields("never-published", &[("queued_at", long_ago.clone())])
+        .await
+        .unwrap();
+    // Queued and confirmed: left alone.
+    registered(&s, "published").await;
+    s.mark_published("published").await.unwrap();
+    // Running with an expired lease (its worker died, its message is gone).
+    registered(&s, "orphan").await;
+    s.start(
+        "orphan",
+        "w/x",
+        Duration::from_millis(1),
+        3,
+        &[("started_at", long_ago.clone())],
+    )
+    .await
+    .unwrap();
+    // Running with a live lease: left alone.
+    registered(&s, "alive").await;
+    s.start("alive", "w/y", ttl, 3, &[("started_at", long_ago.clone())])
+        .await
+        .unwrap();
+    // Crash-looped: the broker dead-letters it after the delivery limit.
+    let looped = registered(&s, "looped").await;
+    s.start(
+        "looped",
+        "w/z",
+        Duration::from_millis(1),
+        3,
+        &[("started_at", long_ago)],
+    )
+    .await
+    .unwrap();
+    b.publish_job(&looped).await.unwrap();
+    let (_ch, mut consumer) = b.consume(DeviceClass::Cpu, "crash").await.unwrap();
+    for _ in 0..2 {
+        next_delivery(&mut consumer)
+            .await
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    drop(consumer);
+    let _ = _ch.close(200, "ok".into()).await;
+    b.dead_letter(b"not json", "rejected by worker w: not a job message")
+        .await
+        .unwrap();
+    // Let the broker move the crash-looped message to the dead letters.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.queue_counts(&b.topology.dead_queue()).await.unwrap().0 < 2 {
+        assert!(Instant::now() < deadline, "dead letters did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let r = Reconciler {
+        state: &s,
+        broker: &b,
+        grace: Duration::from_secs(1),
+    };
+    let report = r.pass().await.unwrap();
+    assert_eq!(report.published, vec!["never-published".to_string()]);
+    assert_eq!(report.republished, vec!["orphan".to_string()]);
+    assert_eq!(report.dead.len(), 1, "{report:?}");
+    assert_eq!(report.dead[0].0, "looped");
+    assert!(report.dead[0].1.contains("delivery_limit"), "{report:?}");
+    assert_eq!(report.unreadable, 1);
+
+    // Redis: the dead job carries the broker's reason, the others are as
+    // they were; the unreadable letter is kept.
+    let looped = s.record("looped").await.unwrap().unwrap();
+    assert_eq!(looped.state, Some(JobState::Dead));
+    assert!(looped.error.contains("delivery_limit"), "{looped:?}");
+    assert!(
+        s.record("never-published")
+            .await
+            .unwrap()
+            .unwrap()
+            .published_at
+            > 0
+    );
+    assert_eq!(s.state("alive").await.unwrap(), Some(JobState::Running));
+    let kept = s.dead_letters().await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].contains("not json") && kept[0].contains("rejected by worker"));
+    // The broker: the two republished messages on the work queue, nothing
+    // in the dead letters.
+    assert_eq!(b.queue_counts(&b.topology.dead_queue()).await.unwrap().0, 0);
+    let (_ch, mut consumer) = b.consume(DeviceClass::Cpu, "check").await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let d = next_delivery(&mut consumer).await;
+        ids.push(JobMessage::decode(&d.data).unwrap().job_id);
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    ids.sort();
+    assert_eq!(ids, vec!["never-published", "orphan"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.queue_counts(&b.topology.jobs_queue(DeviceClass::Cpu))
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    // A second pass (within the grace of the republish) finds nothing to do.
+    let r = Reconciler {
+        grace: Duration::from_secs(60),
+        ..r
+    };
+    assert_eq!(r.pass().await.unwrap(), Default::default());
+
+    b.delete_topology().await.unwrap();
+    s.delete_namespace().await.unwrap();
 }
 
 fn free_port() -> u16 {

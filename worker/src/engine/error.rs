@@ -24,6 +24,10 @@ pub enum JobError {
     Artifacts(String),
     #[error("stopped on request")]
     Stopped,
+    /// Anything else that may pass on a retry (a store out of reach, a
+    /// training thread that panicked).
+    #[error("{0}")]
+    Transient(String),
 }
 
 impl JobError {
@@ -35,6 +39,7 @@ impl JobError {
                 | JobError::Diverged(_)
                 | JobError::Artifacts(_)
                 | JobError::Stopped
+                | JobError::Transient(_)
         )
     }
 }

@@ -1,0 +1,230 @@
+//! Exactly-once outcomes under faults, on the real services: a redelivery
+//! while the holder lives (two slots of one worker and a second worker
+//! racing for it), a worker frozen past its lease and resumed, a job that
+//! keeps crashing its worker, a SIGTERM hand-back, and Redis restarted
+//! empty in the middle of a job. Every scenario ends with the same audit:
+//! the job succeeded once (one `succeeded` event, one attempt folder in
+//! S3 with every file), and no queue of the namespace (jobs, delay, dead
+//! letters) holds a message.
+
+mod kit;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::queue::Topology;
+use kit::*;
+use services::broker::Broker;
+use services::state::StateStore;
+use system_tests::{binary, free_port};
+
+fn state_is(h: &std::collections::HashMap<String, String>, s: &str) -> bool {
+    h.get("state").map(String::as_str) == Some(s)
+}
+
+/// Every broker connection is closed while a job trains on one of three
+/// slots: the broker redelivers the job, the other slots (a sibling of the
+/// holder, and a second worker) find its lease held and park the delivery
+/// instead of running it, and the holder, still training, records the
+/// outcome. One start, one success.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivery_while_the_holder_lives_is_parked_not_run_twice() {
+    let s = setup("race");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "race", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("race").await.unwrap().remove(0);
+    let _a = worker_with(&s, "wa", "cpu,cpu", &["--threads", "1"]);
+    let _b = worker_with(&s, "wb", "cpu", &["--threads", "1"]);
+    let h = wait_for(&state, &job, 300, training).await;
+    let holder = h["worker"].clone();
+    let o = Command::new("rabbitmqctl")
+        .args(["close_all_connections", "connection closed by a test"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("rabbitmqctl (the RabbitMQ server's CLI) must be installed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["worker"], holder, "the holder finished its own run");
+    assert_eq!(h["generation"], "1", "started once: {h:?}");
+    assert_eq!(starts(&state, "race", &job).await, vec!["1"]);
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "race", &job, &holder, 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// A worker frozen (SIGSTOP) past its lease: the reconciler of a second
+/// worker finds the job running with no lease and publishes it again, the
+/// second worker starts it as generation 2. The first one, resumed, finds
+/// its lease gone, stops, and records nothing; generation 2 succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_worker_is_superseded_and_cannot_commit() {
+    let s = setup("freeze");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "freeze", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("freeze").await.unwrap().remove(0);
+    let a = worker(&s, "wa");
+    wait_for(&state, &job, 300, training).await;
+    signal(&a.0, "STOP");
+    let _b = worker_with(
+        &s,
+        "wb",
+        "cpu",
+        &["--reconcile-secs", "2", "--reconcile-grace-secs", "8"],
+    );
+    let h = wait_for(&state, &job, 300, |h| {
+        h.get("worker").map(String::as_str) == Some("wb") && training(h)
+    })
+    .await;
+    assert_eq!(h["generation"], "2", "{h:?}");
+    signal(&a.0, "CONT");
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["generation"], "2", "{h:?}");
+    assert_eq!(starts(&state, "freeze", &job).await, vec!["1", "2"]);
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "freeze", &job, "wb", 1).await;
+    drop(a);
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// A job that kills its worker every time (SIGKILL while it trains): once
+/// more attempts were abandoned than the delivery limit allows, it is
+/// recorded `dead` with the reason instead of looping for ever; `producer
+/// retry` brings it back and it succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_looping_job_is_recorded_dead_and_retry_brings_it_back() {
+    let mut s = setup("crashloop");
+    s.env.insert("QUEUE_DELIVERY_LIMIT".into(), "1".into());
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "crashloop", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("crashloop").await.unwrap().remove(0);
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut w = worker(&s, &format!("crash{kills}"));
+        let generation = (kills + 1).to_string();
+        let h = wait_for(&state, &job, 300, |h| {
+            state_is(h, "dead") || (h.get("generation") == Some(&generation) && training(h))
+        })
+        .await;
+        if state_is(&h, "dead") {
+            break;
+        }
+        w.0.kill().unwrap();
+        w.0.wait().unwrap();
+        kills += 1;
+        assert!(Instant::now() < deadline && kills <= 4, "never dead: {h:?}");
+    }
+    assert_eq!(kills, 2, "dead after the second abandoned attempt");
+    let h = state.job(&job).await.unwrap();
+    assert!(
+        h["error"].contains("abandoned by 2 attempt(s)") || h["error"].contains("delivery_limit"),
+        "{h:?}"
+    );
+
+    let o = Command::new(binary("producer"))
+        .args(["retry", &job])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 job(s) queued again"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let _w = worker(&s, "steady");
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["attempt"], "2", "{h:?}");
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 1)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "crashloop", &job, "steady", 2).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// SIGTERM stops the worker within seconds and hands its job back by
+/// republishing it (not a nack-requeue, which would count toward the
+/// delivery limit): the job is `queued` again at the same attempt, and the
+/// next worker runs it to success.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_hands_the_job_back() {
+    let s = setup("sigterm");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "sigterm", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("sigterm").await.unwrap().remove(0);
+    let mut a = worker(&s, "wa");
+    wait_for(&state, &job, 300, training).await;
+    let t0 = Instant::now();
+    signal(&a.0, "TERM");
+    let status = a.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    let h = state.job(&job).await.unwrap();
+    assert_eq!(h["state"], "queued", "{h:?}");
+    assert!(h["error"].contains("handed back"), "{h:?}");
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let (ready, _) = broker
+        .queue_counts(&broker.topology.jobs_queue(common::job::DeviceClass::Cpu))
+        .await
+        .unwrap();
+    assert_eq!(ready, 1, "the handed-back message waits on the work queue");
+    let _b = worker(&s, "wb");
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["generation"], "2", "{h:?}");
+    audit(&s.env, &state, &broker, "sigterm", &job, "wb", 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// Redis is replaced by an empty one while a job trains (its record and
+/// lease are gone): the holder finds its lease lost and stops without
+/// recording or storing anything, its delivery is parked, and when it
+/// comes back the job is registered again from its message and runs once
+/// to success.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restarted_empty_mid_job_reruns_it_once() {
+    let mut s = setup("redisempty");
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    s.env.insert("REDIS_URL".into(), url.clone());
+    let state = StateStore::connect(&url, &s.ns).await.unwrap();
+    let file = sweep(&s, "redisempty", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("redisempty").await.unwrap().remove(0);
+    let _w = worker(&s, "wr");
+    wait_for(&state, &job, 300, training).await;
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    let _redis = start_redis(port);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let h = loop {
+        match state.job(&job).await {
+            Ok(h) if state_is(&h, "succeeded") => break h,
+            last => assert!(
+                Instant::now() < deadline,
+                "{job} did not succeed after Redis came back empty: {last:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(h["generation"], "1", "the record started afresh: {h:?}");
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "redisempty", &job, "wr", 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

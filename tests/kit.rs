@@ -1,0 +1,260 @@
+//! What the fault tests share: a namespace with its own S3 server, sweeps
+//! of small real jobs, worker processes, waits on Redis, and the audit
+//! every scenario ends with.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use services::broker::Broker;
+use services::state::StateStore;
+use system_tests::{binary, free_port, required_env, start_moto, Killed};
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+
+pub struct Setup {
+    pub env: HashMap<String, String>,
+    pub ns: String,
+    pub _moto: Killed,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn setup(tag: &str) -> Setup {
+    let ns = format!("test-{tag}-{}", std::process::id());
+    let port = free_port();
+    let moto = start_moto(port, "runs");
+    let env = HashMap::from([
+        ("AMQP_URL".to_string(), AMQP.to_string()),
+        ("REDIS_URL".into(), REDIS.into()),
+        ("QUEUE_PREFIX".into(), ns.clone()),
+        ("AWS_BUCKET".into(), "runs".into()),
+        ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ]);
+    Setup {
+        env,
+        ns,
+        _moto: moto,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// A sweep of `seeds` head-only MiniLM jobs of `epochs` epochs.
+pub fn sweep(s: &Setup, name: &str, epochs: usize, seeds: &str) -> std::path::PathBuf {
+    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fpb = required_env("FPB_DIR", "the Financial PhraseBank directory");
+    let path = s.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[sweep]\nname = \"{name}\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\nmax_len = 48\n\
+             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = {epochs}\nbatch_size = 32\nlr = 2e-2\nschedule = \"constant\"\nwarmup = 0.0\n\
+             [base.tracker]\ntest_every_epoch = false\n[grid]\nseed = [{seeds}]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+pub fn worker(s: &Setup, id: &str) -> Killed {
+    worker_with(s, id, "cpu", &[])
+}
+
+/// A `worker serve` on `devices` with a 6 s lease, 1 s heartbeats and
+/// `extra` flags.
+pub fn worker_with(s: &Setup, id: &str, devices: &str, extra: &[&str]) -> Killed {
+    Killed(
+        Command::new(binary("worker"))
+            .args([
+                "serve",
+                "--devices",
+                devices,
+                "--worker-id",
+                id,
+                "--threads",
+                "2",
+                "--lease-secs",
+                "6",
+                "--heartbeat-secs",
+                "1",
+            ])
+            .args(extra)
+            .envs(&s.env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`) to a process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} failed");
+}
+
+/// The `running` events of a job: one per started attempt, with its
+/// generation.
+pub async fn starts(state: &StateStore, sweep: &str, job: &str) -> Vec<String> {
+    state
+        .events(sweep, "0")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| {
+            e.get("job").map(String::as_str) == Some(job)
+                && e.get("state").map(String::as_str) == Some("running")
+        })
+        .map(|(_, e)| e.get("generation").cloned().unwrap_or_default())
+        .collect()
+}
+
+pub fn submit(s: &Setup, file: &std::path::Path) {
+    let o = Command::new(binary("producer"))
+        .args(["submit", file.to_str().unwrap(), "--device", "cpu"])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+pub async fn wait_for(
+    state: &StateStore,
+    job: &str,
+    secs: u64,
+    done: impl Fn(&HashMap<String, String>) -> bool,
+) -> HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let h = state.job(job).await.unwrap();
+        if done(&h) {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{job}: condition not met in {secs} s: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The number of `succeeded` events of a sweep, once the worker has written
+/// them (the event follows the state change by a few milliseconds).
+pub async fn succeeded_events(state: &StateStore, sweep: &str, expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = state
+            .events(sweep, "0")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+            .count();
+        if n >= expected || Instant::now() > deadline {
+            // Give a duplicate, if any, the time to show up too.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return state
+                .events(sweep, "0")
+                .await
+                .unwrap()
+                .iter()
+                .filter(|(_, e)| e.get("state").map(String::as_str) == Some("succeeded"))
+                .count();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ends a fault test with the whole picture: `job` succeeded exactly once,
+/// on `worker`, at `attempt`; every queue of the namespace is empty (jobs,
+/// retry and dead letters); and S3 holds the one attempt folder Redis points
+/// at, with every file of a run, and no other folder of the job.
+pub async fn audit(
+    env: &HashMap<String, String>,
+    state: &StateStore,
+    broker: &Broker,
+    sweep: &str,
+    job: &str,
+    worker: &str,
+    attempt: u32,
+) {
+    let h = state.job(job).await.unwrap();
+    assert_eq!(h["state"], "succeeded", "{h:?}");
+    assert_eq!(h["worker"], worker, "{h:?}");
+    assert_eq!(h["attempt"], attempt.to_string(), "{h:?}");
+    assert_eq!(succeeded_events(state, sweep, 1).await, 1);
+    queues_drain(&broker.topology.prefix, None).await;
+    let services = common::config::Services::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
+    let job_folder = common::artifacts::job_prefix(sweep, job);
+    let folder = &h["artifacts"];
+    assert!(
+        folder.starts_with(&format!("{job_folder}/attempt-{attempt}-"))
+            && folder.ends_with(&format!("-{worker}")),
+        "{folder}"
+    );
+    let keys = s3.list(&job_folder).await.unwrap();
+    assert!(
+        keys.iter().all(|k| k.starts_with(&format!("{folder}/"))),
+        "files outside the recorded attempt folder: {keys:?}"
+    );
+    for f in report::sweep::RUN_FILES
+        .iter()
+        .chain(&[common::artifacts::files::TRAINED_SAFETENSORS])
+    {
+        let key = format!("{folder}/{f}");
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
+/// Waits until no queue of the namespace holds a message (a parked
+/// duplicate comes back from its delay queue and is dropped), at most 90 s.
+pub async fn queues_drain(prefix: &str, node: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = system_tests::queued_messages(prefix, node);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "messages left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub fn training(h: &HashMap<String, String>) -> bool {
+    h.get("state").map(String::as_str) == Some("running") && h.get("step").is_some_and(|s| s != "0")
+}
+
+/// A private Redis on `port` without persistence (the test stops it).
+pub fn start_redis(port: u16) -> Killed {
+    let k = Killed(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    k
+}

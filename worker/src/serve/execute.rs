@@ -1,0 +1,412 @@
+//! Running an admitted job: training (or validation) on a blocking thread,
+//! a watcher beside it, then the upload of every file.
+//!
+//! The watcher renews the lease only while training makes progress (a hung
+//! step stops renewing, so another worker can take the job over), and
+//! stops the run when the lease is lost to a later attempt, the job is
+//! cancelled, its deadline passes or the worker shuts down. It keeps
+//! renewing through the upload.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::artifacts::job_prefix;
+use common::job::{EvalSplit, JobKind, JobMessage};
+use common::settle::{Attempt, RunEnd};
+use common::summary::EpochRecord;
+use services::state::now_ms;
+
+use super::Ctx;
+use crate::engine::error::JobError;
+use crate::engine::pipeline;
+use crate::engine::train::Progress;
+use crate::engine::trained::RunIds;
+
+/// Why the watcher stopped a run (the first reason wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum StopReason {
+    None = 0,
+    Cancelled = 1,
+    ShutDown = 2,
+    LeaseLost = 3,
+    Deadline = 4,
+}
+
+/// What the training thread and the watcher share.
+struct Shared {
+    stop: AtomicBool,
+    reason: AtomicU8,
+    /// When training last made progress (ms since the epoch).
+    progress_ms: AtomicU64,
+    /// Training is over (uploading): renew regardless of progress.
+    uploading: AtomicBool,
+}
+
+impl Shared {
+    fn stop(&self, why: StopReason) {
+        let _ = self.reason.compare_exchange(
+            StopReason::None as u8,
+            why as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn reason(&self) -> StopReason {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => StopReason::Cancelled,
+            2 => StopReason::ShutDown,
+            3 => StopReason::LeaseLost,
+            4 => StopReason::Deadline,
+            _ => StopReason::None,
+        }
+    }
+}
+
+/// Sends progress to Redis from the training thread, and tells it to stop.
+struct Reporter {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<(&'static str, String)>>,
+    shared: Arc<Shared>,
+    last_sent_ms: u64,
+}
+
+impl Reporter {
+    fn progressed(&self) {
+        self.shared.progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Progress for Reporter {
+    fn start_epoch(&mut self, epoch: usize, steps: usize) {
+        self.progressed();
+        let _ = self.tx.send(vec![
+            ("epoch", epoch.to_string()),
+            ("steps", steps.to_string()),
+            ("step", "0".into()),
+        ]);
+    }
+    fn step(&mut self, _epoch: usize, step: usize, loss: f64) {
+        self.progressed();
+        let now = now_ms();
+        if now - self.last_sent_ms >= 2000 {
+            self.last_sent_ms = now;
+            let _ = self.tx.send(vec![
+                ("step", step.to_string()),
+                ("loss", format!("{loss:.4}")),
+            ]);
+        }
+    }
+    fn end_epoch(&mut self, r: &EpochRecord) {
+        self.progressed();
+        let _ = self.tx.send(vec![
+            ("epoch", r.epoch.to_string()),
+            ("val_accuracy", format!("{:.4}", r.val_accuracy)),
+            ("val_macro_f1", format!("{:.4}", r.val_macro_f1)),
+            ("train_loss", format!("{:.4}", r.train_loss)),
+            ("dendrites", r.dendrites.to_string()),
+            ("epoch_done", "1".into()),
+        ]);
+    }
+    fn should_stop(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the job and stores its files; what happened, for [`super::settle`].
+pub(super) async fn execute(
+    ctx: &Ctx,
+    device: &str,
+    msg: &JobMessage,
+    at: Attempt,
+    token: &str,
+) -> RunEnd {
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        reason: AtomicU8::new(0),
+        progress_ms: AtomicU64::new(now_ms()),
+        uploading: AtomicBool::new(false),
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = tokio::spawn(watch(
+        WatchCtx {
+            state: ctx.state.clone(),
+            job: msg.job_id.clone(),
+            sweep: msg.sweep.clone(),
+            token: token.to_string(),
+            lease: ctx.args.lease(),
+            stall: Duration::from_secs(ctx.args.stall_secs.max(1)),
+            deadline: Duration::from_secs(ctx.args.deadline_secs.max(1)),
+            shutdown: ctx.shutdown.clone(),
+        },
+        shared.clone(),
+        rx,
+    ));
+    let reporter = Reporter {
+        tx,
+        shared: shared.clone(),
+        last_sent_ms: 0,
+    };
+    let result = match &msg.kind {
+        JobKind::Train => train(device, msg, reporter).await,
+        JobKind::Validate { source, split } => {
+            drop(reporter);
+            validate(ctx, device, msg, source, *split).await
+        }
+    };
+    shared.uploading.store(true, Ordering::SeqCst);
+    let end = match result {
+        Ok(files) => match shared.reason() {
+            StopReason::LeaseLost => RunEnd::LeaseLost,
+            _ => upload(ctx, msg, at, files).await,
+        },
+        Err(JobError::Stopped) => match shared.reason() {
+            StopReason::LeaseLost => RunEnd::LeaseLost,
+            StopReason::ShutDown => RunEnd::ShutDown,
+            StopReason::Deadline => {
+                RunEnd::DeadlineExceeded(Duration::from_secs(ctx.args.deadline_secs))
+            }
+            StopReason::Cancelled | StopReason::None => RunEnd::Cancelled,
+        },
+        Err(e) if e.is_permanent() => RunEnd::Permanent(e.to_string()),
+        Err(e) => RunEnd::Transient(e.to_string()),
+    };
+    watcher.abort();
+    // A lease lost during the upload: a later attempt owns the job.
+    if shared.reason() == StopReason::LeaseLost {
+        return RunEnd::LeaseLost;
+    }
+    end
+}
+
+/// Trains on a blocking thread; the run's files.
+async fn train(
+    device: &str,
+    msg: &JobMessage,
+    mut reporter: Reporter,
+) -> Result<Vec<(String, Vec<u8>)>, JobError> {
+    let spec = msg.spec.clone();
+    let (sweep, job_id, hash) = (
+        msg.sweep.clone(),
+        msg.job_id.clone(),
+        msg.config_hash.clone(),
+    );
+    let device_name = device.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let device =
+            crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
+        let ids = RunIds {
+            sweep: &sweep,
+            job_id: &job_id,
+            config_hash: &hash,
+        };
+        pipeline::run(&spec, &ids, &device, &mut reporter)
+    })
+    .await
+    .map_err(join_error)??;
+    Ok(out.files)
+}
+
+/// A training thread that panicked or was cancelled, as a transient error.
+fn join_error(join: tokio::task::JoinError) -> JobError {
+    let what = if join.is_panic() {
+        "training panicked"
+    } else {
+        "training thread failed"
+    };
+    JobError::Transient(format!("{what}: {join}"))
+}
+
+/// Stores the files under this attempt's folder (unique per attempt,
+/// generation and worker: a rerun never mixes its files with what an
+/// earlier attempt may have left), with a manifest.
+async fn upload(
+    ctx: &Ctx,
+    msg: &JobMessage,
+    at: Attempt,
+    mut files: Vec<(String, Vec<u8>)>,
+) -> RunEnd {
+    let folder = format!(
+        "{}/attempt-{}-g{}-{}",
+        job_prefix(&msg.sweep, &msg.job_id),
+        at.attempt,
+        at.generation,
+        common::artifacts::sanitize(&ctx.worker_id)
+    );
+    let manifest = serde_json::json!({
+        "job_id": msg.job_id,
+        "attempt": at.attempt,
+        "generation": at.generation,
+        "worker": ctx.worker_id,
+        "files": files.iter().map(|(n, b)| serde_json::json!({"name": n, "bytes": b.len()})).collect::<Vec<_>>(),
+    });
+    files.push((
+        common::artifacts::files::MANIFEST_JSON.into(),
+        serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    ));
+    match ctx.artifacts.put_all(&folder, &files).await {
+        Ok(()) => RunEnd::Succeeded { artifacts: folder },
+        Err(e) => RunEnd::Transient(e.to_string()),
+    }
+}
+
+struct WatchCtx {
+    state: services::state::StateStore,
+    job: String,
+    sweep: String,
+    token: String,
+    lease: Duration,
+    stall: Duration,
+    deadline: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Progress writer, lease renewal, and the cancel / shutdown / deadline
+/// watch of one run.
+async fn watch(
+    mut w: WatchCtx,
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(&'static str, String)>>,
+) {
+    let started = Instant::now();
+    let mut watching_shutdown = true;
+    let mut tick = tokio::time::interval((w.lease / 3).max(Duration::from_millis(500)));
+    loop {
+        tokio::select! {
+            fields = rx.recv(), if !rx.is_closed() => {
+                let Some(fields) = fields else { continue };
+                let epoch_done = fields.iter().any(|(k, _)| *k == "epoch_done");
+                let f: Vec<(&str, String)> =
+                    fields.into_iter().filter(|(k, _)| *k != "epoch_done").collect();
+                let _ = w.state.set_fields(&w.job, &f).await;
+                if epoch_done {
+                    let mut ev = vec![("job", w.job.clone())];
+                    ev.extend(f.iter().map(|(k, v)| (*k, v.clone())));
+                    let _ = w.state.event(&w.sweep, &ev).await;
+                }
+            }
+            _ = tick.tick() => {
+                let idle = Duration::from_millis(
+                    now_ms().saturating_sub(shared.progress_ms.load(Ordering::Relaxed)),
+                );
+                if !shared.uploading.load(Ordering::SeqCst) && idle > w.stall {
+                    tracing::warn!(job = %w.job, ?idle, "no training progress; the lease is left to expire");
+                } else {
+                    match w.state.renew_lease(&w.job, &w.token, w.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(job = %w.job, "lease lost to another attempt; stopping");
+                            shared.stop(StopReason::LeaseLost);
+                        }
+                        Err(e) => tracing::warn!(job = %w.job, error = %e, "cannot renew the lease"),
+                    }
+                }
+                if matches!(w.state.cancel_requested(&w.job).await, Ok(true)) {
+                    shared.stop(StopReason::Cancelled);
+                }
+                if started.elapsed() > w.deadline {
+                    shared.stop(StopReason::Deadline);
+                }
+            }
+            changed = w.shutdown.changed(), if watching_shutdown => {
+                if changed.is_err() || *w.shutdown.borrow() {
+                    watching_shutdown = false;
+                    shared.stop(StopReason::ShutDown);
+                }
+            }
+        }
+    }
+}
+
+/// The artifact key of the trained parameters a validate job names: a job
+/// id (of a succeeded job) or `s3://<bucket>/<key>` in the configured bucket.
+async fn trained_key(ctx: &Ctx, source: &str) -> Result<String, JobError> {
+    if let Some(rest) = source.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| JobError::Spec(format!("bad S3 URI {source:?}")))?;
+        let Some(prefix) = ctx
+            .artifacts
+            .location
+            .strip_prefix(&format!("s3://{bucket}"))
+        else {
+            return Err(JobError::Spec(format!(
+                "{source} is not in this worker's bucket ({})",
+                ctx.artifacts.location
+            )));
+        };
+        let prefix = prefix.trim_matches('/');
+        let key = if prefix.is_empty() {
+            key
+        } else {
+            key.strip_prefix(&format!("{prefix}/")).unwrap_or(key)
+        };
+        return Ok(key.to_string());
+    }
+    let r = ctx
+        .state
+        .record(source)
+        .await
+        .map_err(|e| JobError::Transient(e.to_string()))?;
+    match r {
+        Some(r) if r.state == Some(common::state::JobState::Succeeded) => Ok(format!(
+            "{}/{}",
+            r.artifacts,
+            common::artifacts::files::TRAINED_SAFETENSORS
+        )),
+        Some(r) => Err(JobError::Spec(format!(
+            "job {source} is {}, not succeeded",
+            r.state
+                .map(services::state::state_name)
+                .unwrap_or("unknown")
+        ))),
+        None => Err(JobError::Spec(format!("no job {source:?}"))),
+    }
+}
+
+/// Scores a finished run's trained parameters again; the files to store.
+async fn validate(
+    ctx: &Ctx,
+    device: &str,
+    msg: &JobMessage,
+    source: &str,
+    split: EvalSplit,
+) -> Result<Vec<(String, Vec<u8>)>, JobError> {
+    let key = trained_key(ctx, source).await?;
+    let bytes = ctx.artifacts.get(&key).await.map_err(|e| match e {
+        services::artifacts::ArtifactError::Store(object_store::Error::NotFound { .. }) => {
+            JobError::Spec(format!("{key} not found"))
+        }
+        e => JobError::Transient(e.to_string()),
+    })?;
+    let tmp = tempfile::Builder::new()
+        .suffix(".safetensors")
+        .tempfile()
+        .map_err(|e| JobError::Transient(e.to_string()))?;
+    std::fs::write(tmp.path(), &bytes).map_err(|e| JobError::Transient(e.to_string()))?;
+    let spec = msg.spec.clone();
+    let path = tmp.path().to_path_buf();
+    let (source, job_id, device_name) =
+        (source.to_string(), msg.job_id.clone(), device.to_string());
+    let (summary, files) = tokio::task::spawn_blocking(move || {
+        let device =
+            crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
+        pipeline::validate(&spec, &path, &source, split, &job_id, &device)
+    })
+    .await
+    .map_err(join_error)??;
+    drop(tmp);
+    let _ = ctx
+        .state
+        .set_fields(
+            &msg.job_id,
+            &[
+                ("val_accuracy", format!("{:.4}", summary.scores.accuracy)),
+                ("val_macro_f1", format!("{:.4}", summary.scores.macro_f1)),
+            ],
+        )
+        .await;
+    Ok(files)
+}

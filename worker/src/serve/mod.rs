@@ -1,0 +1,269 @@
+//! `worker serve`: consumes jobs from RabbitMQ, one slot per device, and
+//! runs them with the engine on a blocking thread so the async runtime
+//! (and with it the AMQP heartbeats) never stalls.
+//!
+//! A delivery goes through three steps, one module each:
+//! 1. [`admit`]: decode (an unreadable message is dead-lettered with its
+//!    reason), register, and start the attempt in one Redis script that
+//!    takes the lease with a per-delivery token and bumps the job's
+//!    generation (the fence). A finished job is dropped; a job another
+//!    attempt holds is parked in a delay queue, never acknowledged away.
+//! 2. [`execute`]: train (or validate) while a watcher renews the lease as
+//!    long as training makes progress, and stops the run when the lease is
+//!    lost, the job is cancelled, its deadline passes or the worker shuts
+//!    down; then store every file under
+//!    `jobs/<job>/attempt-<n>-g<generation>-<worker>/`.
+//! 3. [`settle`]: carry out what [`common::settle::settle`] decides for
+//!    the run's end: publish (retry, hand-back or park), record the
+//!    transition fenced by the generation and re-read it, then acknowledge.
+//!
+//! Each slot has its own broker connection and is restarted on its own when
+//! it fails; a reconciler task ([`services::reconcile`]) runs every
+//! `--reconcile-secs` on one worker at a time.
+
+mod admit;
+mod execute;
+mod settle;
+mod slot;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use common::config::Services;
+use common::job::DeviceClass;
+use common::queue::Topology;
+use services::artifacts::Artifacts;
+use services::broker::Broker;
+use services::reconcile::Reconciler;
+use services::state::{StateStore, WorkerInfo};
+use tokio::sync::watch;
+
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Devices, one job slot each: `cpu`, or `cuda:0,cuda:1`.
+    #[arg(long, default_value = "cpu")]
+    pub devices: String,
+    /// This worker's id (default: host name and process id).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Seconds a job's lease lasts without renewal.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Seconds between heartbeats (the worker record lives three times that).
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat_secs: u64,
+    /// Attempts of a job that fails transiently before it is recorded dead.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// First retry delay in seconds (doubles per attempt).
+    #[arg(long, default_value_t = 30)]
+    pub retry_delay_secs: u64,
+    /// Seconds a job may run in all before it is stopped and failed.
+    #[arg(long, default_value_t = 48 * 3600)]
+    pub deadline_secs: u64,
+    /// Seconds without a training step after which the lease is no longer
+    /// renewed (a hung step lets another worker take the job over).
+    #[arg(long, default_value_t = 1800)]
+    pub stall_secs: u64,
+    /// Seconds between reconciler passes (0: none on this worker).
+    #[arg(long, default_value_t = 60)]
+    pub reconcile_secs: u64,
+    /// Seconds a job may look stuck (running with no lease, queued never
+    /// published) before the reconciler publishes its message again.
+    #[arg(long, default_value_t = 300)]
+    pub reconcile_grace_secs: u64,
+    /// CPU threads for tensor kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Environment variables specs may use as `${VAR}` besides `*_DIR`
+    /// and `*_PATH` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub spec_env: Vec<String>,
+}
+
+impl ServeArgs {
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    /// The retry and parking policy of this worker.
+    fn policy(&self) -> common::settle::Policy {
+        common::settle::Policy {
+            max_attempts: self.max_attempts.max(1),
+            retry_base: Duration::from_secs(self.retry_delay_secs),
+            retry_cap: Duration::from_secs(3600),
+            // Long enough for a holder's lease to expire if it died.
+            park: self.lease() + Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything a slot needs.
+struct Ctx {
+    args: ServeArgs,
+    worker_id: String,
+    services: Services,
+    state: StateStore,
+    artifacts: Artifacts,
+    shutdown: watch::Receiver<bool>,
+    /// Jobs this worker runs now (reported by the heartbeat).
+    current: Mutex<BTreeSet<String>>,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A broker connection, retried with backoff until it comes or the
+    /// worker shuts down (`None`).
+    async fn connect(&self) -> Option<Broker> {
+        let connect = || {
+            Broker::connect(
+                self.services.amqp_url.expose(),
+                Topology::new(&self.services.namespace),
+                self.services.delivery_limit,
+            )
+        };
+        let mut stop = self.shutdown.clone();
+        tokio::select! {
+            b = connect.retry(backoff().without_max_times()).notify(|e, wait| {
+                tracing::warn!(error = %e, "cannot reach RabbitMQ; retrying in {wait:?}");
+            }) => b.ok(),
+            _ = stop.wait_for(|s| *s) => None,
+        }
+    }
+}
+
+/// Waits between tries of a service that is out of reach: 1 s doubling to
+/// 30 s.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+}
+
+fn device_class(device: &str) -> DeviceClass {
+    if device.starts_with("cuda") {
+        DeviceClass::Gpu
+    } else {
+        DeviceClass::Cpu
+    }
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn serve(
+    args: ServeArgs,
+    services: Services,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let s3 = services
+        .s3
+        .as_ref()
+        .context("no artifact store: set AWS_BUCKET (and AWS_ENDPOINT for MinIO)")?;
+    let artifacts = Artifacts::s3(s3)?;
+    let state = StateStore::connect(services.redis_url.expose(), &services.namespace).await?;
+    let ctx = Arc::new(Ctx {
+        args: args.clone(),
+        worker_id: worker_id.clone(),
+        services,
+        state,
+        artifacts,
+        shutdown,
+        current: Mutex::default(),
+    });
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
+    let reconciler = tokio::spawn(reconcile(ctx.clone()));
+    tracing::info!(worker = %worker_id, devices = %args.devices, "serving");
+    let slots: Vec<_> = args
+        .devices
+        .split(',')
+        .enumerate()
+        .map(|(i, d)| tokio::spawn(slot::supervise(ctx.clone(), i, d.trim().to_string())))
+        .collect();
+    for s in slots {
+        if let Err(e) = s.await {
+            tracing::error!(error = %e, "slot supervisor failed");
+        }
+    }
+    heartbeat.abort();
+    reconciler.abort();
+    Ok(())
+}
+
+async fn heartbeat(ctx: Arc<Ctx>) {
+    let every = Duration::from_secs(ctx.args.heartbeat_secs.max(1));
+    let mut stop = ctx.shutdown.clone();
+    loop {
+        let jobs = ctx
+            .current
+            .lock()
+            .map(|c| c.iter().cloned().collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        let info = WorkerInfo {
+            id: ctx.worker_id.clone(),
+            host: std::env::var("HOSTNAME").unwrap_or_default(),
+            devices: ctx.args.devices.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            jobs,
+            heartbeat_ms: 0,
+        };
+        if let Err(e) = ctx.state.heartbeat(&info, every * 3).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// A reconciler pass every `--reconcile-secs`, on one worker at a time.
+async fn reconcile(ctx: Arc<Ctx>) {
+    if ctx.args.reconcile_secs == 0 {
+        return;
+    }
+    let every = Duration::from_secs(ctx.args.reconcile_secs);
+    let mut stop = ctx.shutdown.clone();
+    let mut broker: Option<Broker> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if !matches!(
+            ctx.state
+                .try_lock("reconciler", &ctx.worker_id, every)
+                .await,
+            Ok(true)
+        ) {
+            continue;
+        }
+        if broker
+            .as_ref()
+            .is_none_or(|b| !b.connection().status().connected())
+        {
+            broker = ctx.connect().await;
+        }
+        let Some(b) = &broker else { return };
+        let r = Reconciler {
+            state: &ctx.state,
+            broker: b,
+            grace: Duration::from_secs(ctx.args.reconcile_grace_secs).max(ctx.args.lease() * 2),
+        };
+        match r.pass().await {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(?report, "reconciler pass")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+        }
+    }
+}
