@@ -1,9 +1,9 @@
 //! Exactly-once outcomes under faults, on the real services: a redelivery
 //! while the holder lives (two slots of one worker and a second worker
 //! racing for it), a worker frozen past its lease and resumed, a job that
-//! keeps crashing its worker, a SIGTERM hand-back, and Redis restarted
-//! empty in the middle of a job. Every scenario ends with the same audit:
-//! the job succeeded once (one `succeeded` event, one attempt folder in
+//! keeps crashing its worker, a SIGTERM hand-back, Redis restarted empty
+//! in the middle of a job, and S3 down for longer than the upload retries.
+//! Every scenario ends with the same audit: the job succeeded once (one `succeeded` event, one attempt folder in
 //! S3 with every file), and no queue of the namespace (jobs, delay, dead
 //! letters) holds a message.
 
@@ -34,8 +34,8 @@ async fn redelivery_while_the_holder_lives_is_parked_not_run_twice() {
     let file = sweep(&s, "race", 2, "0");
     submit(&s, &file);
     let job = state.sweep_jobs("race").await.unwrap().remove(0);
-    let _a = worker_with(&s, "wa", "cpu,cpu", &["--threads", "1"]);
-    let _b = worker_with(&s, "wb", "cpu", &["--threads", "1"]);
+    let _a = worker_with(&s, "wa", "cpu,cpu", &[]);
+    let _b = worker(&s, "wb");
     let h = wait_for(&state, &job, 300, training).await;
     let holder = h["worker"].clone();
     let o = Command::new("rabbitmqctl")
@@ -226,5 +226,114 @@ async fn redis_restarted_empty_mid_job_reruns_it_once() {
         .unwrap();
     audit(&s.env, &state, &broker, "redisempty", &job, "wr", 1).await;
     broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// S3 stays down longer than the upload retries: the job goes to a retry
+/// with its files kept in the worker's spool, and the retry stores them
+/// without training again (one epoch trained in all).
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_outage_longer_than_the_upload_retries_does_not_retrain() {
+    let s = setup("s3long");
+    let port: u16 = s.env["AWS_ENDPOINT"]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "s3long", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("s3long").await.unwrap().remove(0);
+    let spool = s.dir.path().join("spool");
+    let _w = worker_with(
+        &s,
+        "ws",
+        "cpu",
+        &[
+            "--retry-delay-secs",
+            "1",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
+    );
+    wait_for(&state, &job, 300, training).await;
+    let Setup {
+        _moto,
+        env,
+        ns,
+        dir,
+        ..
+    } = s;
+    drop(_moto);
+    // The upload gives up (about a minute of retries): the job waits for
+    // its second attempt, its files in the spool.
+    let h = wait_for(&state, &job, 600, |h| {
+        h.get("attempt").map(String::as_str) == Some("2")
+    })
+    .await;
+    assert!(h["error"].contains("wait in the spool"), "{h:?}");
+    let _moto = system_tests::start_moto(port, "runs");
+    let h = wait_for(&state, &job, 300, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["attempt"], "2", "{h:?}");
+    let epochs = state
+        .events("s3long", "0")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| e.get("job") == Some(&job) && e.contains_key("val_accuracy"))
+        .count();
+    assert_eq!(epochs, 1, "trained once");
+    let broker = Broker::connect(AMQP, Topology::new(&ns), 3).await.unwrap();
+    audit(&env, &state, &broker, "s3long", &job, "ws", 2).await;
+    assert_eq!(
+        std::fs::read_dir(spool.join(&ns)).unwrap().count(),
+        0,
+        "the spool is emptied once the files are stored"
+    );
+    drop(dir);
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// The broker (a node of the test's own) restarts while a job trains on
+/// one of two workers, then that worker is SIGKILLed: the durable message
+/// comes back, the other worker parks it while the lease is held, and
+/// takes the job over (generation 2) once the holder is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restarted_mid_job_then_the_holder_killed() {
+    let mut s = setup("rmqrestart");
+    let rmq = PrivateBroker::start("rmqrestart");
+    s.env.insert("AMQP_URL".into(), rmq.url());
+    s.env.insert("TEST_RABBITMQ_NODE".into(), rmq.node.clone());
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "rmqrestart", 4, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("rmqrestart").await.unwrap().remove(0);
+    let mut a = worker(&s, "wa");
+    let mut b = worker(&s, "wb");
+    let h = wait_for(&state, &job, 300, training).await;
+    rmq.restart();
+    let holder = h["worker"].clone();
+    let (holder_proc, other) = if holder == "wa" {
+        (&mut a, "wb")
+    } else {
+        (&mut b, "wa")
+    };
+    assert!(
+        state_is(&state.job(&job).await.unwrap(), "running"),
+        "the holder trains on through the broker's restart"
+    );
+    holder_proc.0.kill().unwrap();
+    holder_proc.0.wait().unwrap();
+    let h = wait_for(&state, &job, 900, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["worker"], other, "{h:?}");
+    assert_eq!(h["generation"], "2", "{h:?}");
+    assert_eq!(starts(&state, "rmqrestart", &job).await, vec!["1", "2"]);
+    let broker = Broker::connect(&rmq.url(), Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "rmqrestart", &job, other, 1).await;
+    drop(broker);
     state.delete_namespace().await.unwrap();
 }

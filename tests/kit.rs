@@ -191,7 +191,8 @@ pub async fn audit(
     assert_eq!(h["worker"], worker, "{h:?}");
     assert_eq!(h["attempt"], attempt.to_string(), "{h:?}");
     assert_eq!(succeeded_events(state, sweep, 1).await, 1);
-    queues_drain(&broker.topology.prefix, None).await;
+    let node = env.get("TEST_RABBITMQ_NODE").map(String::as_str);
+    queues_drain(&broker.topology.prefix, node).await;
     let services = common::config::Services::from_lookup(|k| env.get(k).cloned()).unwrap();
     let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
     let job_folder = common::artifacts::job_prefix(sweep, job);
@@ -257,4 +258,108 @@ pub fn start_redis(port: u16) -> Killed {
         std::thread::sleep(Duration::from_millis(100));
     }
     k
+}
+
+/// A RabbitMQ node of a test's own (its own name, ports and data folder),
+/// so that stopping it never touches the shared broker. Stopped and its
+/// folder removed when dropped.
+pub struct PrivateBroker {
+    pub node: String,
+    pub port: u16,
+    base: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl PrivateBroker {
+    /// Starts a node on a free port (about 20 s).
+    pub fn start(tag: &str) -> PrivateBroker {
+        let node = format!("fpb-{tag}-{}@localhost", std::process::id());
+        let port = free_port();
+        let base = std::env::temp_dir().join(format!("fpb-rmq-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for d in ["mnesia", "log"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            base.join("rabbit.conf"),
+            format!("listeners.tcp.default = {port}\n"),
+        )
+        .unwrap();
+        // The server drops to the rabbitmq user: it must own its folders.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq", base.to_str().unwrap()])
+            .status();
+        let p = |s: &str| base.join(s).display().to_string();
+        let env = vec![
+            ("RABBITMQ_NODENAME".to_string(), node.clone()),
+            ("RABBITMQ_NODE_PORT".into(), port.to_string()),
+            ("RABBITMQ_DIST_PORT".into(), free_port().to_string()),
+            ("RABBITMQ_MNESIA_BASE".into(), p("mnesia")),
+            ("RABBITMQ_LOG_BASE".into(), p("log")),
+            ("RABBITMQ_PID_FILE".into(), p("pid")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), p("enabled_plugins")),
+            ("RABBITMQ_FEATURE_FLAGS_FILE".into(), p("feature_flags")),
+            ("RABBITMQ_CONFIG_FILE".into(), p("rabbit")),
+        ];
+        let b = PrivateBroker {
+            node,
+            port,
+            base,
+            env,
+        };
+        b.launch();
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn ctl(&self, args: &[&str]) -> bool {
+        Command::new("rabbitmqctl")
+            .args(["-n", &self.node])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn launch(&self) {
+        Command::new("rabbitmq-server")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server on PATH");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self.ctl(&["await_startup", "--timeout", "5"]) && self.ctl(&["list_queues"]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not start", self.node);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn stop(&self) {
+        self.ctl(&["stop"]);
+    }
+
+    /// Stops the node and starts it again on the same data.
+    pub fn restart(&self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
 }

@@ -2,7 +2,9 @@
 //! object_store, with keys under a configured prefix built by
 //! [`common::artifacts`] so they cannot escape it. Uploads are retried with
 //! exponential backoff (`backon`); a caller treats a job as done only after
-//! [`Artifacts::put_all`] returned `Ok`.
+//! [`Artifacts::put_all`] (or [`Artifacts::put_dir`], which streams files
+//! from disk, in parts above [`Artifacts::multipart_threshold`]: S3 refuses
+//! single uploads over 5 GB) returned `Ok`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,13 +18,21 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
+use tokio::io::AsyncReadExt;
 
 /// Artifact store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("artifact store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("upload of {key} failed after {attempts} attempts: {last}")]
     GaveUp {
         key: String,
@@ -69,9 +79,18 @@ pub struct Artifacts {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     pub retry: UploadRetry,
+    /// Files at least this large are uploaded in parts.
+    pub multipart_threshold: u64,
+    /// The size of each part (S3: at least 5 MiB but the last).
+    pub part_size: usize,
     /// `s3://bucket/prefix` or a local path, for messages.
     pub location: String,
 }
+
+/// Default [`Artifacts::multipart_threshold`].
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// Default [`Artifacts::part_size`].
+pub const PART_SIZE: usize = 16 << 20;
 
 impl Artifacts {
     /// S3 or MinIO from configuration. The client's own retries are kept
@@ -106,6 +125,8 @@ impl Artifacts {
             store: Arc::new(b.build()?),
             prefix: cfg.prefix.trim_matches('/').to_string(),
             retry: UploadRetry::default(),
+            multipart_threshold: MULTIPART_THRESHOLD,
+            part_size: PART_SIZE,
             location: format!("s3://{}/{}", cfg.bucket, cfg.prefix.trim_matches('/')),
         })
     }
@@ -120,6 +141,8 @@ impl Artifacts {
             store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
             prefix: String::new(),
             retry: UploadRetry::default(),
+            multipart_threshold: MULTIPART_THRESHOLD,
+            part_size: PART_SIZE,
             location: dir.display().to_string(),
         })
     }
@@ -165,6 +188,79 @@ impl Artifacts {
         Ok(())
     }
 
+    /// Uploads every file under the local directory `dir` to `folder`
+    /// (same relative names), streaming each from disk, retried with
+    /// backoff per file; stops at the first file that cannot be stored.
+    pub async fn put_dir(&self, folder: &str, dir: &std::path::Path) -> Result<()> {
+        for (name, path) in files_under(dir)? {
+            self.put_file(&format!("{folder}/{name}"), &path).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads one local file, in parts when it is large, retrying whole
+    /// uploads with backoff.
+    pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<()> {
+        let path = self.path(key);
+        let attempts = AtomicU32::new(0);
+        (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.upload_file(&path, file).await
+        })
+        .retry(self.retry.backoff())
+        .when(|e| !matches!(e, ArtifactError::Read { .. }))
+        .notify(|e, wait| {
+            let error = error_chain(e);
+            let attempt = attempts.load(Ordering::Relaxed);
+            tracing::warn!(key, attempt, error = %error, "upload failed; retrying in {wait:?}");
+        })
+        .await
+        .map_err(|e| match e {
+            e @ ArtifactError::Read { .. } => e,
+            e => ArtifactError::GaveUp {
+                key: key.to_string(),
+                attempts: attempts.load(Ordering::Relaxed),
+                last: error_chain(&e),
+            },
+        })
+    }
+
+    async fn upload_file(&self, path: &StorePath, file: &std::path::Path) -> Result<()> {
+        let read = |source| ArtifactError::Read {
+            path: file.display().to_string(),
+            source,
+        };
+        let size = tokio::fs::metadata(file).await.map_err(read)?.len();
+        if size < self.multipart_threshold {
+            let bytes = tokio::fs::read(file).await.map_err(read)?;
+            self.store.put(path, PutPayload::from(bytes)).await?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut f = tokio::fs::File::open(file).await.map_err(read)?;
+        let mut buf = vec![0u8; self.part_size];
+        loop {
+            let n = match f.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(read(e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                let _ = writer.abort().await;
+                return Err(e.into());
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         Ok(self.store.get(&self.path(key)).await?.bytes().await?)
     }
@@ -195,6 +291,35 @@ impl Artifacts {
         keys.sort();
         Ok(keys)
     }
+}
+
+/// Every file under `dir` with its name relative to it (`/`-separated),
+/// sorted.
+pub fn files_under(dir: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let read = |source, p: &std::path::Path| ArtifactError::Read {
+        path: p.display().to_string(),
+        source,
+    };
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| read(e, &d))? {
+            let entry = entry.map_err(|e| read(e, &d))?;
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((name, p));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// An error with its sources, for messages.

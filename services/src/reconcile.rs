@@ -66,21 +66,20 @@ impl Reconciler<'_> {
                     continue;
                 };
                 let stale = |t: u64| now.saturating_sub(t) > grace;
-                match r.state {
+                let list = match r.state {
                     Some(JobState::Running)
                         if stale(r.started_at.max(r.published_at))
                             && !self.state.leased(&id).await? =>
                     {
-                        if self.republish(&r).await? {
-                            report.republished.push(id);
-                        }
+                        &mut report.republished
                     }
                     Some(JobState::Queued) if r.published_at == 0 && stale(r.queued_at) => {
-                        if self.republish(&r).await? {
-                            report.published.push(id);
-                        }
+                        &mut report.published
                     }
-                    _ => {}
+                    _ => continue,
+                };
+                if self.republish(&r).await? {
+                    list.push(id);
                 }
             }
         }

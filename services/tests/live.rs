@@ -526,3 +526,40 @@ async fn s3_uploads_survive_an_outage() {
         .to_string();
     assert!(e.contains("sweeps/s/x") && e.contains("2 attempts"), "{e}");
 }
+
+#[tokio::test]
+async fn large_files_are_uploaded_in_parts_from_disk() {
+    let port = free_port();
+    let _moto = start_moto(port, "parts");
+    let mut a = Artifacts::s3(&s3_config(port, "parts")).unwrap();
+    a.multipart_threshold = 6 << 20;
+    a.part_size = 5 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // 13 MiB: three parts (5 + 5 + 3); a small file beside it in one PUT.
+    let big: Vec<u8> = (0..13u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir_all(dir.path().join("PAI")).unwrap();
+    std::fs::write(dir.path().join("trained.safetensors"), &big).unwrap();
+    std::fs::write(dir.path().join("PAI/PAI.csv"), b"a,b\n").unwrap();
+    a.put_dir("sweeps/s/jobs/j/attempt-1-g1-w", dir.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.list("sweeps/s/jobs/j").await.unwrap(),
+        vec![
+            "sweeps/s/jobs/j/attempt-1-g1-w/PAI/PAI.csv",
+            "sweeps/s/jobs/j/attempt-1-g1-w/trained.safetensors",
+        ]
+    );
+    let got = a
+        .get("sweeps/s/jobs/j/attempt-1-g1-w/trained.safetensors")
+        .await
+        .unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(got[..] == big[..], "the parts were put back together");
+    // A missing file is a clear error naming it, not retried.
+    let e = a
+        .put_file("x", &dir.path().join("nope.bin"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope.bin"), "{e}");
+}

@@ -149,7 +149,13 @@ pub(super) async fn execute(
         shared: shared.clone(),
         last_sent_ms: 0,
     };
+    let spooled = ctx.spool.find(msg);
     let result = match &msg.kind {
+        _ if spooled.is_some() => {
+            tracing::info!(job = %msg.job_id, "files of an earlier run of this job wait in the spool: storing them, not training again");
+            drop(reporter);
+            Ok(Vec::new())
+        }
         JobKind::Train => train(device, msg, reporter).await,
         JobKind::Validate { source, split } => {
             drop(reporter);
@@ -160,7 +166,7 @@ pub(super) async fn execute(
     let end = match result {
         Ok(files) => match shared.reason() {
             StopReason::LeaseLost => RunEnd::LeaseLost,
-            _ => upload(ctx, msg, at, files).await,
+            _ => upload(ctx, msg, at, spooled, files).await,
         },
         Err(JobError::Stopped) => match shared.reason() {
             StopReason::LeaseLost => RunEnd::LeaseLost,
@@ -221,12 +227,14 @@ fn join_error(join: tokio::task::JoinError) -> JobError {
 
 /// Stores the files under this attempt's folder (unique per attempt,
 /// generation and worker: a rerun never mixes its files with what an
-/// earlier attempt may have left), with a manifest.
+/// earlier attempt may have left), with a manifest, from the spool: the
+/// folder of an earlier run, or `files` written there first.
 async fn upload(
     ctx: &Ctx,
     msg: &JobMessage,
     at: Attempt,
-    mut files: Vec<(String, Vec<u8>)>,
+    spooled: Option<std::path::PathBuf>,
+    files: Vec<(String, Vec<u8>)>,
 ) -> RunEnd {
     let folder = format!(
         "{}/attempt-{}-g{}-{}",
@@ -235,21 +243,84 @@ async fn upload(
         at.generation,
         common::artifacts::sanitize(&ctx.worker_id)
     );
-    let manifest = serde_json::json!({
+    let dir = match spooled {
+        Some(dir) => dir,
+        None => match ctx.spool.save(msg, &files) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(job = %msg.job_id, error = %e, "cannot spool the run's files; uploading from memory");
+                return match ctx
+                    .artifacts
+                    .put_all(&folder, &with_manifest(msg, at, ctx, files))
+                    .await
+                {
+                    Ok(()) => RunEnd::Succeeded { artifacts: folder },
+                    Err(e) => RunEnd::Transient(e.to_string()),
+                };
+            }
+        },
+    };
+    let listed = match services::artifacts::files_under(&dir) {
+        Ok(l) => l,
+        Err(e) => return RunEnd::Transient(e.to_string()),
+    };
+    let sizes = listed
+        .iter()
+        .filter(|(n, _)| n != common::artifacts::files::MANIFEST_JSON)
+        .map(|(n, p)| {
+            (
+                n.as_str(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        });
+    let manifest = manifest(msg, at, ctx, sizes);
+    if let Err(e) = std::fs::write(dir.join(common::artifacts::files::MANIFEST_JSON), manifest) {
+        return RunEnd::Transient(format!("cannot write the manifest: {e}"));
+    }
+    match ctx.artifacts.put_dir(&folder, &dir).await {
+        Ok(()) => {
+            ctx.spool.remove(msg);
+            RunEnd::Succeeded { artifacts: folder }
+        }
+        Err(e) => RunEnd::Transient(format!("{e} (the run's files wait in the spool)")),
+    }
+}
+
+/// The attempt's manifest: who wrote it and every file with its size.
+fn manifest<'a>(
+    msg: &JobMessage,
+    at: Attempt,
+    ctx: &Ctx,
+    files: impl Iterator<Item = (&'a str, u64)>,
+) -> Vec<u8> {
+    let listed: Vec<_> = files
+        .map(|(n, bytes)| serde_json::json!({"name": n, "bytes": bytes}))
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({
         "job_id": msg.job_id,
         "attempt": at.attempt,
         "generation": at.generation,
         "worker": ctx.worker_id,
-        "files": files.iter().map(|(n, b)| serde_json::json!({"name": n, "bytes": b.len()})).collect::<Vec<_>>(),
-    });
-    files.push((
-        common::artifacts::files::MANIFEST_JSON.into(),
-        serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
-    ));
-    match ctx.artifacts.put_all(&folder, &files).await {
-        Ok(()) => RunEnd::Succeeded { artifacts: folder },
-        Err(e) => RunEnd::Transient(e.to_string()),
-    }
+        "files": listed,
+    }))
+    .unwrap_or_default()
+}
+
+/// In-memory files plus their manifest (when the spool cannot be written).
+fn with_manifest(
+    msg: &JobMessage,
+    at: Attempt,
+    ctx: &Ctx,
+    mut files: Vec<(String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let m = manifest(
+        msg,
+        at,
+        ctx,
+        files.iter().map(|(n, b)| (n.as_str(), b.len() as u64)),
+    );
+    files.push((common::artifacts::files::MANIFEST_JSON.into(), m));
+    files
 }
 
 struct WatchCtx {
@@ -273,6 +344,8 @@ async fn watch(
     let started = Instant::now();
     let mut watching_shutdown = true;
     let mut tick = tokio::time::interval((w.lease / 3).max(Duration::from_millis(500)));
+    // After a freeze (SIGSTOP), one tick, not a burst of missed ones.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             fields = rx.recv(), if !rx.is_closed() => {
@@ -291,7 +364,9 @@ async fn watch(
                 let idle = Duration::from_millis(
                     now_ms().saturating_sub(shared.progress_ms.load(Ordering::Relaxed)),
                 );
-                if !shared.uploading.load(Ordering::SeqCst) && idle > w.stall {
+                if shared.reason() == StopReason::LeaseLost {
+                    // Nothing left to renew.
+                } else if !shared.uploading.load(Ordering::SeqCst) && idle > w.stall {
                     tracing::warn!(job = %w.job, ?idle, "no training progress; the lease is left to expire");
                 } else {
                     match w.state.renew_lease(&w.job, &w.token, w.lease).await {

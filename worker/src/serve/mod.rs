@@ -12,7 +12,8 @@
 //!    long as training makes progress, and stops the run when the lease is
 //!    lost, the job is cancelled, its deadline passes or the worker shuts
 //!    down; then store every file under
-//!    `jobs/<job>/attempt-<n>-g<generation>-<worker>/`.
+//!    `jobs/<job>/attempt-<n>-g<generation>-<worker>/`, from a [`spool`]
+//!    on local disk (a retry after a long S3 outage uploads, not retrains).
 //! 3. [`settle`]: carry out what [`common::settle::settle`] decides for
 //!    the run's end: publish (retry, hand-back or park), record the
 //!    transition fenced by the generation and re-read it, then acknowledge.
@@ -25,6 +26,7 @@ mod admit;
 mod execute;
 mod settle;
 mod slot;
+mod spool;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -75,6 +77,10 @@ pub struct ServeArgs {
     /// published) before the reconciler publishes its message again.
     #[arg(long, default_value_t = 300)]
     pub reconcile_grace_secs: u64,
+    /// Where finished runs wait on local disk until their files are stored
+    /// (default: the system's temporary folder).
+    #[arg(long)]
+    pub spool_dir: Option<std::path::PathBuf>,
     /// CPU threads for tensor kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -108,6 +114,7 @@ struct Ctx {
     services: Services,
     state: StateStore,
     artifacts: Artifacts,
+    spool: spool::Spool,
     shutdown: watch::Receiver<bool>,
     /// Jobs this worker runs now (reported by the heartbeat).
     current: Mutex<BTreeSet<String>>,
@@ -170,7 +177,14 @@ pub async fn serve(
         .context("no artifact store: set AWS_BUCKET (and AWS_ENDPOINT for MinIO)")?;
     let artifacts = Artifacts::s3(s3)?;
     let state = StateStore::connect(services.redis_url.expose(), &services.namespace).await?;
+    let spool_base = args
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("fpb-worker-spool"));
+    let spool = spool::Spool::new(&spool_base, &services.namespace);
+    spool.prune(Duration::from_secs(7 * 24 * 3600));
     let ctx = Arc::new(Ctx {
+        spool,
         args: args.clone(),
         worker_id: worker_id.clone(),
         services,

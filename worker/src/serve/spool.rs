@@ -1,0 +1,130 @@
+//! A finished run's files on local disk until they are stored: uploads
+//! stream from here (in parts when large), and an S3 outage longer than the
+//! upload retries sends the job to a retry that, on this worker, uploads
+//! the spooled files instead of training again. One folder per job and
+//! config hash under `<spool>/<namespace>/`, written whole (a `.partial`
+//! folder renamed into place) and removed once stored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::artifacts::sanitize;
+use common::job::JobMessage;
+
+/// The spool of one namespace.
+pub(super) struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    pub fn new(base: &Path, namespace: &str) -> Spool {
+        Spool {
+            root: base.join(sanitize(namespace)),
+        }
+    }
+
+    fn dir(&self, msg: &JobMessage) -> PathBuf {
+        self.root
+            .join(format!("{}-{}", sanitize(&msg.job_id), msg.config_hash))
+    }
+
+    /// Writes the run's files; their folder.
+    pub fn save(&self, msg: &JobMessage, files: &[(String, Vec<u8>)]) -> std::io::Result<PathBuf> {
+        let dir = self.dir(msg);
+        let partial = dir.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        for (name, bytes) in files {
+            let path = partial.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, bytes)?;
+        }
+        std::fs::create_dir_all(&partial)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&partial, &dir)?;
+        Ok(dir)
+    }
+
+    /// The folder of a run of this job and spec finished earlier and not
+    /// stored yet.
+    pub fn find(&self, msg: &JobMessage) -> Option<PathBuf> {
+        let dir = self.dir(msg);
+        dir.is_dir().then_some(dir)
+    }
+
+    pub fn remove(&self, msg: &JobMessage) {
+        let _ = std::fs::remove_dir_all(self.dir(msg));
+    }
+
+    /// Removes what has waited longer than `age` (its job ran elsewhere).
+    pub fn prune(&self, age: Duration) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > age);
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(job: &str) -> JobMessage {
+        let s = common::sweep::Sweep::parse(
+            "t.toml",
+            "[sweep]\nname = \"t\"\n[base.model]\narch = \"bert\"\npath = \"/m\"\n[base.data]\npath = \"/d\"\n",
+        )
+        .unwrap();
+        let mut m = JobMessage::train(&s.name, &s.jobs[0], common::job::DeviceClass::Cpu);
+        m.job_id = job.into();
+        m
+    }
+
+    #[test]
+    fn saves_finds_and_removes_a_run() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = Spool::new(base.path(), "ns");
+        let (a, b) = (message("a"), message("b"));
+        assert!(spool.find(&a).is_none());
+        let dir = spool
+            .save(
+                &a,
+                &[
+                    ("metrics.json".into(), b"{}".to_vec()),
+                    ("PAI/PAI.png".into(), vec![1, 2]),
+                ],
+            )
+            .unwrap();
+        assert_eq!(spool.find(&a), Some(dir.clone()));
+        assert!(spool.find(&b).is_none(), "another job's run is not found");
+        assert_eq!(std::fs::read(dir.join("PAI/PAI.png")).unwrap(), vec![1, 2]);
+        // Saved again (a rerun): replaced whole.
+        spool
+            .save(&a, &[("metrics.json".into(), b"[]".to_vec())])
+            .unwrap();
+        assert!(!dir.join("PAI").exists());
+        spool.remove(&a);
+        assert!(spool.find(&a).is_none());
+        spool.save(&b, &[]).unwrap();
+        spool.prune(Duration::from_secs(3600));
+        assert!(spool.find(&b).is_some(), "recent runs are kept");
+        std::thread::sleep(Duration::from_millis(20));
+        spool.prune(Duration::from_millis(10));
+        assert!(spool.find(&b).is_none());
+    }
+}
