@@ -391,6 +391,17 @@ async fn resubmit_publishes_a_job_registered_but_never_published() {
     assert!(out.contains("0 job(s) queued, 1 skipped"), "{out}");
     assert_eq!(broker.queue_counts(&jobs_queue).await.unwrap().0, 0);
 
+    // Its message is gone (consumed above, as a broker that lost it would
+    // leave it): `retry --stuck` publishes it again, as no worker holds it.
+    let sweep_name = common::sweep::Sweep::load(&sweep).unwrap().name;
+    let (ok, out) = producer(&env, &["retry", &sweep_name, "--stuck"]);
+    assert!(
+        ok && out.contains("1 stuck job(s) published again"),
+        "{out}"
+    );
+    assert_eq!(broker.queue_counts(&jobs_queue).await.unwrap().0, 1);
+    assert_eq!(state.state(&job).await.unwrap(), Some(JobState::Queued));
+
     state.delete_namespace().await.unwrap();
     broker.delete_topology().await.unwrap();
 }

@@ -337,3 +337,70 @@ async fn broker_restarted_mid_job_then_the_holder_killed() {
     drop(broker);
     state.delete_namespace().await.unwrap();
 }
+
+/// A spec naming a secret of the worker's environment (`data.path =
+/// "${AWS_SECRET_ACCESS_KEY}"`) fails at once with an error that names the
+/// variable and never its value: not in Redis, not in `producer status`,
+/// not in the worker's log. The worker goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_reading_a_secret_fails_without_printing_it() {
+    let mut s = setup("secret");
+    let secret = format!("s3cr3t-{}-do-not-print", std::process::id());
+    s.env.insert("AWS_SECRET_ACCESS_KEY".into(), secret.clone());
+    let minilm = system_tests::required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let file = s.dir.path().join("secret.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sweep]\nname = \"secret\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\n\
+             [base.data]\npath = \"${{AWS_SECRET_ACCESS_KEY}}\"\n"
+        ),
+    )
+    .unwrap();
+    submit(&s, &file);
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let job = state.sweep_jobs("secret").await.unwrap().remove(0);
+    let log = s.dir.path().join("worker.log");
+    let _w = system_tests::Killed(
+        Command::new(binary("worker"))
+            .args(["serve", "--devices", "cpu", "--worker-id", "wsec"])
+            .env("RUST_LOG", "debug")
+            .envs(&s.env)
+            .stdout(std::fs::File::create(s.dir.path().join("worker.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let h = wait_for(&state, &job, 120, |h| state_is(h, "failed")).await;
+    assert!(h["error"].contains("AWS_SECRET_ACCESS_KEY"), "{h:?}");
+    let everything = format!("{h:?}");
+    assert!(
+        !everything.contains(&secret),
+        "Redis holds the secret: {h:?}"
+    );
+    let o = Command::new(binary("producer"))
+        .args(["status", "secret"])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("AWS_SECRET_ACCESS_KEY"), "{shown}");
+    assert!(!shown.contains(&secret), "{shown}");
+    let events = format!("{:?}", state.events("secret", "0").await.unwrap());
+    assert!(!events.contains(&secret));
+    queues_drain(&s.ns, None).await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("AWS_SECRET_ACCESS_KEY"),
+        "the log names the variable"
+    );
+    assert!(
+        !logged.contains(&secret),
+        "the worker's log holds the secret"
+    );
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

@@ -268,6 +268,7 @@ pub struct PrivateBroker {
     pub port: u16,
     base: std::path::PathBuf,
     env: Vec<(String, String)>,
+    server: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 impl PrivateBroker {
@@ -307,6 +308,7 @@ impl PrivateBroker {
             port,
             base,
             env,
+            server: Default::default(),
         };
         b.launch();
         b
@@ -329,13 +331,14 @@ impl PrivateBroker {
     }
 
     fn launch(&self) {
-        Command::new("rabbitmq-server")
+        let child = Command::new("rabbitmq-server")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("rabbitmq-server on PATH");
+        *self.server.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if self.ctl(&["await_startup", "--timeout", "5"]) && self.ctl(&["list_queues"]) {
@@ -348,6 +351,14 @@ impl PrivateBroker {
 
     pub fn stop(&self) {
         self.ctl(&["stop"]);
+        if let Some(mut child) = self.server.lock().unwrap().take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the node and starts it again on the same data.
