@@ -64,9 +64,14 @@ pub fn worker(s: &Setup, id: &str) -> Killed {
     worker_with(s, id, "cpu", &[])
 }
 
-/// A `worker serve` on `devices` with a 6 s lease, 1 s heartbeats and
-/// `extra` flags.
+/// A `worker serve` on `devices` with a 6 s lease, 1 s heartbeats, two
+/// threads unless `extra` says otherwise, and `extra` flags.
 pub fn worker_with(s: &Setup, id: &str, devices: &str, extra: &[&str]) -> Killed {
+    let threads: &[&str] = if extra.contains(&"--threads") {
+        &[]
+    } else {
+        &["--threads", "2"]
+    };
     Killed(
         Command::new(binary("worker"))
             .args([
@@ -75,13 +80,12 @@ pub fn worker_with(s: &Setup, id: &str, devices: &str, extra: &[&str]) -> Killed
                 devices,
                 "--worker-id",
                 id,
-                "--threads",
-                "2",
                 "--lease-secs",
                 "6",
                 "--heartbeat-secs",
                 "1",
             ])
+            .args(threads)
             .args(extra)
             .envs(&s.env)
             .stdout(Stdio::null())
