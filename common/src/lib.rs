@@ -1,9 +1,10 @@
 //! The vocabulary shared by the producer and the worker: what a run is
 //! ([`spec`]), how a sweep file expands into jobs ([`sweep`]), the queue
-//! message ([`job`]) and broker topology ([`queue`]), job states ([`state`])
-//! and what a finished delivery comes to ([`settle`]), where artifacts live ([`artifacts`]), the
-//! records a run leaves ([`summary`], with the [`metrics`] that score it)
-//! and the tracker that decides when dendrites are added ([`tracker`]).
+//! message ([`job`]) and broker topology ([`queue`]), job states
+//! ([`state`]) and what a finished delivery comes to ([`settle`]), where
+//! artifacts live ([`artifacts`]), the records a run leaves ([`summary`],
+//! with the [`metrics`] that score it) and the tracker that decides when
+//! dendrites are added ([`tracker`]).
 //! Everything here is pure: no IO beyond reading the sweep file the caller
 //! names.
 
