@@ -247,6 +247,8 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
             // stopped in between): publish it now.
             Some(JobState::Queued) if !c.state.published(&j.id).await? => {
                 println!("{}: queued, never published: publishing", j.id);
+                // Its record may lack the message (registered, then stopped).
+                c.state.set_fields(&j.id, &fields).await?;
             }
             Some(JobState::Succeeded) | Some(JobState::Queued) | Some(JobState::Running) => {
                 skipped += 1;
@@ -636,6 +638,7 @@ async fn validate(
         }
         Some(JobState::Queued) if !c.state.published(&msg.job_id).await? => {
             println!("{}: queued, never published: publishing", msg.job_id);
+            c.state.set_fields(&msg.job_id, &fields).await?;
         }
         Some(JobState::Queued | JobState::Running) => {
             println!("{}: already queued or running", msg.job_id);
