@@ -124,7 +124,7 @@ impl Reconciler<'_> {
                     report.unreadable += 1;
                 }
                 Ok(msg) => {
-                    if self.record_dead(&msg, &d.data, &reason).await? {
+                    if self.record_dead(&msg, &reason).await? {
                         report.dead.push((msg.job_id.clone(), reason));
                     }
                 }
@@ -137,24 +137,9 @@ impl Reconciler<'_> {
 
     /// Records a dead-lettered job `dead` unless it is finished or a live
     /// attempt holds it (that attempt settles it). `true` when recorded.
-    async fn record_dead(
-        &self,
-        msg: &JobMessage,
-        body: &[u8],
-        reason: &str,
-    ) -> Result<bool, ReconcileError> {
+    async fn record_dead(&self, msg: &JobMessage, reason: &str) -> Result<bool, ReconcileError> {
         let job = &msg.job_id;
-        self.state
-            .register_job(
-                &msg.sweep,
-                job,
-                &[
-                    ("variant", msg.variant.to_string()),
-                    ("device_class", msg.device.as_str().to_string()),
-                    ("message", String::from_utf8_lossy(body).to_string()),
-                ],
-            )
-            .await?;
+        self.state.register_message(msg, &[]).await?;
         if self.state.leased(job).await? {
             return Ok(false);
         }

@@ -280,6 +280,26 @@ impl StateStore {
             .ok_or_else(|| StateError::UnknownJob(job.into()))
     }
 
+    /// Registers a job from its message (variant, device class and the
+    /// message itself, for a later republish) plus `extra` fields, unless
+    /// it is already known; returns its state either way.
+    pub async fn register_message(
+        &self,
+        msg: &common::job::JobMessage,
+        extra: &[(&str, String)],
+    ) -> Result<JobState> {
+        let mut fields = vec![
+            ("variant", msg.variant.to_string()),
+            ("device_class", msg.device.as_str().to_string()),
+            (
+                "message",
+                String::from_utf8_lossy(&msg.encode()).to_string(),
+            ),
+        ];
+        fields.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        self.register_job(&msg.sweep, &msg.job_id, &fields).await
+    }
+
     /// Records that the broker confirmed the job's message (`published_at`):
     /// a job still `queued` without it was never known to be on the queue.
     pub async fn mark_published(&self, job: &str) -> Result<()> {

@@ -63,7 +63,7 @@ pub(super) async fn admit(
         _ = stop.wait_for(|s| *s) => return Ok(Admission::Done),
     };
     let job = &msg.job_id;
-    match started {
+    match started.clone() {
         Start::Started { generation } => {
             tracing::info!(%job, attempt, generation, "starting");
             // Best effort: the event stream is for watching, not for state.
@@ -94,26 +94,17 @@ pub(super) async fn admit(
             d.ack(BasicAckOptions::default()).await?;
             Ok(Admission::Done)
         }
-        Start::Abandoned(n) => {
-            tracing::warn!(%job, "{n} attempt(s) started and never finished: recorded dead");
+        Start::Abandoned(_) | Start::Cancelled => {
+            // Recorded by the start script itself: say so, and drop it.
+            let state = if started == Start::Cancelled {
+                "cancelled"
+            } else {
+                "dead"
+            };
+            tracing::warn!(%job, ?started, "not started: recorded {state}");
             let _ = ctx
                 .state
-                .event(
-                    &msg.sweep,
-                    &[("job", job.clone()), ("state", "dead".into())],
-                )
-                .await;
-            d.ack(BasicAckOptions::default()).await?;
-            Ok(Admission::Done)
-        }
-        Start::Cancelled => {
-            tracing::info!(%job, "cancelled before it started");
-            let _ = ctx
-                .state
-                .event(
-                    &msg.sweep,
-                    &[("job", job.clone()), ("state", "cancelled".into())],
-                )
+                .event(&msg.sweep, &[("job", job.clone()), ("state", state.into())])
                 .await;
             d.ack(BasicAckOptions::default()).await?;
             Ok(Admission::Done)
@@ -131,19 +122,7 @@ async fn start(
 ) -> Result<Start, StateError> {
     let job = &msg.job_id;
     ctx.state
-        .register_job(
-            &msg.sweep,
-            job,
-            &[
-                ("variant", msg.variant.to_string()),
-                ("device_class", msg.device.as_str().to_string()),
-                (
-                    "message",
-                    String::from_utf8_lossy(&msg.encode()).to_string(),
-                ),
-                ("published_at", now_ms().to_string()),
-            ],
-        )
+        .register_message(msg, &[("published_at", now_ms().to_string())])
         .await?;
     ctx.state
         .start(
