@@ -209,17 +209,7 @@ async fn redis_restarted_empty_mid_job_reruns_it_once() {
     redis.0.kill().unwrap();
     redis.0.wait().unwrap();
     let _redis = start_redis(port);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let h = loop {
-        match state.job(&job).await {
-            Ok(h) if state_is(&h, "succeeded") => break h,
-            last => assert!(
-                Instant::now() < deadline,
-                "{job} did not succeed after Redis came back empty: {last:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let h = wait_succeeded_through_restart(&state, &job, 600).await;
     assert_eq!(h["generation"], "1", "the record started afresh: {h:?}");
     let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
         .await

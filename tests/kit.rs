@@ -150,6 +150,26 @@ pub async fn wait_for(
     }
 }
 
+/// Waits until `job` has succeeded, reading through a Redis that restarts
+/// meanwhile (this client's first reads after a restart may fail).
+pub async fn wait_succeeded_through_restart(
+    state: &StateStore,
+    job: &str,
+    secs: u64,
+) -> HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match state.job(job).await {
+            Ok(h) if h.get("state").map(String::as_str) == Some("succeeded") => return h,
+            last => assert!(
+                Instant::now() < deadline,
+                "{job} did not succeed after Redis came back: {last:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The number of `succeeded` events of a sweep, once the worker has written
 /// them (the event follows the state change by a few milliseconds).
 pub async fn succeeded_events(state: &StateStore, sweep: &str, expected: usize) -> usize {

@@ -216,17 +216,7 @@ async fn job_waits_while_redis_is_down_instead_of_being_dead_lettered() {
 
     let _redis = start_redis(port);
     // This client reconnects too: its first reads after the restart may fail.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        match state.job(&job).await {
-            Ok(h) if h.get("state").map(String::as_str) == Some("succeeded") => break,
-            last => assert!(
-                Instant::now() < deadline,
-                "{job} did not succeed after Redis came back: {last:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_succeeded_through_restart(&state, &job, 180).await;
     audit(&s.env, &state, &broker, "redisdown", &job, "wd", 1).await;
 
     broker.delete_topology().await.unwrap();
