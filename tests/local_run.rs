@@ -133,6 +133,111 @@ fn short_training_run_produces_every_artifact() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("already done"));
 }
 
+/// The three arms on a frozen, cached MiniLM body: the restart arm carries
+/// out the dendritic arm's restructure (schedule restarted) without adding
+/// a set, the dendritic run is also scored with its dendrites knocked out,
+/// and the sweep report pairs the arms on (split seed, seed).
+#[test]
+fn arms_restart_without_sets_and_knock_out_dendrites() {
+    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("arms.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sweep]
+name = "arms"
+[base.model]
+arch = "bert"
+path = "{minilm}"
+finetune = "head"
+cache_features = true
+max_len = 64
+[base.data]
+path = "{fpb}"
+[base.train]
+epochs = 3
+batch_size = 32
+lr = 2e-2
+warmup = 0.3
+[base.tracker]
+mode = "fixed"
+patience = 1
+[base.dendrites]
+targets = ["classifier", "pooler.dense"]
+max = 1
+[grid]
+variant = ["baseline", "dendritic", "restart"]
+"#,
+            fpb = fpb()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(binary("worker"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.path().join("runs").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sweep_dir = out.path().join("runs/sweeps/arms");
+    let metrics = |variant: &str| -> serde_json::Value {
+        let job = std::fs::read_dir(sweep_dir.join("jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let spec = std::fs::read_to_string(p.join("spec.json")).unwrap();
+                spec.contains(&format!("\"variant\":\"{variant}\""))
+            })
+            .unwrap_or_else(|| panic!("no {variant} run"));
+        serde_json::from_str(&std::fs::read_to_string(job.join("metrics.json")).unwrap()).unwrap()
+    };
+    let (base, dend, rest) = (
+        metrics("baseline"),
+        metrics("dendritic"),
+        metrics("restart"),
+    );
+    let lr_max = |m: &serde_json::Value, e: usize| m["history"][e]["lr_max"].as_f64().unwrap();
+    // Epoch 1 is the same phase everywhere; after the switch the restart and
+    // dendritic arms warm up again to the peak while the baseline decays.
+    assert_eq!(lr_max(&base, 0), lr_max(&rest, 0));
+    assert!(lr_max(&rest, 1) > lr_max(&base, 1), "schedule restarted");
+    assert_eq!(lr_max(&rest, 1), lr_max(&dend, 1));
+    assert_eq!(rest["switch_epochs"][0], 1);
+    assert_eq!(dend["switch_epochs"][0], 1);
+    assert_eq!(rest["dendrites"], 0, "the restart arm adds no set");
+    assert_eq!(rest["dendrite_params"], 0);
+    assert_eq!(dend["history"][1]["dendrites"], 1);
+    assert!(rest.get("knockout").is_none() && base.get("knockout").is_none());
+    // The knock-out re-scores the same test sentences.
+    let n_test = dend["split_sizes"][2].as_u64().unwrap() as usize;
+    assert_eq!(dend["test_predictions"].as_array().unwrap().len(), n_test);
+    assert_eq!(
+        dend["knockout"]["test_predictions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        n_test
+    );
+    let report = std::fs::read_to_string(sweep_dir.join("report.md")).unwrap();
+    for needle in [
+        "| dendritic − restart (headline) | 1 |",
+        "| restart − baseline | 1 |",
+        "dendritic, knocked out",
+    ] {
+        assert!(report.contains(needle), "{needle}\n{report}");
+    }
+}
+
 #[test]
 fn invalid_sweep_is_rejected_before_anything_runs() {
     let out = tempfile::tempdir().unwrap();
@@ -185,10 +290,10 @@ fn producer_expands_the_shipped_sweeps() {
     for (file, jobs) in [
         ("sweeps/quickstart.toml", 1),
         ("sweeps/phi2-fpb.toml", 1),
-        ("sweeps/exp1-benchmark.toml", 10),
-        ("sweeps/exp1-benchmark-phi2.toml", 10),
-        ("sweeps/exp2-pai.toml", 2),
-        ("sweeps/exp2-pai-phi2.toml", 2),
+        ("sweeps/exp1-benchmark.toml", 27),
+        ("sweeps/exp1-benchmark-phi2.toml", 27),
+        ("sweeps/exp2-pai.toml", 27),
+        ("sweeps/exp2-pai-phi2.toml", 27),
     ] {
         let o = Command::new(binary("producer"))
             .args(["expand", repo_root().join(file).to_str().unwrap()])

@@ -19,7 +19,13 @@ pub enum JobKind {
     Train,
     /// Evaluate an earlier run's trained parameters (by job id in the same
     /// sweep, or an `s3://` URI of its `trained.safetensors`) on a split.
-    Validate { source: String, split: EvalSplit },
+    Validate {
+        source: String,
+        split: EvalSplit,
+        /// Score with every dendrite term left out (knock-out re-score).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        knockout: bool,
+    },
 }
 
 /// The split a validate job scores.
@@ -157,6 +163,7 @@ mod tests {
         m.kind = JobKind::Validate {
             source: "s-000-abc".into(),
             split: EvalSplit::Test,
+            knockout: true,
         };
         assert_eq!(JobMessage::decode(&m.encode()).unwrap(), m);
     }

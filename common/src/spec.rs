@@ -138,6 +138,12 @@ pub struct ModelSpec {
     /// Left out of the canonical spec when fresh, so earlier hashes hold.
     #[serde(default, skip_serializing_if = "HeadInit::is_fresh")]
     pub head: HeadInit,
+    /// With `finetune = "head"`: compute the frozen body's features (the
+    /// pooler's or score layer's input) once, with dropout off in the body,
+    /// and train the head on them: the same head training without the
+    /// body's forward pass every epoch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_features: bool,
 }
 
 impl ModelSpec {
@@ -159,6 +165,12 @@ impl ModelSpec {
             return Err(bad(
                 "model.quantize",
                 "a quantized base cannot be fine-tuned in full; use finetune = \"lora\" or \"head\"",
+            ));
+        }
+        if self.cache_features && self.finetune != Finetune::Head {
+            return Err(bad(
+                "model.cache_features",
+                "needs finetune = \"head\" (only a frozen body can be cached)",
             ));
         }
         if let Some(d) = self.dropout {
@@ -423,13 +435,27 @@ impl Metric {
     }
 }
 
-/// Whether dendrites are added to the network.
+/// The arm of an experiment: what happens when the tracker switches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
+    /// No dendrites: a switch is early stopping (history mode) or nothing.
     #[default]
     Baseline,
+    /// A switch restores the best snapshot, adds a dendrite set and
+    /// restarts the optimiser and the schedule.
     Dendritic,
+    /// The control arm: a switch does everything the dendritic arm does
+    /// (restore the best snapshot, fresh AdamW, schedule restarted) except
+    /// adding the set, so a difference to it is the dendrites' own.
+    Restart,
+}
+
+impl Variant {
+    /// Whether the tracker runs the dendritic switch rules (restructures).
+    pub fn restructures(self) -> bool {
+        self != Variant::Baseline
+    }
 }
 
 /// Everything that defines one run. Two equal specs give the same run.
@@ -579,6 +605,14 @@ pub struct DendriteSpec {
     pub max: usize,
     /// Fresh sets tried when a set fails to beat the best score.
     pub max_tries: usize,
+    /// AdamW weight decay of dendrite weights, gates and cascade weights
+    /// (none by default, as the reference advises).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub weight_decay: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for DendriteSpec {
@@ -591,6 +625,7 @@ impl Default for DendriteSpec {
             init_scale: 0.01,
             max: 3,
             max_tries: 2,
+            weight_decay: 0.0,
         }
     }
 }
@@ -602,6 +637,9 @@ impl DendriteSpec {
         }
         if !(self.init_scale > 0.0 && self.init_scale.is_finite()) {
             return Err(bad("dendrites.init_scale", "must be a positive number"));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(bad("dendrites.weight_decay", "must be >= 0"));
         }
         if self.max == 0 {
             return Err(bad("dendrites.max", "must be at least 1"));
@@ -660,13 +698,14 @@ impl JobSpec {
     }
 
     /// The hash shared by the runs that differ only in variant, dendrite
-    /// settings and seed: runs with the same group are compared, and paired
-    /// by seed.
+    /// settings, seed and split seed: runs with the same group are
+    /// compared, and paired by (split seed, seed).
     pub fn comparison_group(&self) -> String {
         let mut s = self.clone();
         s.variant = Variant::Baseline;
         s.dendrites = DendriteSpec::default();
         s.seed = 0;
+        s.data.split.seed = 0;
         s.config_hash()
     }
 

@@ -48,6 +48,12 @@ pub struct EpochRecord {
     /// The selection metric on the test split (reporting only).
     pub test_score: Option<f64>,
     pub lr: f64,
+    /// The lowest and highest learning rate of the epoch's optimiser steps
+    /// (a restarted schedule shows as a band from warm-up to the peak).
+    #[serde(default)]
+    pub lr_min: f64,
+    #[serde(default)]
+    pub lr_max: f64,
     pub seconds: f64,
     pub train_seconds: f64,
     pub val_seconds: f64,
@@ -94,6 +100,24 @@ pub struct RunSummary {
     pub tracker: TrackerState,
     pub train_seconds: f64,
     pub wall_seconds: f64,
+    /// The test split's gold labels and the trained model's predictions,
+    /// in the split's order (paired tests across runs of one split).
+    #[serde(default)]
+    pub test_labels: Vec<usize>,
+    #[serde(default)]
+    pub test_predictions: Vec<usize>,
+    /// Scores with every dendrite term left out (knock-out), for runs that
+    /// have dendrites: what the dendrites themselves contribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knockout: Option<Knockout>,
+}
+
+/// A dendritic run's parameters scored without their dendrite terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Knockout {
+    pub val: Scores,
+    pub test: Scores,
+    pub test_predictions: Vec<usize>,
 }
 
 impl RunSummary {
@@ -115,6 +139,9 @@ pub struct ValidationSummary {
     pub source: String,
     /// `val` or `test`.
     pub split: String,
+    /// Scored with every dendrite term left out.
+    #[serde(default)]
+    pub knockout: bool,
     pub scores: Scores,
     pub speed: Speed,
     pub dendrites: usize,

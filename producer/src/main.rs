@@ -104,6 +104,10 @@ enum Command {
         uri: Option<String>,
         #[arg(long, value_enum, default_value = "gpu")]
         device: Class,
+        /// Score with every dendrite term left out: what the dendrites of a
+        /// dendritic run contribute (compare with a plain re-score).
+        #[arg(long)]
+        knockout: bool,
     },
     /// Download a sweep's artifacts.
     Fetch {
@@ -199,7 +203,8 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
             split,
             uri,
             device,
-        } => validate(&job, split, uri, device).await,
+            knockout,
+        } => validate(&job, split, uri, device, knockout).await,
         Command::Report { sweep, out } => report(&sweep, &out).await,
     }
 }
@@ -599,6 +604,7 @@ async fn validate(
     split: SplitArg,
     uri: Option<String>,
     device: Class,
+    knockout: bool,
 ) -> anyhow::Result<()> {
     let c = connect().await?;
     let h = c.state.job(job).await?;
@@ -611,10 +617,12 @@ async fn validate(
         SplitArg::Test => (common::job::EvalSplit::Test, "test"),
     };
     let mut msg = source_msg.clone();
-    msg.job_id = format!("{job}-validate-{split_name}");
+    let ko = if knockout { "-knockout" } else { "" };
+    msg.job_id = format!("{job}-validate-{split_name}{ko}");
     msg.kind = common::job::JobKind::Validate {
         source: uri.unwrap_or_else(|| job.to_string()),
         split,
+        knockout,
     };
     msg.attempt = 1;
     msg.device = match device {

@@ -1,13 +1,18 @@
-//! The statistics that compare the runs of a sweep: mean and standard
-//! deviation per variant, and paired dendritic-minus-baseline differences
-//! on the same seeds. Runs are compared only within a comparison group
-//! (same settings apart from variant, dendrites and seed). Pure.
+//! The statistics that compare the arms of a sweep. Runs are compared only
+//! within a comparison group (same settings apart from variant, dendrite
+//! settings, seed and split seed) and paired on (split seed, training
+//! seed). Arms are the variants (`baseline`, `dendritic`, `restart`) plus
+//! "dendritic, knocked out": the dendritic runs scored with their dendrite
+//! terms left out. Each contrast between two arms gets the paired mean
+//! difference with a 95% t interval (test and validation), a sign test
+//! over the pairs and McNemar's test on the pooled test predictions. Pure.
 
 use std::collections::BTreeMap;
 
 use common::spec::Variant;
 
 use crate::results::ResultsRow;
+use crate::stats::{self, McNemar, MeanCi, SignTest};
 
 /// Mean and sample standard deviation (0 for fewer than two values).
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -23,53 +28,127 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Statistics of one variant within a group: (mean, sd) per column.
+/// The name of the knocked-out arm in tables and figures.
+pub const KNOCKOUT_ARM: &str = "dendritic, knocked out";
+
+/// Differences smaller than this count as ties in the sign test (scores
+/// are rounded to 6 decimals in `Results.csv`).
+const TIE: f64 = 1e-9;
+
+/// One run as an arm sees it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct VariantStats {
-    pub variant: Variant,
-    pub seeds: Vec<u64>,
-    pub accuracy: (f64, f64),
-    pub macro_f1: (f64, f64),
-    pub weighted_f1: (f64, f64),
-    pub total_params: (f64, f64),
-    pub trainable_params: (f64, f64),
-    pub dendrites: (f64, f64),
-    pub dendrite_params: (f64, f64),
-    pub epochs: (f64, f64),
-    pub train_seconds: (f64, f64),
-    /// Per-seed values, in seed order.
-    pub accuracy_values: Vec<f64>,
-    pub macro_f1_values: Vec<f64>,
+pub struct ArmRun {
+    pub split_seed: u64,
+    pub seed: u64,
+    pub test_f1: f64,
+    pub test_acc: f64,
+    pub val_f1: f64,
+    pub val_acc: f64,
+    /// Gold labels and predictions of the test split (empty when unknown).
+    pub gold: Vec<usize>,
+    pub predictions: Vec<usize>,
 }
 
-impl VariantStats {
-    fn of(variant: Variant, mut rows: Vec<&ResultsRow>) -> Self {
-        rows.sort_by_key(|r| r.seed);
-        let col = |f: fn(&ResultsRow) -> f64| -> Vec<f64> { rows.iter().map(|r| f(r)).collect() };
-        VariantStats {
-            variant,
-            seeds: rows.iter().map(|r| r.seed).collect(),
-            accuracy: mean_sd(&col(|r| r.accuracy)),
-            macro_f1: mean_sd(&col(|r| r.macro_f1)),
-            weighted_f1: mean_sd(&col(|r| r.weighted_f1)),
-            total_params: mean_sd(&col(|r| r.total_params as f64)),
-            trainable_params: mean_sd(&col(|r| r.trainable_params as f64)),
-            dendrites: mean_sd(&col(|r| r.dendrites as f64)),
-            dendrite_params: mean_sd(&col(|r| r.dendrite_params as f64)),
-            epochs: mean_sd(&col(|r| r.epochs as f64)),
-            train_seconds: mean_sd(&col(|r| r.train_seconds)),
-            accuracy_values: col(|r| r.accuracy),
-            macro_f1_values: col(|r| r.macro_f1),
+/// What the comparison needs of one finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunScores {
+    pub row: ResultsRow,
+    pub test_labels: Vec<usize>,
+    pub test_predictions: Vec<usize>,
+    pub knockout_predictions: Option<Vec<usize>>,
+}
+
+impl RunScores {
+    fn arm_run(&self) -> ArmRun {
+        let r = &self.row;
+        ArmRun {
+            split_seed: r.split_seed,
+            seed: r.seed,
+            test_f1: r.macro_f1,
+            test_acc: r.accuracy,
+            val_f1: r.val_macro_f1,
+            val_acc: r.val_accuracy,
+            gold: self.test_labels.clone(),
+            predictions: self.test_predictions.clone(),
         }
+    }
+
+    fn knockout_run(&self) -> Option<ArmRun> {
+        let r = &self.row;
+        Some(ArmRun {
+            test_f1: r.knockout_macro_f1?,
+            test_acc: r.knockout_accuracy?,
+            val_f1: r.knockout_val_macro_f1.unwrap_or(f64::NAN),
+            val_acc: r.knockout_val_accuracy.unwrap_or(f64::NAN),
+            predictions: self.knockout_predictions.clone().unwrap_or_default(),
+            ..self.arm_run()
+        })
     }
 }
 
-/// Dendritic minus baseline on one seed.
+/// Statistics of one arm within a group: (mean, sd) per column.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PairedDiff {
+pub struct ArmStats {
+    pub arm: String,
+    /// (split seed, seed) of each run, sorted.
+    pub pairs: Vec<(u64, u64)>,
+    pub test_f1: (f64, f64),
+    pub test_acc: (f64, f64),
+    pub val_f1: (f64, f64),
+    pub val_acc: (f64, f64),
+    /// Mean 95% interval of the test macro-F1 over runs.
+    pub test_f1_ci: MeanCi,
+    pub trainable_params: f64,
+    pub dendrites: f64,
+    pub dendrite_params: f64,
+    pub epochs: f64,
+    pub train_seconds: f64,
+    /// Per-run values in pair order.
+    pub test_f1_values: Vec<f64>,
+    pub test_acc_values: Vec<f64>,
+}
+
+/// The paired difference A − B on one (split seed, seed) pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairDiff {
+    pub split_seed: u64,
     pub seed: u64,
-    pub accuracy: f64,
-    pub macro_f1: f64,
+    pub test_f1: f64,
+    pub test_acc: f64,
+    pub val_f1: f64,
+    pub val_acc: f64,
+}
+
+/// Arm A against arm B on their common pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contrast {
+    pub a: String,
+    pub b: String,
+    /// The contrast the experiment is about (dendritic − restart).
+    pub headline: bool,
+    pub pairs: Vec<PairDiff>,
+    pub test_f1: MeanCi,
+    pub test_acc: MeanCi,
+    pub val_f1: MeanCi,
+    pub val_acc: MeanCi,
+    /// Over the pairs' test macro-F1 differences.
+    pub sign: SignTest,
+    /// On the pooled test predictions (when every pair has them).
+    pub mcnemar: Option<McNemar>,
+    /// Test sentences per pair (the split's test size).
+    pub test_sentences: usize,
+}
+
+impl Contrast {
+    /// The label "A − B".
+    pub fn label(&self) -> String {
+        format!("{} − {}", self.a, self.b)
+    }
+
+    /// Whether the 95% interval of the test macro-F1 difference excludes zero.
+    pub fn detected(&self) -> bool {
+        self.test_f1.excludes_zero()
+    }
 }
 
 /// The comparison of one group.
@@ -77,68 +156,237 @@ pub struct PairedDiff {
 pub struct GroupSummary {
     pub group: String,
     pub model: String,
-    /// Baseline first.
-    pub variants: Vec<VariantStats>,
-    /// In seed order.
-    pub paired: Vec<PairedDiff>,
+    /// Baseline, dendritic, restart, then the knocked-out arm (those present).
+    pub arms: Vec<ArmStats>,
+    pub contrasts: Vec<Contrast>,
 }
 
-impl GroupSummary {
-    /// Mean and sd of the paired accuracy and macro-F1 differences.
-    pub fn paired_stats(&self) -> ((f64, f64), (f64, f64)) {
-        let a: Vec<f64> = self.paired.iter().map(|p| p.accuracy).collect();
-        let f: Vec<f64> = self.paired.iter().map(|p| p.macro_f1).collect();
-        (mean_sd(&a), mean_sd(&f))
+fn arm_order(arm: &str) -> usize {
+    match arm {
+        "baseline" => 0,
+        "dendritic" => 1,
+        "restart" => 2,
+        KNOCKOUT_ARM => 3,
+        _ => 4,
     }
 }
 
-/// Groups rows and computes per-variant statistics and paired differences.
-pub fn summarize(rows: &[ResultsRow]) -> Vec<GroupSummary> {
-    let mut groups: BTreeMap<&str, Vec<&ResultsRow>> = BTreeMap::new();
-    for r in rows {
-        groups.entry(&r.comparison_group).or_default().push(r);
+fn arm_stats(arm: &str, runs: &[(&ArmRun, &ResultsRow)]) -> ArmStats {
+    let col = |f: fn(&ArmRun) -> f64| -> Vec<f64> { runs.iter().map(|(r, _)| f(r)).collect() };
+    let row_mean = |f: fn(&ResultsRow) -> f64| -> f64 {
+        mean_sd(&runs.iter().map(|(_, r)| f(r)).collect::<Vec<_>>()).0
+    };
+    let test_f1_values = col(|r| r.test_f1);
+    ArmStats {
+        arm: arm.to_string(),
+        pairs: runs.iter().map(|(r, _)| (r.split_seed, r.seed)).collect(),
+        test_f1: mean_sd(&test_f1_values),
+        test_acc: mean_sd(&col(|r| r.test_acc)),
+        val_f1: mean_sd(&col(|r| r.val_f1)),
+        val_acc: mean_sd(&col(|r| r.val_acc)),
+        test_f1_ci: stats::mean_ci(&test_f1_values),
+        trainable_params: row_mean(|r| r.trainable_params as f64),
+        dendrites: row_mean(|r| r.dendrites as f64),
+        dendrite_params: row_mean(|r| r.dendrite_params as f64),
+        epochs: row_mean(|r| r.epochs as f64),
+        train_seconds: row_mean(|r| r.train_seconds),
+        test_acc_values: col(|r| r.test_acc),
+        test_f1_values,
+    }
+}
+
+type ArmRuns = BTreeMap<(u64, u64), ArmRun>;
+
+/// An arm's runs by (split seed, seed), each with its `Results.csv` row.
+type ArmRows<'a> = BTreeMap<(u64, u64), (ArmRun, &'a ResultsRow)>;
+
+fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
+    let common: Vec<(&ArmRun, &ArmRun)> = ra
+        .iter()
+        .filter_map(|(k, x)| rb.get(k).map(|y| (x, y)))
+        .collect();
+    if common.is_empty() {
+        return None;
+    }
+    let pairs: Vec<PairDiff> = common
+        .iter()
+        .map(|(x, y)| PairDiff {
+            split_seed: x.split_seed,
+            seed: x.seed,
+            test_f1: x.test_f1 - y.test_f1,
+            test_acc: x.test_acc - y.test_acc,
+            val_f1: x.val_f1 - y.val_f1,
+            val_acc: x.val_acc - y.val_acc,
+        })
+        .collect();
+    let col = |f: fn(&PairDiff) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
+    let with_predictions = common.iter().all(|(x, y)| {
+        !x.gold.is_empty()
+            && x.predictions.len() == x.gold.len()
+            && y.predictions.len() == x.gold.len()
+    });
+    let mcnemar = with_predictions.then(|| {
+        let sets: Vec<(&[usize], &[usize], &[usize])> = common
+            .iter()
+            .map(|(x, y)| {
+                (
+                    x.gold.as_slice(),
+                    x.predictions.as_slice(),
+                    y.predictions.as_slice(),
+                )
+            })
+            .collect();
+        stats::mcnemar(&sets)
+    });
+    Some(Contrast {
+        a: a.to_string(),
+        b: b.to_string(),
+        headline: a == "dendritic" && b == "restart",
+        test_f1: stats::mean_ci(&col(|p| p.test_f1)),
+        test_acc: stats::mean_ci(&col(|p| p.test_acc)),
+        val_f1: stats::mean_ci(&col(|p| p.val_f1)),
+        val_acc: stats::mean_ci(&col(|p| p.val_acc)),
+        sign: stats::sign_test(&col(|p| p.test_f1), TIE),
+        mcnemar,
+        test_sentences: common[0].0.gold.len(),
+        pairs,
+    })
+}
+
+/// The contrasts computed when both arms are present, headline first.
+const CONTRASTS: [(&str, &str); 4] = [
+    ("dendritic", "restart"),
+    ("dendritic", "baseline"),
+    ("restart", "baseline"),
+    ("dendritic", KNOCKOUT_ARM),
+];
+
+/// Groups runs, computes per-arm statistics and the paired contrasts.
+pub fn summarize(runs: &[RunScores]) -> Vec<GroupSummary> {
+    let mut groups: BTreeMap<&str, Vec<&RunScores>> = BTreeMap::new();
+    for r in runs {
+        groups.entry(&r.row.comparison_group).or_default().push(r);
     }
     groups
         .into_iter()
         .map(|(group, rs)| {
-            let mut by_variant: BTreeMap<String, (Variant, Vec<&ResultsRow>)> = BTreeMap::new();
+            // arm -> pair -> (run, row)
+            let mut arms: BTreeMap<String, ArmRows> = BTreeMap::new();
             for r in &rs {
-                by_variant
-                    .entry(r.variant.to_string())
-                    .or_insert_with(|| (r.variant, Vec::new()))
-                    .1
-                    .push(r);
+                let run = r.arm_run();
+                let key = (run.split_seed, run.seed);
+                arms.entry(r.row.variant.to_string())
+                    .or_default()
+                    .insert(key, (run, &r.row));
+                if r.row.variant == Variant::Dendritic {
+                    if let Some(k) = r.knockout_run() {
+                        arms.entry(KNOCKOUT_ARM.to_string())
+                            .or_default()
+                            .insert(key, (k, &r.row));
+                    }
+                }
             }
-            let mut variants: Vec<VariantStats> = by_variant
-                .into_values()
-                .map(|(v, rows)| VariantStats::of(v, rows))
-                .collect();
-            variants.sort_by_key(|v| (v.variant != Variant::Baseline, v.variant.to_string()));
-            let base: BTreeMap<u64, &ResultsRow> = rs
+            let mut stats: Vec<ArmStats> = arms
                 .iter()
-                .filter(|r| r.variant == Variant::Baseline)
-                .map(|r| (r.seed, *r))
-                .collect();
-            let mut paired: Vec<PairedDiff> = rs
-                .iter()
-                .filter(|r| r.variant == Variant::Dendritic)
-                .filter_map(|d| {
-                    base.get(&d.seed).map(|b| PairedDiff {
-                        seed: d.seed,
-                        accuracy: d.accuracy - b.accuracy,
-                        macro_f1: d.macro_f1 - b.macro_f1,
-                    })
+                .map(|(arm, m)| {
+                    let v: Vec<(&ArmRun, &ResultsRow)> = m.values().map(|(a, r)| (a, *r)).collect();
+                    arm_stats(arm, &v)
                 })
                 .collect();
-            paired.sort_by_key(|p| p.seed);
+            stats.sort_by_key(|a| arm_order(&a.arm));
+            let by_arm: BTreeMap<&str, ArmRuns> = arms
+                .iter()
+                .map(|(arm, m)| {
+                    (
+                        arm.as_str(),
+                        m.iter().map(|(k, (a, _))| (*k, a.clone())).collect(),
+                    )
+                })
+                .collect();
+            let contrasts = CONTRASTS
+                .iter()
+                .filter_map(|(a, b)| contrast(a, b, by_arm.get(a)?, by_arm.get(b)?))
+                .collect();
             GroupSummary {
                 group: group.to_string(),
-                model: rs[0].model.clone(),
-                variants,
-                paired,
+                model: rs[0].row.model.clone(),
+                arms: stats,
+                contrasts,
             }
         })
         .collect()
+}
+
+/// A signed difference in points of a metric in [0, 1], e.g. "+0.31".
+fn points(x: f64) -> String {
+    format!("{:+.2}", x * 100.0)
+}
+
+/// The contrast in plain sentences: effect, interval, sign test, McNemar
+/// and the validation difference beside it.
+pub fn sentences(c: &Contrast) -> String {
+    let t = &c.test_f1;
+    let mut s = format!(
+        "{a} − {b}: over {n} pair(s), test macro-F1 differs by {m} points on average",
+        a = c.a,
+        b = c.b,
+        n = t.n,
+        m = points(t.mean)
+    );
+    if t.lo.is_finite() {
+        s.push_str(&format!(" (95% CI {} to {})", points(t.lo), points(t.hi)));
+        if c.detected() {
+            let side = if t.mean > 0.0 { "higher" } else { "lower" };
+            s.push_str(&format!(
+                ": the interval excludes zero, {} scores {side} than {}.",
+                c.a, c.b
+            ));
+        } else {
+            s.push_str(": the interval includes zero, no difference is detected at this size.");
+        }
+    } else {
+        s.push_str(" (one pair: no interval).");
+    }
+    s.push_str(&format!(
+        " {} was higher on {} pair(s), lower on {}, tied on {} (sign test p {}).",
+        c.a,
+        c.sign.higher,
+        c.sign.lower,
+        c.sign.tied,
+        stats::format_p(c.sign.p)
+    ));
+    let acc_sentences = c.test_acc.mean * c.test_sentences as f64;
+    s.push_str(&format!(
+        " Test accuracy differs by {} points, about {:+.1} of {} test sentences per pair.",
+        points(c.test_acc.mean),
+        acc_sentences,
+        c.test_sentences
+    ));
+    if let Some(m) = &c.mcnemar {
+        s.push_str(&format!(
+            " Pooled over the pairs, {} test sentence(s) were right only under {} and {} only under {} (McNemar exact p {}).",
+            m.only_a,
+            c.a,
+            m.only_b,
+            c.b,
+            stats::format_p(m.p)
+        ));
+    }
+    if c.val_f1.mean.is_finite() {
+        s.push_str(&format!(
+            " On validation (the split that selected the epoch) the macro-F1 difference is {} points",
+            points(c.val_f1.mean)
+        ));
+        if c.val_f1.lo.is_finite() {
+            s.push_str(&format!(
+                " (95% CI {} to {})",
+                points(c.val_f1.lo),
+                points(c.val_f1.hi)
+            ));
+        }
+        s.push('.');
+    }
+    s
 }
 
 #[cfg(test)]
@@ -146,33 +394,121 @@ mod tests {
     use super::*;
     use crate::results::tests::row;
 
-    fn rows() -> Vec<ResultsRow> {
-        vec![
-            row("a", Variant::Baseline, 0, "g", 0.90),
-            row("b", Variant::Dendritic, 0, "g", 0.92),
-            row("c", Variant::Baseline, 1, "g", 0.94),
-            row("d", Variant::Dendritic, 1, "g", 0.93),
-            row("e", Variant::Baseline, 0, "other", 0.5),
-        ]
+    /// A run of `variant` on a pair with test macro-F1 `f1` (accuracy
+    /// `f1 + 0.05`), predictions right on the first `right` of 100 sentences.
+    fn run(variant: Variant, split: u64, seed: u64, f1: f64, right: usize) -> RunScores {
+        let mut r = row(
+            &format!("{variant}-{split}-{seed}"),
+            variant,
+            seed,
+            "g",
+            f1 + 0.05,
+        );
+        r.split_seed = split;
+        r.macro_f1 = f1;
+        r.val_macro_f1 = f1;
+        r.val_accuracy = f1 + 0.05;
+        r.knockout_macro_f1 = None;
+        r.knockout_accuracy = None;
+        let gold = vec![1usize; 100];
+        let predictions = (0..100).map(|i| usize::from(i < right)).collect();
+        RunScores {
+            row: r,
+            test_labels: gold,
+            test_predictions: predictions,
+            knockout_predictions: None,
+        }
+    }
+
+    /// Noise around zero from a fixed sequence (mean exactly 0).
+    const NOISE: [f64; 9] = [0.004, -0.003, 0.002, -0.005, 0.001, 0.003, -0.002, 0.0, 0.0];
+
+    fn experiment(effect: f64) -> Vec<RunScores> {
+        let mut v = Vec::new();
+        for split in 0..3u64 {
+            for seed in 0..3u64 {
+                let i = (split * 3 + seed) as usize;
+                let base = 0.80 + 0.01 * split as f64 + 0.002 * seed as f64;
+                v.push(run(Variant::Restart, split, seed, base, 80));
+                v.push(run(
+                    Variant::Dendritic,
+                    split,
+                    seed,
+                    base + effect + NOISE[i],
+                    80 + (effect * 100.0).round() as usize,
+                ));
+                v.push(run(Variant::Baseline, split, seed, base - 0.001, 80));
+            }
+        }
+        v
     }
 
     #[test]
-    fn means_sds_and_pairs() {
-        let g = summarize(&rows());
-        assert_eq!(g.len(), 2);
-        let main = g.iter().find(|g| g.group == "g").unwrap();
-        assert_eq!(main.variants[0].variant, Variant::Baseline);
-        assert_eq!(main.variants[0].seeds, vec![0, 1]);
-        let (m, sd) = main.variants[0].accuracy;
-        assert!((m - 0.92).abs() < 1e-12);
-        assert!((sd - (0.02f64 * 0.02 * 2.0).sqrt()).abs() < 1e-12);
-        assert_eq!(main.paired.len(), 2);
-        assert!((main.paired[0].accuracy - 0.02).abs() < 1e-12);
-        assert!((main.paired[1].accuracy + 0.01).abs() < 1e-12);
-        let ((da, _), _) = main.paired_stats();
-        assert!((da - 0.005).abs() < 1e-12);
-        let other = g.iter().find(|g| g.group == "other").unwrap();
-        assert!(other.paired.is_empty());
+    fn a_synthetic_effect_is_detected() {
+        let g = summarize(&experiment(0.02));
+        assert_eq!(g.len(), 1, "split seeds share one group");
+        let c = &g[0].contrasts[0];
+        assert_eq!(
+            (c.a.as_str(), c.b.as_str(), c.headline),
+            ("dendritic", "restart", true)
+        );
+        assert_eq!(c.pairs.len(), 9);
+        assert!((c.test_f1.mean - 0.02).abs() < 1e-9, "{:?}", c.test_f1);
+        assert!(c.detected(), "{:?}", c.test_f1);
+        assert_eq!((c.sign.higher, c.sign.lower), (9, 0));
+        assert!(c.sign.p < 0.01);
+        let m = c.mcnemar.unwrap();
+        assert_eq!((m.only_a, m.only_b, m.n), (18, 0, 900));
+        assert!(m.p < 0.001);
+        let text = sentences(c);
+        assert!(text.contains("+2.00 points on average"), "{text}");
+        assert!(
+            text.contains("excludes zero, dendritic scores higher than restart"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_null_effect_is_not_detected() {
+        let g = summarize(&experiment(0.0));
+        let c = &g[0].contrasts[0];
+        assert!(c.test_f1.mean.abs() < 1e-9);
+        assert!(!c.detected(), "{:?}", c.test_f1);
+        assert!(c.sign.p > 0.5);
+        assert_eq!(c.mcnemar.unwrap().p, 1.0);
+        assert!(sentences(c).contains("no difference is detected"));
+    }
+
+    #[test]
+    fn arms_contrasts_and_knockout() {
+        let mut runs = experiment(0.01);
+        for r in runs
+            .iter_mut()
+            .filter(|r| r.row.variant == Variant::Dendritic)
+        {
+            r.row.knockout_macro_f1 = Some(r.row.macro_f1 - 0.01);
+            r.row.knockout_accuracy = Some(r.row.accuracy - 0.01);
+            r.knockout_predictions = Some(r.test_predictions.clone());
+        }
+        let g = &summarize(&runs)[0];
+        let arms: Vec<&str> = g.arms.iter().map(|a| a.arm.as_str()).collect();
+        assert_eq!(arms, ["baseline", "dendritic", "restart", KNOCKOUT_ARM]);
+        let labels: Vec<String> = g.contrasts.iter().map(|c| c.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "dendritic − restart",
+                "dendritic − baseline",
+                "restart − baseline",
+                "dendritic − dendritic, knocked out"
+            ]
+        );
+        let ko = &g.contrasts[3];
+        assert!((ko.test_f1.mean - 0.01).abs() < 1e-9);
+        assert_eq!(ko.mcnemar.unwrap().only_a + ko.mcnemar.unwrap().only_b, 0);
+        let rb = &g.contrasts[2];
+        assert!((rb.test_f1.mean - 0.001).abs() < 1e-9);
+        assert_eq!(g.arms[0].pairs.len(), 9);
     }
 
     #[test]

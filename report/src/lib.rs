@@ -10,6 +10,7 @@ pub mod compare;
 pub mod plots;
 pub mod results;
 pub mod run;
+pub mod stats;
 pub mod sweep;
 
 /// Files rendered in memory: (name relative to their folder, bytes).

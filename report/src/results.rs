@@ -18,9 +18,28 @@ pub struct ResultsRow {
     pub finetune: Finetune,
     pub variant: Variant,
     pub seed: u64,
+    /// The data split's seed (`data.split.seed`): runs pair on (split_seed, seed).
+    #[serde(default)]
+    pub split_seed: u64,
+    /// Test scores at the validation-selected epoch.
     pub accuracy: f64,
     pub macro_f1: f64,
     pub weighted_f1: f64,
+    /// Validation scores at that epoch.
+    #[serde(default)]
+    pub val_accuracy: f64,
+    #[serde(default)]
+    pub val_macro_f1: f64,
+    /// Test and validation scores with the dendrite terms knocked out
+    /// (empty for runs without dendrites).
+    #[serde(default)]
+    pub knockout_accuracy: Option<f64>,
+    #[serde(default)]
+    pub knockout_macro_f1: Option<f64>,
+    #[serde(default)]
+    pub knockout_val_accuracy: Option<f64>,
+    #[serde(default)]
+    pub knockout_val_macro_f1: Option<f64>,
     pub latency_b1_p50_ms: f64,
     pub latency_b1_p95_ms: f64,
     pub throughput_b64_per_s: f64,
@@ -52,9 +71,16 @@ impl ResultsRow {
             finetune: spec.model.finetune,
             variant: spec.variant,
             seed: spec.seed,
+            split_seed: spec.data.split.seed,
             accuracy: round(s.test.accuracy, 6),
             macro_f1: round(s.test.macro_f1, 6),
             weighted_f1: round(s.test.weighted_f1, 6),
+            val_accuracy: round(s.val.accuracy, 6),
+            val_macro_f1: round(s.val.macro_f1, 6),
+            knockout_accuracy: s.knockout.as_ref().map(|k| round(k.test.accuracy, 6)),
+            knockout_macro_f1: s.knockout.as_ref().map(|k| round(k.test.macro_f1, 6)),
+            knockout_val_accuracy: s.knockout.as_ref().map(|k| round(k.val.accuracy, 6)),
+            knockout_val_macro_f1: s.knockout.as_ref().map(|k| round(k.val.macro_f1, 6)),
             latency_b1_p50_ms: round(s.speed.latency_b1_p50_ms, 3),
             latency_b1_p95_ms: round(s.speed.latency_b1_p95_ms, 3),
             throughput_b64_per_s: round(s.speed.throughput_b64_per_s, 2),
@@ -98,7 +124,7 @@ pub fn write(rows: &[ResultsRow]) -> Result<Vec<u8>, ReportError> {
 }
 
 /// The columns of `Results.csv`, in order.
-pub const HEADER: [&str; 22] = [
+pub const HEADER: [&str; 29] = [
     "job_id",
     "sweep",
     "model",
@@ -106,9 +132,16 @@ pub const HEADER: [&str; 22] = [
     "finetune",
     "variant",
     "seed",
+    "split_seed",
     "accuracy",
     "macro_f1",
     "weighted_f1",
+    "val_accuracy",
+    "val_macro_f1",
+    "knockout_accuracy",
+    "knockout_macro_f1",
+    "knockout_val_accuracy",
+    "knockout_val_macro_f1",
     "latency_b1_p50_ms",
     "latency_b1_p95_ms",
     "throughput_b64_per_s",
@@ -169,9 +202,16 @@ pub(crate) mod tests {
             finetune: Finetune::Full,
             variant,
             seed,
+            split_seed: 0,
             accuracy: acc,
             macro_f1: acc - 0.1,
             weighted_f1: acc,
+            val_accuracy: acc,
+            val_macro_f1: acc - 0.1,
+            knockout_accuracy: (variant == Variant::Dendritic).then_some(acc - 0.01),
+            knockout_macro_f1: (variant == Variant::Dendritic).then_some(acc - 0.11),
+            knockout_val_accuracy: None,
+            knockout_val_macro_f1: None,
             latency_b1_p50_ms: 1.5,
             latency_b1_p95_ms: 2.25,
             throughput_b64_per_s: 100.0,

@@ -135,10 +135,12 @@ pub struct ArchScore {
     pub test_score: Option<f64>,
 }
 
-/// The headline table of a tracked run (pure).
+/// The headline table of a tracked run (pure): one row per architecture
+/// that was kept, counting kept epochs only (epochs thrown away by a
+/// restore, e.g. a failed dendrite set, are not an architecture's score).
 pub fn best_arch_scores(history: &[EpochRecord]) -> Vec<ArchScore> {
     let mut out: Vec<ArchScore> = Vec::new();
-    for r in history {
+    for r in history.iter().filter(|r| !r.discarded) {
         match out.iter_mut().find(|a| a.dendrites == r.dendrites) {
             Some(a) if r.val_score > a.val_score => {
                 a.best_epoch = r.epoch;
@@ -301,6 +303,7 @@ fn csv_or_header<T: Serialize>(
 
 /// What `PAI.png` draws, from the run's records.
 fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
+    let restart = spec.variant == common::spec::Variant::Restart;
     let h = &s.history;
     let mut layers: Vec<LayerSeries> = Vec::new();
     for r in h {
@@ -329,6 +332,8 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
                 train: None,
                 test: r.test_score,
                 lr: r.lr,
+                lr_min: r.lr_min,
+                lr_max: r.lr_max,
                 train_seconds: r.train_seconds,
                 val_seconds: r.val_seconds,
                 discarded: r.discarded,
@@ -339,6 +344,18 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
         last_improved_epoch: s.last_improved_epoch(),
         layers,
         layer_quantity: "mean |T| (gate weight) per layer".to_string(),
+        no_layers_note: if restart {
+            "no dendrites in this arm (restores and restarts only)"
+        } else {
+            "no dendrites added"
+        }
+        .to_string(),
+        switch_label: if restart {
+            "restore + restart (no set added)"
+        } else {
+            "dendrites added"
+        }
+        .to_string(),
     }
 }
 
@@ -366,6 +383,8 @@ pub(crate) mod tests {
             val_running: val,
             test_score: Some(test),
             lr: 4.8512345e-5,
+            lr_min: 1e-5,
+            lr_max: 5e-5,
             seconds: 1.0,
             train_seconds: 0.75,
             val_seconds: 0.25,
@@ -419,6 +438,9 @@ pub(crate) mod tests {
             tracker: TrackerState::default(),
             train_seconds: 3.12345,
             wall_seconds: 4.0,
+            test_labels: vec![0, 1, 2, 1],
+            test_predictions: vec![0, 1, 2, 2],
+            knockout: None,
         }
     }
 
@@ -518,6 +540,34 @@ pub(crate) mod tests {
         assert_eq!(a.len(), 2);
         assert_eq!((a[0].best_epoch, a[0].test_score), (2, Some(0.55)));
         assert_eq!((a[1].best_epoch, a[1].total_params), (4, 110));
+    }
+
+    #[test]
+    fn arch_scores_count_kept_epochs_only() {
+        // A failed set (epochs 3-4, one dendrite) was thrown away by a
+        // restore; a retried set (epoch 5) was kept.
+        let mut h = vec![
+            rec(1, 0, 0.5, 0.4),
+            rec(2, 0, 0.6, 0.55),
+            rec(3, 1, 0.9, 0.9),
+            rec(4, 1, 0.8, 0.8),
+            rec(5, 1, 0.62, 0.6),
+        ];
+        h[2].discarded = true;
+        h[3].discarded = true;
+        let a = best_arch_scores(&h);
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[1].best_epoch, a[1].val_score), (5, 0.62));
+        h[2].discarded = false;
+        h[3].discarded = false;
+        h.pop();
+        h[2].discarded = true;
+        h[3].discarded = true;
+        assert_eq!(
+            best_arch_scores(&h).len(),
+            1,
+            "an architecture never kept has no row"
+        );
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! The sweep-level report, one aggregator for `worker run` and `producer
 //! report`: from each finished run's `Results.csv`, `metrics.json` and
 //! `spec.json` ([`SweepRun::from_files`]) to the sweep's `Results.csv`,
-//! `report.md` (mean ± sd per variant, paired dendritic − baseline
-//! differences on the same seeds) and, per comparison group,
-//! `variant_comparison.png`, `Accuracy_Improvement.png` and
+//! `report.md` (per arm: test and validation scores; per contrast between
+//! arms: paired differences on the same split and seed with 95% intervals,
+//! sign and McNemar tests, and the result in sentences) and, per comparison
+//! group, `variant_comparison.png`, `Accuracy_Improvement.png` and
 //! `Dendrite_vs_Baseline_Training.png`.
 
 use common::artifacts::files;
 use common::spec::Metric;
 use common::summary::{RunSummary, SpecFile};
 
-use crate::compare::{self, GroupSummary};
+use crate::compare::{self, Contrast, GroupSummary, RunScores};
 use crate::plots;
 use crate::results::{self, ResultsRow};
+use crate::stats::format_p;
 use crate::{Files, ReportError};
 
 /// The files of a run that the sweep report reads, relative to the run's folder.
@@ -25,6 +27,11 @@ pub struct SweepRun {
     pub metric: Metric,
     /// (epoch, validation score)
     pub curve: Vec<(usize, f64)>,
+    /// The test split's gold labels and predictions, and the predictions
+    /// with the dendrite terms knocked out (dendritic runs).
+    pub test_labels: Vec<usize>,
+    pub test_predictions: Vec<usize>,
+    pub knockout_predictions: Option<Vec<usize>>,
 }
 
 impl SweepRun {
@@ -59,52 +66,131 @@ impl SweepRun {
                 .iter()
                 .map(|r| (r.epoch, r.val_score))
                 .collect(),
+            test_labels: summary.test_labels,
+            test_predictions: summary.test_predictions,
+            knockout_predictions: summary.knockout.map(|k| k.test_predictions),
         })
     }
+
+    fn scores(&self) -> RunScores {
+        RunScores {
+            row: self.row.clone(),
+            test_labels: self.test_labels.clone(),
+            test_predictions: self.test_predictions.clone(),
+            knockout_predictions: self.knockout_predictions.clone(),
+        }
+    }
+}
+
+/// "0.8123 ± 0.0101" (mean ± sample sd).
+fn pm(x: (f64, f64)) -> String {
+    if x.0.is_finite() {
+        format!("{:.4} ± {:.4}", x.0, x.1)
+    } else {
+        "–".into()
+    }
+}
+
+/// "+0.0031 [−0.0012, +0.0074]" (mean [95% CI]).
+fn ci(c: &crate::stats::MeanCi) -> String {
+    if !c.mean.is_finite() {
+        "–".into()
+    } else if c.lo.is_finite() {
+        format!("{:+.4} [{:+.4}, {:+.4}]", c.mean, c.lo, c.hi)
+    } else {
+        format!("{:+.4}", c.mean)
+    }
+}
+
+fn contrast_rows(c: &Contrast) -> String {
+    let mc = c.mcnemar.map_or("–".into(), |m| {
+        format!("{} / {} (p {})", m.only_a, m.only_b, format_p(m.p))
+    });
+    format!(
+        "| {}{} | {} | {} | {} | {} | {} / {} / {} (p {}) | {} |\n",
+        c.label(),
+        if c.headline { " (headline)" } else { "" },
+        c.pairs.len(),
+        ci(&c.test_f1),
+        ci(&c.val_f1),
+        ci(&c.test_acc),
+        c.sign.higher,
+        c.sign.lower,
+        c.sign.tied,
+        format_p(c.sign.p),
+        mc
+    )
 }
 
 /// A Markdown report of every group.
 pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
-    let pm = |x: (f64, f64)| format!("{:.4} ± {:.4}", x.0, x.1);
     let mut s = format!("# Sweep `{sweep}`\n\n");
+    s.push_str(
+        "Primary metric: test macro-F1 at the epoch selected on validation (accuracy beside it). \
+         In the arm table \"±\" is the sample standard deviation over the arm's runs. \
+         Contrasts pair runs on the same data split and training seed; \
+         a contrast's value is the mean paired difference A − B with its 95% t interval in brackets; \
+         the sign test counts pairs where A was higher / lower / tied on test macro-F1; \
+         McNemar counts pooled test sentences right only under A / only under B.\n\n",
+    );
     for g in groups {
         s.push_str(&format!(
             "## {} (comparison group {})\n\n",
             g.model, g.group
         ));
-        s.push_str("| variant | runs | accuracy | macro-F1 | weighted-F1 | trainable params | dendrites | dendrite params | epochs | train s |\n");
-        s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-        for v in &g.variants {
+        s.push_str("| arm | runs | test macro-F1 | test accuracy | val macro-F1 | val accuracy | trainable params | dendrites | dendrite params | epochs | train s |\n");
+        s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        for a in &g.arms {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} |\n",
-                v.variant,
-                v.seeds.len(),
-                pm(v.accuracy),
-                pm(v.macro_f1),
-                pm(v.weighted_f1),
-                v.trainable_params.0,
-                v.dendrites.0,
-                v.dendrite_params.0,
-                v.epochs.0,
-                v.train_seconds.0
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} |\n",
+                a.arm,
+                a.pairs.len(),
+                pm(a.test_f1),
+                pm(a.test_acc),
+                pm(a.val_f1),
+                pm(a.val_acc),
+                a.trainable_params,
+                a.dendrites,
+                a.dendrite_params,
+                a.epochs,
+                a.train_seconds
             ));
         }
-        if !g.paired.is_empty() {
-            let (a, f) = g.paired_stats();
-            s.push_str(&format!(
-                "\nPaired dendritic − baseline over {} seed(s): accuracy {:+.4} ± {:.4}, macro-F1 {:+.4} ± {:.4}\n\n",
-                g.paired.len(),
-                a.0,
-                a.1,
-                f.0,
-                f.1
-            ));
-            s.push_str("| seed | Δ accuracy | Δ macro-F1 |\n| --- | --- | --- |\n");
-            for p in &g.paired {
-                s.push_str(&format!(
-                    "| {} | {:+.4} | {:+.4} |\n",
-                    p.seed, p.accuracy, p.macro_f1
-                ));
+        if !g.contrasts.is_empty() {
+            s.push_str("\n| contrast A − B | pairs | Δ test macro-F1 [95% CI] | Δ val macro-F1 [95% CI] | Δ test accuracy [95% CI] | sign test higher / lower / tied | McNemar only A / only B |\n");
+            s.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+            for c in &g.contrasts {
+                s.push_str(&contrast_rows(c));
+            }
+            s.push_str("\nIn sentences:\n\n");
+            for c in &g.contrasts {
+                s.push_str(&format!("- {}\n", compare::sentences(c)));
+            }
+            s.push_str("\nPer pair (A − B, test macro-F1 / validation macro-F1):\n\n");
+            let header: Vec<String> = g.contrasts.iter().map(|c| c.label()).collect();
+            s.push_str(&format!("| split | seed | {} |\n", header.join(" | ")));
+            s.push_str(&format!("| --- | --- |{}\n", " --- |".repeat(header.len())));
+            let mut keys: Vec<(u64, u64)> = g
+                .contrasts
+                .iter()
+                .flat_map(|c| c.pairs.iter().map(|p| (p.split_seed, p.seed)))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for (split, seed) in keys {
+                let cells: Vec<String> = g
+                    .contrasts
+                    .iter()
+                    .map(|c| {
+                        c.pairs
+                            .iter()
+                            .find(|p| (p.split_seed, p.seed) == (split, seed))
+                            .map_or("–".into(), |p| {
+                                format!("{:+.4} / {:+.4}", p.test_f1, p.val_f1)
+                            })
+                    })
+                    .collect();
+                s.push_str(&format!("| {split} | {seed} | {} |\n", cells.join(" | ")));
             }
         }
         s.push('\n');
@@ -115,38 +201,39 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
 /// The figures of one comparison group; `suffix` tells groups apart.
 fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<Files, ReportError> {
     let mut out = Vec::new();
-    let variants: Vec<String> = g.variants.iter().map(|v| v.variant.to_string()).collect();
-    let values: Vec<Vec<f64>> = g
-        .variants
-        .iter()
-        .map(|v| v.accuracy_values.clone())
-        .collect();
+    let arms: Vec<String> = g.arms.iter().map(|a| a.arm.clone()).collect();
+    let values: Vec<Vec<f64>> = g.arms.iter().map(|a| a.test_f1_values.clone()).collect();
     out.push((
         format!("variant_comparison{suffix}.png"),
         plots::variant_comparison(
-            &format!("{}: test accuracy per seed", g.model),
-            "test accuracy",
-            &variants,
+            &format!("{}: test macro-F1 per run (split × seed)", g.model),
+            "test macro-F1",
+            &arms,
             &values,
         )?,
     ));
-    if !g.paired.is_empty() {
-        let seeds: Vec<String> = g
-            .paired
-            .iter()
-            .map(|p| format!("seed {}", p.seed))
-            .collect();
-        let diffs: Vec<f64> = g.paired.iter().map(|p| p.accuracy).collect();
+    if !g.contrasts.is_empty() {
+        let bars = |test: fn(&compare::PairDiff) -> f64, val: fn(&compare::PairDiff) -> f64| {
+            g.contrasts
+                .iter()
+                .map(|c| plots::Contrast {
+                    label: c.label(),
+                    test: plots::EffectBar::from_points(c.pairs.iter().map(test).collect()),
+                    val: plots::EffectBar::from_points(c.pairs.iter().map(val).collect()),
+                })
+                .collect::<Vec<_>>()
+        };
         out.push((
             format!("Accuracy_Improvement{suffix}.png"),
-            plots::paired_differences(
+            plots::contrast_effects(
                 &format!(
-                    "{}: dendritic − baseline test accuracy, same seed and split",
+                    "{}: paired differences A − B (same split and seed), test beside validation",
                     g.model
                 ),
-                "test accuracy",
-                &seeds,
-                &diffs,
+                "macro-F1",
+                &bars(|p| p.test_f1, |p| p.val_f1),
+                &bars(|p| p.test_acc, |p| p.val_acc),
+                g.contrasts[0].test_sentences,
             )?,
         ));
     }
@@ -156,7 +243,7 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
         .map(|r| {
             (
                 r.row.variant.to_string(),
-                format!("seed {}", r.row.seed),
+                format!("split {} · seed {}", r.row.split_seed, r.row.seed),
                 r.curve.clone(),
             )
         })
@@ -180,7 +267,8 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
 /// group's first 8 characters when there are several groups).
 pub fn sweep_files(sweep: &str, runs: &[SweepRun]) -> Result<Files, ReportError> {
     let rows: Vec<ResultsRow> = runs.iter().map(|r| r.row.clone()).collect();
-    let groups = compare::summarize(&rows);
+    let scores: Vec<RunScores> = runs.iter().map(SweepRun::scores).collect();
+    let groups = compare::summarize(&scores);
     let mut out = vec![
         (files::RESULTS_CSV.to_string(), results::write(&rows)?),
         (
@@ -250,8 +338,14 @@ mod tests {
             ]
         );
         let md = String::from_utf8(files[1].1.clone()).unwrap();
-        assert!(md.contains("accuracy +0.0050 ± 0.0212"), "{md}");
-        assert!(md.contains("| baseline | 2 | 0.9200 ± 0.0283"), "{md}");
+        // Pairs: seed 0 +0.02, seed 1 -0.01 (accuracy; macro-F1 is the same run summary).
+        assert!(md.contains("| dendritic − baseline | 2 |"), "{md}");
+        assert!(md.contains("| baseline | 2 |"), "{md}");
+        assert!(
+            md.contains("\"±\" is the sample standard deviation"),
+            "{md}"
+        );
+        assert!(md.contains("In sentences:"), "{md}");
         assert_eq!(results::read("Results.csv", &files[0].1).unwrap().len(), 4);
     }
 

@@ -1,180 +1,386 @@
-//! Paired differences per seed (dendritic minus baseline) as bars, with the
-//! zero line and the mean difference.
+//! Effects of contrasts between arms (e.g. dendritic − restart): two panels
+//! side by side, the primary metric on the left and accuracy on the right.
+//! For each contrast a test bar and a validation bar show the mean paired
+//! difference, with its 95% confidence interval as a whisker and the
+//! per-pair differences as dots; the accuracy panel has a second y axis on
+//! the right that counts the difference in test sentences.
+
+use std::ops::Range;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::full_palette::{BLUE_700, GREY_800, PURPLE_500, RED_700};
+use plotters::style::full_palette::GREY_800;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::axis::{data_range, with_headroom, CategoryLabels, XAxis, YAxis};
-use super::comparison::{value_decimals, Summary};
+use super::axis::{with_headroom, CategoryLabels, XAxis, YAxis};
+use super::comparison::{span_range, value_decimals, Summary};
 use super::frame::{build_chart, titled, Frame};
-use super::legend::{LegendEntry, Sample};
-use super::style::{text_style, STANDARD_FONTS};
-use super::{check_pairs, render, DrawResult, PlotError};
+use super::legend::{Legend, LegendEntry, Sample};
+use super::style::{centre_nudge, fit_text, text_style, Fonts, STANDARD_FONTS};
+use super::{render, DrawResult, PlotError};
 
-const SIZE: (u32, u32) = (1000, 700);
+const SIZE: (u32, u32) = (1600, 750);
+/// The y axis spans at least this much (two points of a metric in [0, 1]).
+const MIN_SPAN: f64 = 0.02;
+/// Where a contrast's test and validation bars stand, left and right of its
+/// slot's centre, and half their width.
+const BAR_OFFSET: f64 = 0.2;
+const BAR_HALF: f64 = 0.17;
+/// Half the width over which a bar's per-pair dots are spread.
+const DOTS_HALF: f64 = 0.11;
+/// Half the width of a whisker's caps.
+const CAP_HALF: f64 = 0.06;
+/// Margin around each panel: top, bottom, left, right.
+const PANEL_MARGIN: (u32, u32, u32, u32) = (4, 6, 12, 12);
+const TEST_COLOR: RGBColor = RGBColor(148, 103, 189);
+const VAL_COLOR: RGBColor = RGBColor(23, 190, 207);
 
-/// Paired differences per seed (dendritic minus baseline) as bars, a horizontal line at 0, the mean difference as a dashed line, labelled. x axis: seed labels. ~1000x700 px.
-///
-/// `diffs[i]` belongs to `seeds[i]`; a non-finite difference is marked "n/a".
-pub fn paired_differences(
+/// One bar of [`contrast_effects`]: the mean of the per-pair differences,
+/// the bounds of its 95% confidence interval (NaN when there is none), and
+/// the per-pair differences themselves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectBar {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub points: Vec<f64>,
+}
+
+impl EffectBar {
+    /// The mean of the finite `points` and its 95% Student t interval
+    /// (n − 1 degrees of freedom); the bounds are NaN for fewer than two
+    /// finite points, and everything is NaN for none.
+    pub fn from_points(points: Vec<f64>) -> Self {
+        let (mean, lo, hi) =
+            Summary::of(&points).map_or((f64::NAN, f64::NAN, f64::NAN), |s| (s.mean, s.lo, s.hi));
+        Self {
+            mean,
+            lo,
+            hi,
+            points,
+        }
+    }
+
+    fn has_interval(&self) -> bool {
+        self.lo.is_finite() && self.hi.is_finite()
+    }
+
+    /// Every finite value the bar draws.
+    fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        [self.mean, self.lo, self.hi]
+            .into_iter()
+            .chain(self.points.iter().copied())
+            .filter(|v| v.is_finite())
+    }
+}
+
+/// One contrast between two arms, e.g. "dendritic − restart": its paired
+/// differences on the test set and on the validation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contrast {
+    pub label: String,
+    pub test: EffectBar,
+    pub val: EffectBar,
+}
+
+/// Two panels side by side: left the primary metric (e.g. "macro-F1"),
+/// right accuracy. In each panel, for each contrast (the x categories), a
+/// test bar and a validation bar side by side, as tall as the mean paired
+/// difference, with its 95% confidence interval as a whisker (none when a
+/// bound is NaN), the per-pair differences as small dots on the bar, the
+/// mean written above, and a zero line. The accuracy panel has a second y
+/// axis on the right: the same difference in test sentences (Δ accuracy ×
+/// `test_sentences`; left out when `test_sentences` is 0). Both panels
+/// share their y range, at least 0.02 tall. 1600x750 px.
+pub fn contrast_effects(
     title: &str,
-    metric: &str,
-    seeds: &[String],
-    diffs: &[f64],
+    primary_metric: &str,
+    primary: &[Contrast],
+    accuracy: &[Contrast],
+    test_sentences: usize,
 ) -> Result<Vec<u8>, PlotError> {
-    check_pairs(
-        seeds.len(),
-        diffs.len(),
-        "paired differences need at least one seed",
-        ("seeds", "differences"),
-    )?;
-    render("differences", SIZE, |root| {
-        draw_differences(root, title, metric, seeds, diffs)
+    if primary.is_empty() && accuracy.is_empty() {
+        return Err(PlotError::Empty("the contrast figure needs a contrast"));
+    }
+    render("contrasts", SIZE, |root| {
+        let panels = [
+            EffectPanel {
+                caption: primary_metric.to_string(),
+                contrasts: primary,
+                sentences: None,
+            },
+            EffectPanel {
+                caption: "accuracy".to_string(),
+                contrasts: accuracy,
+                sentences: (test_sentences > 0).then_some(test_sentences),
+            },
+        ];
+        draw_effects(root, title, &panels)
     })
 }
 
-fn draw_differences<DB: DrawingBackend>(
+/// One panel of the figure.
+struct EffectPanel<'a> {
+    caption: String,
+    contrasts: &'a [Contrast],
+    /// The number of test sentences, for the axis on the right.
+    sentences: Option<usize>,
+}
+
+fn draw_effects<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
-    metric: &str,
-    seeds: &[String],
-    diffs: &[f64],
+    panels: &[EffectPanel<'_>; 2],
 ) -> DrawResult<(), DB> {
     let fonts = STANDARD_FONTS;
-    let body = titled(root, title, fonts, (8, 8, 12, 12))?;
-    let finite: Vec<f64> = diffs.iter().copied().filter(|d| d.is_finite()).collect();
-    let stat = Summary::of(diffs);
-    let decimals = value_decimals(finite.iter().map(|d| d.abs()).fold(0.0, f64::max));
-    let any_up = finite.iter().any(|&d| d >= 0.0);
-    let any_down = finite.iter().any(|&d| d < 0.0);
-    let (up_color, down_color, mean_color) = (BLUE_700, RED_700, PURPLE_500);
-
-    let mut entries = Vec::new();
-    if any_up {
-        entries.push(LegendEntry::new("difference ≥ 0", up_color, Sample::Bar));
-    }
-    if any_down {
-        entries.push(LegendEntry::new("difference < 0", down_color, Sample::Bar));
-    }
-    if let Some(s) = stat {
+    let body = titled(root, title, fonts, (8, 8, 8, 8))?;
+    let bars: Vec<&EffectBar> = panels
+        .iter()
+        .flat_map(|p| p.contrasts)
+        .flat_map(|c| [&c.test, &c.val])
+        .collect();
+    let mut entries = vec![
+        LegendEntry::new("test", TEST_COLOR, Sample::Bar),
+        LegendEntry::new("validation", VAL_COLOR, Sample::Bar),
+        LegendEntry::new("one pair (split, seed)", GREY_800, Sample::Dot(4)),
+        LegendEntry::new("mean paired difference and its 95% CI", BLACK, Sample::Rule),
+    ];
+    if bars.iter().any(|b| b.mean.is_finite() && !b.has_interval()) {
         entries.push(LegendEntry::new(
-            format!(
-                "mean {:+.decimals$} (sd {:.decimals$}, n = {})",
-                s.mean, s.sd, s.n
-            ),
-            mean_color,
-            Sample::Dashed,
+            "(no whisker: fewer than two pairs)",
+            BLACK,
+            Sample::Nothing,
         ));
     }
+    let (w, _) = body.dim_in_pixel();
+    let legend = Legend::new(&body, &entries, fonts.legend, w as i32)?;
+    let (legend_area, panels_area) = body.split_vertically(legend.strip_height());
+    legend.draw(&legend_area, 0, w as i32)?;
 
-    let extent = finite
-        .iter()
-        .copied()
-        .chain([0.0])
-        .chain(stat.map(|s| s.mean));
-    let base = data_range(extent);
-    let label_px = fonts.label + 14;
-    let plan_y = YAxis::new(&body, fonts, base.clone())?;
-    let plan = Frame::new(body.clone(), fonts, plan_y, &entries)?;
-    let names = CategoryLabels::new(&body, fonts, seeds, plan.plot_width())?;
-    let strip = plan.legend.strip_height();
-    let plot_h = plan.plot_height(strip, names.label_area(fonts));
-    // "n/a" is written above the zero line.
-    let any_missing = finite.len() < diffs.len();
-    let top_px = if any_up || any_missing { label_px } else { 0 };
-    let bottom_px = if any_down { label_px } else { 0 };
-    let y_range = with_headroom(base, top_px, bottom_px, plot_h);
-    let frame = Frame::new(
-        body.clone(),
-        fonts,
-        YAxis::new(&body, fonts, y_range)?,
-        &entries,
-    )?;
-    let chart_area = frame.draw_legend(strip)?;
+    let values: Vec<f64> = bars.iter().flat_map(|b| b.values()).collect();
+    let base = span_range(values.iter().copied().chain([0.0]), MIN_SPAN, None);
+    let largest = values.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    // Two significant digits of the largest value.
+    let decimals = value_decimals(largest * 10.0);
 
-    let format_x = |v: &f64| names.label(*v);
-    let y_desc = format!("Δ {metric}");
-    let x = XAxis {
-        axis: names.axis(),
-        desc: "seed",
-        format: &format_x,
-        label_area: names.label_area(fonts),
-    };
-    let mut chart = build_chart(&chart_area, fonts, &x, &frame.y, &y_desc)?;
-    names.draw_rotated(&chart_area, &chart, frame.y.range.start)?;
-
-    // Labels at the bar ends must fit their slot: in a smaller font, then
-    // with a decimal less; with too many seeds they are left out.
-    let slot_px = (frame.plot_width() / seeds.len() as u32).saturating_sub(6);
-    let mut bar_labels = None;
-    'fit: for decimals in [decimals, decimals.saturating_sub(1)] {
-        for font in (fonts.label * 3 / 4..=fonts.label).rev() {
-            let mut widest = 0;
-            for d in finite.iter().copied().chain([f64::NAN]) {
-                let text = bar_label(d, decimals);
-                widest = widest.max(
-                    chart_area
-                        .estimate_text_size(&text, &text_style(font, &BLACK))?
-                        .0,
-                );
+    let areas = panels_area.split_evenly((1, 2));
+    // The y range is planned on the first panel and shared, so that the
+    // panels can be compared bar by bar.
+    let mut range = None;
+    for (area, panel) in areas.iter().zip(panels) {
+        let inner = area
+            .margin(
+                PANEL_MARGIN.0,
+                PANEL_MARGIN.1,
+                PANEL_MARGIN.2,
+                PANEL_MARGIN.3,
+            )
+            .titled(&panel.caption, text_style(fonts.caption, &BLACK))?;
+        let y_range = match &range {
+            Some(r) => Range::clone(r),
+            None => {
+                let r = plan_range(&inner, fonts, panel, base.clone())?;
+                range = Some(r.clone());
+                r
             }
-            if widest <= slot_px {
-                bar_labels = Some((font, decimals));
-                break 'fit;
-            }
-        }
-    }
-    for (i, &d) in diffs.iter().enumerate() {
-        if d.is_finite() {
-            let color = if d >= 0.0 { up_color } else { down_color };
-            let x = i as f64;
-            chart.draw_series([Rectangle::new(
-                [(x - 0.35, 0.0), (x + 0.35, d)],
-                color.filled(),
-            )])?;
-        }
-    }
-    let x_range = &x.axis.range;
-    let zero = vec![(x_range.start, 0.0), (x_range.end, 0.0)];
-    chart.draw_series([PathElement::new(zero, BLACK.stroke_width(2))])?;
-    if let Some(s) = stat {
-        let mean = vec![(x_range.start, s.mean), (x_range.end, s.mean)];
-        let style = mean_color.stroke_width(3);
-        chart.draw_series(DashedLineSeries::new(mean, 14, 8, style))?;
-    }
-    // Values at the bar ends (above up bars, below down bars), on a white
-    // backing so that the lines do not run through them.
-    let Some((label_font, decimals)) = bar_labels else {
-        return Ok(());
-    };
-    for (i, &d) in diffs.iter().enumerate() {
-        let text = bar_label(d, decimals);
-        let (color, at_y, above) = if d.is_finite() {
-            (BLACK, d, d >= 0.0)
-        } else {
-            (GREY_800, 0.0, true)
         };
-        let (w, h) = chart_area.estimate_text_size(&text, &text_style(label_font, &color))?;
-        let (half_w, h) = (w as i32 / 2 + 3, h as i32 + 2);
-        let (vpos, dy, backing) = if above {
-            (VPos::Bottom, -6, [(-half_w, -6 - h), (half_w, -5)])
-        } else {
-            (VPos::Top, 6, [(-half_w, 5), (half_w, 6 + h)])
-        };
-        let style = text_style(label_font, &color).pos(Pos::new(HPos::Center, vpos));
-        chart.draw_series([EmptyElement::at((i as f64, at_y))
-            + Rectangle::new(backing, WHITE.mix(0.85).filled())
-            + Text::new(text, (0, dy), style)])?;
+        draw_panel(&inner, fonts, panel, y_range, decimals)?;
     }
     Ok(())
 }
 
-/// A difference with its sign, or "n/a" if it is not finite.
-fn bar_label(diff: f64, decimals: usize) -> String {
-    if diff.is_finite() {
-        format!("{diff:+.decimals$}")
+/// `base` grown so that the means written above the bars fit.
+fn plan_range<DB: DrawingBackend>(
+    inner: &DrawingArea<DB, Shift>,
+    fonts: Fonts,
+    panel: &EffectPanel<'_>,
+    base: Range<f64>,
+) -> DrawResult<Range<f64>, DB> {
+    let (chart_part, _) = split_right_axis(inner, fonts, panel, &base)?;
+    let frame = Frame::new(
+        chart_part,
+        fonts,
+        YAxis::new(inner, fonts, base.clone())?,
+        &[],
+    )?;
+    let labels: Vec<String> = panel.contrasts.iter().map(|c| c.label.clone()).collect();
+    let names = CategoryLabels::new(inner, fonts, &labels, frame.plot_width())?;
+    let plot_h = frame.plot_height(0, names.label_area(fonts));
+    Ok(with_headroom(base, fonts.label + 16, 0, plot_h))
+}
+
+/// The panel's area split into the chart and, when the panel counts test
+/// sentences, a strip on the right for that axis, with the axis.
+#[allow(clippy::type_complexity)]
+fn split_right_axis<DB: DrawingBackend>(
+    inner: &DrawingArea<DB, Shift>,
+    fonts: Fonts,
+    panel: &EffectPanel<'_>,
+    y_range: &Range<f64>,
+) -> DrawResult<(DrawingArea<DB, Shift>, Option<(YAxis, f64)>), DB> {
+    let Some(sentences) = panel.sentences else {
+        return Ok((inner.clone(), None));
+    };
+    let n = sentences as f64;
+    let axis = YAxis::new(inner, fonts, y_range.start * n..y_range.end * n)?;
+    let (w, _) = inner.dim_in_pixel();
+    // The chart keeps its own margin on the right, which the ticks use.
+    let width = axis.label_area.saturating_sub(24);
+    let (chart_part, _) = inner.split_horizontally(w.saturating_sub(width));
+    Ok((chart_part, Some((axis, n))))
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    inner: &DrawingArea<DB, Shift>,
+    fonts: Fonts,
+    panel: &EffectPanel<'_>,
+    y_range: Range<f64>,
+    decimals: usize,
+) -> DrawResult<(), DB> {
+    let (chart_part, right_axis) = split_right_axis(inner, fonts, panel, &y_range)?;
+    let y = YAxis::new(inner, fonts, y_range)?;
+    let frame = Frame::new(chart_part.clone(), fonts, y, &[])?;
+    let labels: Vec<String> = panel.contrasts.iter().map(|c| c.label.clone()).collect();
+    let names = CategoryLabels::new(inner, fonts, &labels, frame.plot_width())?;
+    let format_x = |v: &f64| names.label(*v);
+    let x = XAxis {
+        axis: names.axis(),
+        desc: "contrast (paired on the same split and seed)",
+        format: &format_x,
+        label_area: names.label_area(fonts),
+    };
+    let y_desc = format!("Δ {}", panel.caption);
+    let mut chart = build_chart(&chart_part, fonts, &x, &frame.y, &y_desc)?;
+    names.draw_rotated(&chart_part, &chart, frame.y.range.start)?;
+
+    let x_range = &x.axis.range;
+    let zero = vec![(x_range.start, 0.0), (x_range.end, 0.0)];
+    chart.draw_series([PathElement::new(zero, BLACK.stroke_width(2))])?;
+
+    if panel.contrasts.is_empty() {
+        let centre = (0.0, (frame.y.range.start + frame.y.range.end) / 2.0);
+        let style = text_style(fonts.caption, &GREY_800).pos(Pos::new(HPos::Center, VPos::Center));
+        let note = Text::new("no contrasts", (0, centre_nudge(fonts.caption)), style);
+        chart.draw_series([EmptyElement::at(centre) + note])?;
+    }
+
+    let slot_px = (frame.plot_width() / panel.contrasts.len().max(1) as u32 / 2).saturating_sub(4);
+    for (i, contrast) in panel.contrasts.iter().enumerate() {
+        for (bar, offset, color) in [
+            (&contrast.test, -BAR_OFFSET, TEST_COLOR),
+            (&contrast.val, BAR_OFFSET, VAL_COLOR),
+        ] {
+            let x = i as f64 + offset;
+            draw_bar(&mut chart, bar, x, color)?;
+            let label = bar_label(bar, decimals);
+            let (label, font) = fit_text(&chart_part, &label, fonts.label, slot_px)?;
+            let top = bar.values().chain([0.0]).fold(f64::NEG_INFINITY, f64::max);
+            let style = text_style(font, &BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+            chart.draw_series([EmptyElement::at((x, top)) + Text::new(label, (0, -10), style)])?;
+        }
+    }
+
+    if let Some((axis, n)) = right_axis {
+        draw_right_axis(inner, &chart, fonts, &axis, n)?;
+    }
+    Ok(())
+}
+
+/// A bar from 0 to the mean, its whisker and its per-pair dots.
+fn draw_bar<DB: DrawingBackend>(
+    chart: &mut super::axis::Chart<'_, DB>,
+    bar: &EffectBar,
+    x: f64,
+    color: RGBColor,
+) -> DrawResult<(), DB> {
+    if bar.mean.is_finite() {
+        let corners = [(x - BAR_HALF, 0.0), (x + BAR_HALF, bar.mean)];
+        chart.draw_series([
+            Rectangle::new(corners, tint(color).filled()),
+            Rectangle::new(corners, color.stroke_width(2)),
+        ])?;
+    }
+    let n = bar.points.len();
+    for (k, &d) in bar.points.iter().enumerate() {
+        if d.is_finite() {
+            let dx = if n > 1 {
+                -DOTS_HALF + 2.0 * DOTS_HALF * k as f64 / (n - 1) as f64
+            } else {
+                0.0
+            };
+            chart.draw_series([
+                Circle::new((x + dx, d), 5, WHITE.filled()),
+                Circle::new((x + dx, d), 4, GREY_800.filled()),
+            ])?;
+        }
+    }
+    if bar.has_interval() {
+        let style = BLACK.stroke_width(2);
+        let (lo, hi) = (bar.lo, bar.hi);
+        chart.draw_series([
+            PathElement::new(vec![(x, lo), (x, hi)], style),
+            PathElement::new(vec![(x - CAP_HALF, lo), (x + CAP_HALF, lo)], style),
+            PathElement::new(vec![(x - CAP_HALF, hi), (x + CAP_HALF, hi)], style),
+        ])?;
+    }
+    Ok(())
+}
+
+/// The count of test sentences along the right edge of the plot: an axis
+/// line, ticks, their labels and the description.
+fn draw_right_axis<DB: DrawingBackend>(
+    inner: &DrawingArea<DB, Shift>,
+    chart: &super::axis::Chart<'_, DB>,
+    fonts: Fonts,
+    axis: &YAxis,
+    sentences: f64,
+) -> DrawResult<(), DB> {
+    let (base_x, base_y) = inner.get_base_pixel();
+    let plot = chart.plotting_area();
+    let (plot_x, plot_y) = plot.get_base_pixel();
+    let (plot_w, plot_h) = plot.dim_in_pixel();
+    let right = plot_x - base_x + plot_w as i32 - 1;
+    let (top, bottom) = (plot_y - base_y, plot_y - base_y + plot_h as i32 - 1);
+    inner.draw(&PathElement::new(
+        vec![(right, top), (right, bottom)],
+        BLACK.stroke_width(1),
+    ))?;
+    let label_style = text_style(fonts.label, &BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+    let x_any = chart.x_range().start;
+    for tick in axis.axis().ticks {
+        let y = chart.backend_coord(&(x_any, tick / sentences)).1 - base_y;
+        if y < top || y > bottom {
+            continue;
+        }
+        inner.draw(&PathElement::new(
+            vec![(right, y), (right + 5, y)],
+            BLACK.stroke_width(1),
+        ))?;
+        let at = (right + 9, y + centre_nudge(fonts.label));
+        inner.draw(&Text::new(axis.format.apply(tick), at, label_style.clone()))?;
+    }
+    let (w, _) = inner.dim_in_pixel();
+    let desc = "test sentences";
+    let (desc, font) = fit_text(inner, desc, fonts.desc, plot_h.saturating_sub(8))?;
+    // Turned a quarter clockwise, the text's top faces right.
+    let style = text_style(font, &BLACK)
+        .transform(FontTransform::Rotate90)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    inner.draw(&Text::new(desc, (w as i32 - 2, (top + bottom) / 2), style))?;
+    Ok(())
+}
+
+/// `color` blended halfway to white, for the bars' fill (and a legend
+/// sample of the same colour would not match a translucent fill).
+fn tint(color: RGBColor) -> RGBColor {
+    let blend = |c: u8| (f64::from(c) + (255.0 - f64::from(c)) * 0.45).round() as u8;
+    RGBColor(blend(color.0), blend(color.1), blend(color.2))
+}
+
+/// The mean difference with its sign, or "n/a" if there is none.
+fn bar_label(bar: &EffectBar, decimals: usize) -> String {
+    if bar.mean.is_finite() {
+        format!("{:+.decimals$}", bar.mean)
     } else {
         "n/a".to_string()
     }
@@ -183,46 +389,85 @@ fn bar_label(diff: f64, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plots::testing::{assert_png, names};
+    use crate::plots::testing::assert_png;
 
-    #[test]
-    fn paired_differences_renders_png() {
-        let seeds = names(&["seed 1", "seed 2", "seed 3"]);
-        let png = paired_differences("d", "macro-F1", &seeds, &[0.01, -0.004, 0.02]).unwrap();
-        assert_png(&png, (1000, 700));
+    /// `n` per-pair differences around `mean`, a few thousandths apart.
+    fn diffs(mean: f64, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|k| mean + 0.004 * ((k * 5 % 9) as f64 / 8.0 - 0.5))
+            .collect()
+    }
 
-        let diffs = [-0.01, f64::NAN, -0.03];
-        let png = paired_differences("d", "macro-F1", &seeds, &diffs).unwrap();
-        assert_png(&png, (1000, 700));
-
-        let png = paired_differences("d", "F1", &seeds[..1], &[0.0]).unwrap();
-        assert_png(&png, (1000, 700));
+    fn contrasts(n: usize) -> Vec<Contrast> {
+        [
+            ("dendritic − baseline", 0.004, 0.002),
+            ("dendritic − restart", 0.001, 0.003),
+            ("restart − baseline", 0.003, -0.001),
+        ]
+        .into_iter()
+        .map(|(label, test, val)| Contrast {
+            label: label.to_string(),
+            test: EffectBar::from_points(diffs(test, n)),
+            val: EffectBar::from_points(diffs(val, n)),
+        })
+        .collect()
     }
 
     #[test]
-    fn paired_differences_many_seeds() {
-        let many: Vec<String> = (0..60).map(|i| format!("seed {i}")).collect();
-        let diffs: Vec<f64> = (0..60).map(|i| (i as f64).sin() * 0.01).collect();
-        let png = paired_differences("d", "F1", &many, &diffs).unwrap();
-        assert_png(&png, (1000, 700));
+    fn contrast_effects_renders_png() {
+        let primary = contrasts(9);
+        let mut accuracy = contrasts(9);
+        for c in &mut accuracy {
+            c.test = EffectBar::from_points(c.test.points.iter().map(|p| p - 0.002).collect());
+        }
+        let png = contrast_effects(
+            "MiniLM on FPB: paired differences between arms (9 pairs)",
+            "macro-F1",
+            &primary,
+            &accuracy,
+            339,
+        )
+        .unwrap();
+        assert_png(&png, SIZE);
+        std::fs::write("/tmp/plots-b-contrasts.png", &png).ok();
+
+        // One pair: no intervals.
+        let one = contrasts(1);
+        assert!(one[0].test.lo.is_nan());
+        let png = contrast_effects("one pair", "macro-F1", &one, &one, 339).unwrap();
+        assert_png(&png, SIZE);
+        std::fs::write("/tmp/plots-b-contrasts-one.png", &png).ok();
     }
 
     #[test]
-    fn paired_differences_reject_empty_and_misshapen_input() {
+    fn contrast_effects_odd_input() {
+        // No accuracy contrasts, no sentence count, a bar without points
+        // and a large negative difference.
+        let mut primary = contrasts(3);
+        primary[0].val = EffectBar::from_points(Vec::new());
+        primary[1].test = EffectBar::from_points(vec![-0.2, -0.3, f64::NAN]);
+        let png = contrast_effects("odd", "macro-F1", &primary, &[], 0).unwrap();
+        assert_png(&png, SIZE);
+        std::fs::write("/tmp/plots-b-contrasts-odd.png", &png).ok();
         assert!(matches!(
-            paired_differences("t", "m", &[], &[]),
+            contrast_effects("t", "m", &[], &[], 339),
             Err(PlotError::Empty(_))
         ));
-        assert!(matches!(
-            paired_differences("t", "m", &names(&["a"]), &[1.0, 2.0]),
-            Err(PlotError::Shape(_))
-        ));
     }
 
     #[test]
-    fn bar_labels() {
-        assert_eq!(bar_label(0.0123, 3), "+0.012");
-        assert_eq!(bar_label(-0.5, 1), "-0.5");
-        assert_eq!(bar_label(f64::NAN, 3), "n/a");
+    fn effect_bars() {
+        let bar = EffectBar::from_points(vec![0.01, 0.02, 0.03]);
+        assert!((bar.mean - 0.02).abs() < 1e-12);
+        let half = 4.303 * 0.01 / 3f64.sqrt();
+        assert!((bar.hi - bar.mean - half).abs() < 1e-12, "{bar:?}");
+        assert_eq!(bar_label(&bar, 3), "+0.020");
+        let one = EffectBar::from_points(vec![-0.003]);
+        assert!(one.lo.is_nan() && one.hi.is_nan());
+        assert_eq!(bar_label(&one, 4), "-0.0030");
+        let none = EffectBar::from_points(vec![f64::NAN]);
+        assert!(none.mean.is_nan());
+        assert_eq!(bar_label(&none, 3), "n/a");
+        assert_eq!(tint(RGBColor(0, 255, 100)), RGBColor(115, 255, 170));
     }
 }

@@ -33,8 +33,6 @@ pub(super) enum Sample {
     /// A vertical line.
     Rule,
     Bar,
-    /// A pale box with a line across its middle.
-    Crossbar,
     /// Nothing: the entry is a note.
     Nothing,
 }
@@ -215,13 +213,6 @@ impl Legend {
             Sample::Bar => {
                 let corners = [(x + 10, cy - half), (x + SAMPLE - 10, cy + half)];
                 area.draw(&Rectangle::new(corners, color.filled()))?;
-            }
-            Sample::Crossbar => {
-                let corners = [(x + 6, cy - half), (x + SAMPLE - 6, cy + half)];
-                area.draw(&Rectangle::new(corners, color.mix(0.2).filled()))?;
-                area.draw(&Rectangle::new(corners, color.stroke_width(1)))?;
-                let across = vec![(x + 6, cy), (x + SAMPLE - 6, cy)];
-                area.draw(&PathElement::new(across, line))?;
             }
             Sample::Nothing => {}
         }

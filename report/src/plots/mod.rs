@@ -1,8 +1,10 @@
 //! PNG plots for a fine-tuning run: training curves (loss on the left,
 //! validation accuracy and macro-F1 on the right, per epoch), a confusion
 //! matrix heat map with the count written in every cell, a four-panel figure
-//! of a dendritic (or baseline) run, and charts that compare the variants of
-//! a sweep across seeds.
+//! of a dendritic (or baseline) run, and charts that compare the variants
+//! (arms) of a sweep across (split, seed) pairs: per-run values with the
+//! mean and its 95% confidence interval, the paired differences of
+//! contrasts between arms, and validation curves in one panel per pair.
 //!
 //! Everything is drawn with `plotters` on its bitmap backend in memory, using
 //! the DejaVu Sans font that is compiled into the binary, and returned as PNG
@@ -33,7 +35,7 @@ use plotters::prelude::*;
 pub use comparison::variant_comparison;
 pub use confusion::confusion_matrix;
 pub use curves::{training_curves, CurvePoint};
-pub use differences::paired_differences;
+pub use differences::{contrast_effects, Contrast, EffectBar};
 pub use pai::{pai_figure, LayerSeries, PaiData, PaiEpoch};
 pub use runs::training_comparison;
 

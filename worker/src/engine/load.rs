@@ -39,6 +39,7 @@ impl Loaded {
         Ok(Encoded {
             ids: self.tok.encode_all(&texts)?,
             labels: set.iter().map(|e| e.label).collect(),
+            features: None,
         })
     }
 }

@@ -12,14 +12,15 @@ use common::artifacts::files;
 use common::job::EvalSplit;
 use common::metrics;
 use common::spec::{JobSpec, ModelSpec, Variant};
-use common::summary::{RunSummary, ValidationSummary};
+use common::summary::{Knockout, RunSummary, ValidationSummary};
 
 use super::data::LABELS;
 use super::error::JobError;
 use super::expand_env;
 use super::load::{head_prefixes, load_model, load_splits};
+use super::nn::Ctx;
 use super::speed::measure_speed;
-use super::train::{self, evaluate, Progress, RunConfig, Sets};
+use super::train::{self, evaluate, evaluate_with, Progress, RunConfig, Sets};
 use super::trained::{trained_safetensors, RunIds};
 
 /// A finished run: its record and its files, rendered in memory.
@@ -61,11 +62,18 @@ pub fn run(
     let (split, stats) = load_splits(spec)?;
     let labels: Vec<&str> = LABELS.to_vec();
     let loaded = load_model(spec, labels.len(), device, &[])?;
-    let (tr, va, te) = (
+    let (mut tr, mut va, mut te) = (
         loaded.encode(&split.train)?,
         loaded.encode(&split.val)?,
         loaded.encode(&split.test)?,
     );
+    let eval_bs = spec.train.batch_size.max(32);
+    if spec.model.cache_features {
+        check_cacheable(spec, &loaded)?;
+        for set in [&mut tr, &mut va, &mut te] {
+            train::cache_features(&loaded.model, set, eval_bs, device)?;
+        }
+    }
     let mut model = loaded.model;
     let base_trainable = loaded.trainable;
     let trained = train::train(
@@ -74,7 +82,8 @@ pub fn run(
         &RunConfig {
             train: &spec.train,
             tracker: &spec.tracker,
-            dendrites: (spec.variant == Variant::Dendritic).then_some(&spec.dendrites),
+            dendrites: spec.variant.restructures().then_some(&spec.dendrites),
+            add_sets: spec.variant == Variant::Dendritic,
             head_prefixes: head_prefixes(spec.model.arch),
             labels: &labels,
             seed: spec.seed,
@@ -92,9 +101,21 @@ pub fn run(
         .train
         .class_weights
         .then(|| train::balanced_weights(&tr.labels, labels.len()));
-    let eval_bs = spec.train.batch_size.max(32);
     let (_, val_pred) = evaluate(&model, &va, eval_bs, device, weights.as_deref())?;
     let (_, test_pred) = evaluate(&model, &te, eval_bs, device, weights.as_deref())?;
+    let knockout = if model.dendrite_summary()?.iter().any(|d| d.1 > 0) {
+        let ko = |set: &train::Encoded| {
+            evaluate_with(&model, set, eval_bs, device, None, &Ctx::knockout()).map(|r| r.1)
+        };
+        let (kv, kt) = (ko(&va)?, ko(&te)?);
+        Some(Knockout {
+            val: metrics::scores(&kv, &va.labels, &labels),
+            test: metrics::scores(&kt, &te.labels, &labels),
+            test_predictions: kt,
+        })
+    } else {
+        None
+    };
     let dendrite_tensors = model.dendrite_tensors();
     let mut saved: Vec<(String, Tensor)> = base_trainable
         .iter()
@@ -126,6 +147,9 @@ pub fn run(
         optimizer_steps: trained.steps,
         val: metrics::scores(&val_pred, &va.labels, &labels),
         test: metrics::scores(&test_pred, &te.labels, &labels),
+        test_labels: te.labels.clone(),
+        test_predictions: test_pred,
+        knockout,
         speed,
         total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
         trainable_params: loaded.trainable_params + dendrite_params,
@@ -138,11 +162,45 @@ pub fn run(
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let mut files = report::run::run_files(spec, &summary)?;
-    if spec.variant == Variant::Dendritic {
+    if spec.variant.restructures() {
         files.extend(report::run::pai_files(spec, &summary)?);
     }
     files.push((files::TRAINED_SAFETENSORS.into(), trained_file));
     Ok(RunOutput { summary, files })
+}
+
+/// A cached body must be frozen: every trained tensor and every dendrite
+/// must lie in the head (the pooler and classifier, or Phi's score layer).
+fn check_cacheable(spec: &JobSpec, loaded: &super::load::Loaded) -> Result<(), JobError> {
+    let in_head = |n: &str| {
+        head_prefixes(spec.model.arch)
+            .iter()
+            .any(|p| n.starts_with(p) || n.starts_with(p.trim_end_matches('.')))
+            || n.contains("pooler.")
+            || n.ends_with("pooler.dense")
+    };
+    let outside: Vec<&str> = loaded
+        .trainable
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(loaded.dendrite_layers.iter().map(|n| n.as_str()))
+        .filter(|n| !in_head(n))
+        .collect();
+    if let Some(n) = outside.first() {
+        return Err(JobError::Spec(format!(
+            "`model.cache_features` needs a frozen body, but `{n}` (in the body) trains: \
+             keep dendrites and trained weights in the head"
+        )));
+    }
+    Ok(())
+}
+
+/// What a re-score measures: a split, with or without the dendrite terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Rescore {
+    pub split: EvalSplit,
+    /// Leave every dendrite term out (the knock-out re-score).
+    pub knockout: bool,
 }
 
 /// Scores trained parameters (`trained`, a `trained.safetensors` of an
@@ -152,10 +210,11 @@ pub fn validate(
     spec: &JobSpec,
     trained: &Path,
     source: &str,
-    split: EvalSplit,
+    what: Rescore,
     job_id: &str,
     device: &Device,
 ) -> Result<(ValidationSummary, report::Files), JobError> {
+    let split = what.split;
     let started = Instant::now();
     spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
     let (splits, _) = load_splits(spec)?;
@@ -166,12 +225,18 @@ pub fn validate(
     let labels: Vec<&str> = LABELS.to_vec();
     let mut loaded = load_model(spec, labels.len(), device, &[PathBuf::from(trained)])?;
     let enc = loaded.encode(&set)?;
-    let (_, pred) = evaluate(
+    let ctx = if what.knockout {
+        Ctx::knockout()
+    } else {
+        Ctx::inference()
+    };
+    let (_, pred) = evaluate_with(
         &loaded.model,
         &enc,
         spec.train.batch_size.max(32),
         device,
         None,
+        &ctx,
     )?;
     let scores = metrics::scores(&pred, &enc.labels, &labels);
     let dendrites = loaded.model.dendrite_summary()?.first().map_or(0, |d| d.1);
@@ -181,6 +246,7 @@ pub fn validate(
         job_id: job_id.to_string(),
         source: source.to_string(),
         split: split.to_string(),
+        knockout: what.knockout,
         scores,
         speed,
         dendrites,

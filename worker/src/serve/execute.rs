@@ -157,9 +157,13 @@ pub(super) async fn execute(
             Ok(Vec::new())
         }
         JobKind::Train => train(device, msg, reporter).await,
-        JobKind::Validate { source, split } => {
+        JobKind::Validate {
+            source,
+            split,
+            knockout,
+        } => {
             drop(reporter);
-            validate(ctx, device, msg, source, *split).await
+            validate(ctx, device, msg, source, *split, *knockout).await
         }
     };
     shared.uploading.store(true, Ordering::SeqCst);
@@ -448,6 +452,7 @@ async fn validate(
     msg: &JobMessage,
     source: &str,
     split: EvalSplit,
+    knockout: bool,
 ) -> Result<Vec<(String, Vec<u8>)>, JobError> {
     let key = trained_key(ctx, source).await?;
     let bytes = ctx.artifacts.get(&key).await.map_err(|e| match e {
@@ -468,7 +473,8 @@ async fn validate(
     let (summary, files) = tokio::task::spawn_blocking(move || {
         let device =
             crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
-        pipeline::validate(&spec, &path, &source, split, &job_id, &device)
+        let what = pipeline::Rescore { split, knockout };
+        pipeline::validate(&spec, &path, &source, what, &job_id, &device)
     })
     .await
     .map_err(join_error)??;

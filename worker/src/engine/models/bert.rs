@@ -190,7 +190,13 @@ impl Bert {
         })
     }
 
+    /// Class logits `[b, num_labels]` in f32.
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        self.head(&self.body(batch, ctx)?, ctx)
+    }
+
+    /// The encoder's `[CLS]` hidden state `[b, hidden]`: the head's input.
+    pub fn body(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
         let dt = self.dtype;
         let (b, s) = batch.ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
@@ -222,7 +228,13 @@ impl Bert {
             let o = ctx.dropout(&l.out.forward(&i, ctx)?, self.dropout)?;
             x = l.out_ln.forward(&(o + x1)?, ctx)?;
         }
-        let cls = gather_positions(&x, &vec![0; b])?;
+        gather_positions(&x, &vec![0; b])
+    }
+
+    /// Pooler (when the checkpoint has one), dropout and classifier on the
+    /// `[CLS]` states: class logits in f32.
+    pub fn head(&self, cls: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let cls = cls.clone();
         let pooled = match &self.pooler {
             Some(pooler) => pooler.forward(&cls, ctx)?.tanh()?,
             None => cls,

@@ -82,6 +82,23 @@ impl Model {
         }
     }
 
+    /// The body's output `[b, hidden]`: what the head reads (the `[CLS]`
+    /// state for BERT, the last real token's for Phi).
+    pub fn body(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        match self {
+            Model::Bert(m) => m.body(batch, ctx),
+            Model::Phi(m) => m.body(batch, ctx),
+        }
+    }
+
+    /// Class logits `[b, num_labels]` in f32 from [`Model::body`]'s output.
+    pub fn head(&self, features: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        match self {
+            Model::Bert(m) => m.head(features, ctx),
+            Model::Phi(m) => m.head(features, ctx),
+        }
+    }
+
     /// The dtype activations are computed in.
     pub fn dtype(&self) -> DType {
         match self {

@@ -264,7 +264,13 @@ impl Phi {
             .to_dtype(self.dtype)
     }
 
+    /// Class logits `[b, num_labels]` in f32.
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        self.head(&self.body(batch, ctx)?, ctx)
+    }
+
+    /// The final-norm state of each row's last real token `[b, hidden]`.
+    pub fn body(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
         let dt = self.dtype;
         let (_, s) = batch.ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
@@ -295,8 +301,12 @@ impl Phi {
         }
         let x = self.final_ln.forward(&x, ctx)?;
         let last: Vec<usize> = batch.lengths.iter().map(|&n| n.max(1) - 1).collect();
-        let pooled = gather_positions(&x, &last)?;
-        self.score.forward(&pooled, ctx)?.to_dtype(DType::F32)
+        gather_positions(&x, &last)
+    }
+
+    /// The score layer on the last real tokens' states: logits in f32.
+    pub fn head(&self, pooled: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        self.score.forward(pooled, ctx)?.to_dtype(DType::F32)
     }
 
     /// The dtype activations are computed in.

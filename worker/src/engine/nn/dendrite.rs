@@ -10,8 +10,9 @@
 //! ```
 //!
 //! A new set starts with `T_k = 0` and `D_k = 0`, so adding one leaves the
-//! network's function unchanged; older gate rows are frozen. `g_j` is a full
-//! copy of `f`'s shape or a rank-`r` product `B_j A_j`.
+//! network's function unchanged; every gate row in use keeps training (the
+//! reference builds a new `k x C` gate tensor at each addition and trains it
+//! whole). `g_j` is a full copy of `f`'s shape or a rank-`r` product `B_j A_j`.
 
 use candle_core::{DType, Result, Tensor};
 use common::spec::{Activation, DendriteKind};
@@ -85,7 +86,7 @@ pub struct Dendrites {
     pub channels: usize,
     pub bias: bool,
     pub modules: Vec<Module>,
-    /// Gate rows; all but the newest are frozen.
+    /// Gate rows, all trained.
     pub t: Vec<Param>,
     /// `d[j-1]` is `D_j` (`[j, C]`).
     pub d: Vec<Param>,
@@ -141,14 +142,13 @@ impl Dendrites {
     }
 
     /// Adds one dendrite: `g_k` drawn from `N(0, 1) * init_scale`, `T_k = 0`,
-    /// `D_k = 0`; the previous gate row is frozen at its current value.
+    /// `D_k = 0`; the earlier gate rows keep training.
     pub fn add(
         &mut self,
         rng: &mut ChaCha8Rng,
         init_scale: f64,
         device: &candle_core::Device,
     ) -> Result<()> {
-        self.freeze_newest_gate()?;
         let (c, i) = (self.channels, self.in_features);
         let bias = if self.bias {
             Some(var(draw(rng, &[c], init_scale, device)?)?)
@@ -172,17 +172,6 @@ impl Dendrites {
         if k >= 1 {
             self.d
                 .push(var(Tensor::zeros((k, c), DType::F32, device)?)?);
-        }
-        Ok(())
-    }
-
-    /// Freezes the newest gate row at its current value: a detached copy,
-    /// with no link back into the graph of the variable it was.
-    fn freeze_newest_gate(&mut self) -> Result<()> {
-        if let Some(last) = self.t.last_mut() {
-            if let Param::Train(v) = last {
-                *last = Param::Frozen(v.as_tensor().copy()?.detach());
-            }
         }
         Ok(())
     }
@@ -289,7 +278,7 @@ impl Dendrites {
     }
 
     /// Rebuilds dendrites from saved tensors named as in [`Dendrites::named`]
-    /// (`get` returns a tensor by name). The newest gate row is trainable.
+    /// (`get` returns a tensor by name). Every gate row is trainable.
     pub fn from_saved(
         mut self,
         prefix: &str,
@@ -318,7 +307,6 @@ impl Dendrites {
                     b,
                 },
             };
-            self.freeze_newest_gate()?;
             self.modules.push(m);
             self.t.push(var(t)?);
             if j >= 1 {
@@ -410,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn new_set_contributes_exactly_zero_and_old_gates_freeze() {
+    fn new_set_contributes_exactly_zero_and_every_gate_trains() {
         let dev = Device::Cpu;
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut d = Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 4, 3, true);
@@ -428,12 +416,8 @@ mod tests {
         );
         assert!(matches!(d.t[0], Param::Train(_)));
         d.add(&mut rng, 0.01, &dev).unwrap();
-        // A frozen row is a constant: no link back into the graph of the
-        // variable it was copied from.
-        let Param::Frozen(t0) = &d.t[0] else {
-            panic!("the first gate row is frozen");
-        };
-        assert!(!t0.track_op());
+        // As the reference: the older row keeps training with the new one.
+        assert!(matches!(d.t[0], Param::Train(_)), "the first row trains");
         assert!(matches!(d.t[1], Param::Train(_)));
         assert_eq!(d.d[0].get(DType::F32).unwrap().dims(), &[1, 3]);
     }

@@ -166,7 +166,7 @@ impl Linear {
             let delta = matmul(&matmul(&xin, &a.t()?, None)?, &b.t()?, None)?;
             y = (y + delta)?;
         }
-        if let Some(d) = &self.dendrites {
+        if let Some(d) = self.dendrites.as_ref().filter(|_| !ctx.without_dendrites) {
             if let Some(term) = d.forward(&x2, ctx)? {
                 y = (y + term)?;
             }

@@ -23,6 +23,9 @@ use params::Param;
 pub struct Ctx {
     pub train: bool,
     grad: bool,
+    /// Knock-out: every dendrite term is left out of the forward pass (what
+    /// the network computes without its dendrites, weights unchanged).
+    pub without_dendrites: bool,
     rng: RefCell<ChaCha8Rng>,
     device_seeded: Cell<bool>,
 }
@@ -33,6 +36,7 @@ impl Ctx {
         Ctx {
             train,
             grad: true,
+            without_dendrites: false,
             rng: RefCell::new(rng),
             device_seeded: Cell::new(false),
         }
@@ -49,6 +53,14 @@ impl Ctx {
         Ctx {
             grad: false,
             ..Ctx::eval()
+        }
+    }
+
+    /// [`Ctx::inference`] with every dendrite term left out (knock-out).
+    pub fn knockout() -> Ctx {
+        Ctx {
+            without_dendrites: true,
+            ..Ctx::inference()
         }
     }
 

@@ -29,23 +29,29 @@ pub struct Optimised {
 
 impl Optimised {
     /// `base` and the model's dendrite tensors, with a fresh AdamW: the
-    /// head (outside dendrites) gets `head_lr / lr` as its multiplier.
+    /// head, its dendrites included, gets `head_lr / lr` as its multiplier;
+    /// dendrite tensors get `dendrites.weight_decay` (none by default).
     pub fn new(base: &[(String, Var)], model: &mut Model, cfg: &RunConfig) -> Result<Self> {
         let mut trainable = base.to_vec();
         trainable.extend(model.dendrite_trainables());
         let spec = cfg.train;
         let head_mult = spec.head_lr.map_or(1.0, |h| h / spec.lr);
-        let groups: Vec<(String, Var, f64)> = trainable
+        let dendrite_wd = cfg.dendrites.map_or(0.0, |d| d.weight_decay);
+        let groups: Vec<(String, Var, f64, f64)> = trainable
             .iter()
             .map(|(n, v)| {
-                let head = cfg.head_prefixes.iter().any(|p| n.starts_with(p))
-                    && !n.contains(".dendrites.");
-                (n.clone(), v.clone(), if head { head_mult } else { 1.0 })
+                let head = cfg.head_prefixes.iter().any(|p| n.starts_with(p));
+                let wd = if is_dendrite(n) {
+                    dendrite_wd
+                } else {
+                    spec.weight_decay
+                };
+                (n.clone(), v.clone(), if head { head_mult } else { 1.0 }, wd)
             })
             .collect();
         Ok(Optimised {
             vars: trainable.iter().map(|(_, v)| v.clone()).collect(),
-            opt: AdamW::new(&groups, spec.weight_decay)?,
+            opt: AdamW::with_groups(&groups)?,
         })
     }
 
@@ -53,6 +59,11 @@ impl Optimised {
     pub fn param_count(&self) -> usize {
         self.vars.iter().map(|v| v.elem_count()).sum()
     }
+}
+
+/// Whether a parameter belongs to a dendrite set (modules, gates, cascade).
+pub fn is_dendrite(name: &str) -> bool {
+    name.contains(".dendrites.")
 }
 
 /// Batches of indices: shuffled, then grouped by similar length (within
@@ -77,6 +88,8 @@ pub struct Fit {
     pub loss: f64,
     /// The learning rate of the last optimiser step.
     pub lr: f64,
+    /// The lowest and highest learning rate of the epoch's steps.
+    pub lr_range: (f64, f64),
     pub seconds: f64,
 }
 
@@ -112,21 +125,22 @@ pub fn train_epoch(
     );
     let mut acc = GradAccumulator::new(spec.grad_accum);
     let (mut loss_sum, mut lr) = (0.0, 0.0);
+    let mut lr_range = (f64::INFINITY, f64::NEG_INFINITY);
     let mut pending: Vec<Tensor> = Vec::with_capacity(LOSS_READ_EVERY);
     for (bi, b) in batches.iter().enumerate() {
         if progress.should_stop() {
             return Err(TrainError::Stopped);
         }
-        let rows: Vec<Vec<u32>> = b.iter().map(|&i| data.ids[i].clone()).collect();
         let ys: Vec<usize> = b.iter().map(|&i| data.labels[i]).collect();
-        let batch = Batch::new(&rows, model.pad_id(), device)?;
-        let loss = cross_entropy(&model.forward(&batch, &ctx)?, &ys, weights)?;
+        let logits = logits_of(model, data, b, device, &ctx)?;
+        let loss = cross_entropy(&logits, &ys, weights)?;
         pending.push(loss.detach());
         acc.add(acc.scale_loss(&loss)?.backward()?, &params.vars)?;
         if acc.ready(bi + 1 == batches.len()) {
             // A non-finite gradient norm skips the optimiser step.
             if let Some(grads) = acc.take(&params.vars, spec.clip_norm)? {
                 lr = schedule.lr();
+                lr_range = (lr_range.0.min(lr), lr_range.1.max(lr));
                 params.opt.step(&grads, lr)?;
                 schedule.advance();
             }
@@ -152,8 +166,63 @@ pub fn train_epoch(
     Ok(Fit {
         loss: loss_sum / batches.len().max(1) as f64,
         lr,
+        lr_range: if lr_range.0 <= lr_range.1 {
+            lr_range
+        } else {
+            (lr, lr)
+        },
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The logits of rows `rows` of `data`: the head on cached features, or
+/// the whole network on the token ids.
+fn logits_of(
+    model: &Model,
+    data: &Encoded,
+    rows: &[usize],
+    device: &Device,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    match &data.features {
+        Some(f) => {
+            let idx: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+            let idx = Tensor::from_vec(idx, rows.len(), f.device())?;
+            model.head(&f.index_select(&idx, 0)?, ctx)
+        }
+        None => {
+            let ids: Vec<Vec<u32>> = rows.iter().map(|&i| data.ids[i].clone()).collect();
+            model.forward(&Batch::new(&ids, model.pad_id(), device)?, ctx)
+        }
+    }
+}
+
+/// Computes the body's output for every row once (dropout off, no graph)
+/// and stores it in `data.features`: a frozen body then costs one forward
+/// pass per run instead of one per epoch.
+pub fn cache_features(
+    model: &Model,
+    data: &mut Encoded,
+    batch_size: usize,
+    device: &Device,
+) -> Result<()> {
+    let ctx = Ctx::inference();
+    let mut order: Vec<usize> = (0..data.ids.len()).collect();
+    order.sort_by_key(|&i| data.ids[i].len());
+    let mut parts: Vec<(usize, Tensor)> = Vec::new();
+    for chunk in order.chunks(batch_size.max(1)) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| data.ids[i].clone()).collect();
+        let f = model
+            .body(&Batch::new(&rows, model.pad_id(), device)?, &ctx)?
+            .detach();
+        for (k, &i) in chunk.iter().enumerate() {
+            parts.push((i, f.get(k)?));
+        }
+    }
+    parts.sort_by_key(|(i, _)| *i);
+    let rows: Vec<Tensor> = parts.into_iter().map(|(_, t)| t).collect();
+    data.features = Some(Tensor::stack(&rows, 0)?);
+    Ok(())
 }
 
 /// Loss and predictions on a split (dropout off), batched by length.
@@ -164,17 +233,26 @@ pub fn evaluate(
     device: &Device,
     weights: Option<&[f64]>,
 ) -> Result<(f64, Vec<usize>)> {
-    let ctx = Ctx::inference();
+    evaluate_with(model, data, batch_size, device, weights, &Ctx::inference())
+}
+
+/// [`evaluate`] under a given context (e.g. [`Ctx::knockout`]).
+pub fn evaluate_with(
+    model: &Model,
+    data: &Encoded,
+    batch_size: usize,
+    device: &Device,
+    weights: Option<&[f64]>,
+    ctx: &Ctx,
+) -> Result<(f64, Vec<usize>)> {
     let mut order: Vec<usize> = (0..data.ids.len()).collect();
     order.sort_by_key(|&i| data.ids[i].len());
     let mut preds = vec![0usize; data.ids.len()];
     let mut loss_sum = 0.0;
     let mut weight_sum = 0.0;
     for chunk in order.chunks(batch_size.max(1)) {
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| data.ids[i].clone()).collect();
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
-        let batch = Batch::new(&rows, model.pad_id(), device)?;
-        let logits = model.forward(&batch, &ctx)?.detach();
+        let logits = logits_of(model, data, chunk, device, ctx)?.detach();
         let w: f64 = labels.iter().map(|&l| weights.map_or(1.0, |w| w[l])).sum();
         let loss = cross_entropy(&logits, &labels, weights)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * w;

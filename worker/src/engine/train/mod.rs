@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::engine::models::Model;
 use crate::engine::nn::params::Param;
-pub use epoch::{evaluate, train_epoch, validate_epoch};
+pub use epoch::{cache_features, evaluate, evaluate_with, train_epoch, validate_epoch};
 use epoch::{Checked, Fit, Optimised};
 pub use loss::{balanced_weights, cross_entropy};
 use schedule::LrSchedule;
@@ -44,11 +44,15 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
 }
 
-/// A tokenized split: token ids and labels.
+/// A tokenized split: token ids and labels, and the frozen body's
+/// features once cached ([`epoch::cache_features`]).
 #[derive(Debug, Clone)]
 pub struct Encoded {
     pub ids: Vec<Vec<u32>>,
     pub labels: Vec<usize>,
+    /// `[n, hidden]` body outputs in row order: training and evaluation
+    /// then run the head only.
+    pub features: Option<candle_core::Tensor>,
 }
 
 /// Receives progress while training runs.
@@ -78,8 +82,12 @@ pub struct Trained {
 pub struct RunConfig<'a> {
     pub train: &'a TrainSpec,
     pub tracker: &'a TrackerSpec,
-    /// `Some` for the dendritic variant.
+    /// `Some` for the arms that restructure (dendritic and restart): the
+    /// tracker then follows the dendritic switch rules.
     pub dendrites: Option<&'a DendriteSpec>,
+    /// Whether a restructure adds a dendrite set (the dendritic arm) or
+    /// only restores, rebuilds AdamW and restarts the schedule (restart).
+    pub add_sets: bool,
     pub head_prefixes: &'a [&'a str],
     pub labels: &'a [&'a str],
     pub seed: u64,
@@ -188,8 +196,10 @@ pub fn train(
                 schedule.end_epoch(epoch, since_improved);
             }
             Decision::Restructure => {
-                let scale = cfg.dendrites.map_or(0.01, |d| d.init_scale);
-                model.add_dendrite_set(&mut dendrite_rng, scale)?;
+                if cfg.add_sets {
+                    let scale = cfg.dendrites.map_or(0.01, |d| d.init_scale);
+                    model.add_dendrite_set(&mut dendrite_rng, scale)?;
+                }
                 switches.push(epoch);
                 params = Optimised::new(base_trainable, model, cfg)?;
                 schedule.restart(epoch);
@@ -233,6 +243,8 @@ fn epoch_record(
         val_running: step.running,
         test_score: checked.test_score,
         lr: fit.lr,
+        lr_min: fit.lr_range.0,
+        lr_max: fit.lr_range.1,
         seconds: fit.seconds + checked.seconds,
         train_seconds: fit.seconds,
         val_seconds: checked.seconds,

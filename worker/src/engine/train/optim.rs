@@ -36,10 +36,21 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// `params`: (name, variable, learning-rate multiplier).
+    /// `params`: (name, variable, learning-rate multiplier), all with
+    /// `weight_decay` (biases and norms with none).
     pub fn new(params: &[(String, Var, f64)], weight_decay: f64) -> Result<AdamW> {
+        let groups: Vec<(String, Var, f64, f64)> = params
+            .iter()
+            .map(|(n, v, m)| (n.clone(), v.clone(), *m, weight_decay))
+            .collect();
+        AdamW::with_groups(&groups)
+    }
+
+    /// `params`: (name, variable, learning-rate multiplier, weight decay);
+    /// biases and norms get no weight decay whatever their group says.
+    pub fn with_groups(params: &[(String, Var, f64, f64)]) -> Result<AdamW> {
         let mut slots = Vec::with_capacity(params.len());
-        for (name, var, lr_mult) in params {
+        for (name, var, lr_mult, weight_decay) in params {
             let cpu = if var.device().is_cpu() && var.dtype() == DType::F32 {
                 let n = var.elem_count();
                 Some(Mutex::new((vec![0f32; n], vec![0f32; n])))
@@ -57,7 +68,7 @@ impl AdamW {
                 m,
                 v,
                 cpu,
-                weight_decay: if no_decay(name) { 0.0 } else { weight_decay },
+                weight_decay: if no_decay(name) { 0.0 } else { *weight_decay },
                 lr_mult: *lr_mult,
             });
         }
