@@ -290,10 +290,10 @@ fn producer_expands_the_shipped_sweeps() {
     for (file, jobs) in [
         ("sweeps/quickstart.toml", 1),
         ("sweeps/phi2-fpb.toml", 1),
-        ("sweeps/exp1-benchmark.toml", 27),
-        ("sweeps/exp1-benchmark-phi2.toml", 27),
-        ("sweeps/exp2-pai.toml", 27),
-        ("sweeps/exp2-pai-phi2.toml", 27),
+        ("sweeps/exp1-benchmark.toml", 36),
+        ("sweeps/exp1-benchmark-phi2.toml", 36),
+        ("sweeps/exp2-pai.toml", 36),
+        ("sweeps/exp2-pai-phi2.toml", 36),
     ] {
         let o = Command::new(binary("producer"))
             .args(["expand", repo_root().join(file).to_str().unwrap()])

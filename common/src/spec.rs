@@ -449,6 +449,11 @@ pub enum Variant {
     /// (restore the best snapshot, fresh AdamW, schedule restarted) except
     /// adding the set, so a difference to it is the dendrites' own.
     Restart,
+    /// The parameter-budget control: each switch adds, where a dendrite
+    /// set would go, a plain zero-initialised linear branch of the same
+    /// shape (`y = f(x) + W x + b`, no activation, no gate), with the
+    /// dendritic arm's restores and restarts.
+    Branch,
 }
 
 impl Variant {
@@ -587,6 +592,8 @@ pub enum Activation {
     Sigmoid,
     Tanh,
     Relu,
+    /// No non-linearity (the branch arm's linear branches).
+    Identity,
 }
 
 /// Where and what kind of dendrites the `dendritic` variant adds.

@@ -1,7 +1,8 @@
 //! The statistics that compare the arms of a sweep. Runs are compared only
 //! within a comparison group (same settings apart from variant, dendrite
 //! settings, seed and split seed) and paired on (split seed, training
-//! seed). Arms are the variants (`baseline`, `dendritic`, `restart`) plus
+//! seed). Arms are the variants (`baseline`, `dendritic`, `restart`,
+//! `branch`) plus
 //! "dendritic, knocked out": the dendritic runs scored with their dendrite
 //! terms left out. Each contrast between two arms gets the paired mean
 //! difference with a 95% t interval (test and validation), a sign test
@@ -166,8 +167,9 @@ fn arm_order(arm: &str) -> usize {
         "baseline" => 0,
         "dendritic" => 1,
         "restart" => 2,
-        KNOCKOUT_ARM => 3,
-        _ => 4,
+        "branch" => 3,
+        KNOCKOUT_ARM => 4,
+        _ => 5,
     }
 }
 
@@ -254,8 +256,10 @@ fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
 }
 
 /// The contrasts computed when both arms are present, headline first.
-const CONTRASTS: [(&str, &str); 4] = [
+const CONTRASTS: [(&str, &str); 6] = [
     ("dendritic", "restart"),
+    ("dendritic", "branch"),
+    ("branch", "restart"),
     ("dendritic", "baseline"),
     ("restart", "baseline"),
     ("dendritic", KNOCKOUT_ARM),

@@ -350,10 +350,10 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
             "no dendrites added"
         }
         .to_string(),
-        switch_label: if restart {
-            "restore + restart (no set added)"
-        } else {
-            "dendrites added"
+        switch_label: match spec.variant {
+            common::spec::Variant::Restart => "restore + restart (no set added)",
+            common::spec::Variant::Branch => "linear branch added",
+            _ => "dendrites added",
         }
         .to_string(),
     }

@@ -213,10 +213,14 @@ pub fn load_model(
         }
     }
     let mut model = model;
-    let dendrite_layers = if spec.variant == Variant::Dendritic {
-        model.attach_dendrites(&spec.dendrites, Some(&p))?
-    } else {
-        Vec::new()
+    let dendrite_layers = match spec.variant {
+        Variant::Dendritic => model.attach_dendrites(&spec.dendrites, Some(&p))?,
+        Variant::Branch => {
+            let names = model.attach_dendrites(&spec.dendrites, Some(&p))?;
+            model.make_branches();
+            names
+        }
+        Variant::Baseline | Variant::Restart => Vec::new(),
     };
     let tok = Tok::load(&dir.join("tokenizer.json"), m.max_len)?;
     let (frozen_params, trainable_params) = p.counts();

@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod error;
+pub mod features;
 pub mod load;
 pub mod models;
 pub mod nn;

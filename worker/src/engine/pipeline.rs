@@ -70,9 +70,14 @@ pub fn run(
     let eval_bs = spec.train.batch_size.max(32);
     if spec.model.cache_features {
         check_cacheable(spec, &loaded)?;
-        for set in [&mut tr, &mut va, &mut te] {
-            train::cache_features(&loaded.model, set, eval_bs, device)?;
-        }
+        let model_key = serde_json::to_string(&spec.model).unwrap_or_default();
+        super::features::attach(
+            &loaded.model,
+            &model_key,
+            &mut [&mut tr, &mut va, &mut te],
+            eval_bs,
+            device,
+        )?;
     }
     let mut model = loaded.model;
     let base_trainable = loaded.trainable;
@@ -83,7 +88,7 @@ pub fn run(
             train: &spec.train,
             tracker: &spec.tracker,
             dendrites: spec.variant.restructures().then_some(&spec.dendrites),
-            add_sets: spec.variant == Variant::Dendritic,
+            add_sets: matches!(spec.variant, Variant::Dendritic | Variant::Branch),
             head_prefixes: head_prefixes(spec.model.arch),
             labels: &labels,
             seed: spec.seed,

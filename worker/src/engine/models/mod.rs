@@ -176,6 +176,16 @@ impl Model {
     }
 
     /// Adds one dendrite to every wrapped layer.
+    /// Turns every attached dendrite layer into a plain linear branch (the
+    /// branch arm).
+    pub fn make_branches(&mut self) {
+        for l in self.linears_mut() {
+            if let Some(d) = l.dendrites.take() {
+                l.dendrites = Some(d.into_branch());
+            }
+        }
+    }
+
     pub fn add_dendrite_set(
         &mut self,
         rng: &mut ChaCha8Rng,

@@ -90,6 +90,9 @@ pub struct Dendrites {
     pub t: Vec<Param>,
     /// `d[j-1]` is `D_j` (`[j, C]`).
     pub d: Vec<Param>,
+    /// The branch arm's plain linear branches: modules start at zero, the
+    /// activation is the identity and every gate row is a constant 1.
+    pub branch: bool,
 }
 
 fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
@@ -97,6 +100,7 @@ fn act(x: &Tensor, a: Activation) -> Result<Tensor> {
         Activation::Sigmoid => candle_nn::ops::sigmoid(x),
         Activation::Tanh => x.tanh(),
         Activation::Relu => x.relu(),
+        Activation::Identity => Ok(x.clone()),
     }
 }
 
@@ -134,7 +138,15 @@ impl Dendrites {
             modules: Vec::new(),
             t: Vec::new(),
             d: Vec::new(),
+            branch: false,
         }
+    }
+
+    /// Turns these dendrites into the branch arm's plain linear branches.
+    pub fn into_branch(mut self) -> Dendrites {
+        self.branch = true;
+        self.activation = Activation::Identity;
+        self
     }
 
     pub fn count(&self) -> usize {
@@ -150,25 +162,33 @@ impl Dendrites {
         device: &candle_core::Device,
     ) -> Result<()> {
         let (c, i) = (self.channels, self.in_features);
+        // A branch starts at zero (its gate is a constant 1); a dendrite
+        // starts random behind a zero gate.
+        let scale = if self.branch { 0.0 } else { init_scale };
         let bias = if self.bias {
-            Some(var(draw(rng, &[c], init_scale, device)?)?)
+            Some(var(draw(rng, &[c], scale, device)?)?)
         } else {
             None
         };
         let module = match self.kind {
             DendriteKind::Full | DendriteKind::Auto => Module::Full {
-                w: var(draw(rng, &[c, i], init_scale, device)?)?,
+                w: var(draw(rng, &[c, i], scale, device)?)?,
                 b: bias,
             },
             DendriteKind::LowRank => Module::LowRank {
+                // A zero product needs one random factor to ever move.
                 a: var(draw(rng, &[self.rank, i], init_scale, device)?)?,
-                b_mat: var(draw(rng, &[c, self.rank], init_scale, device)?)?,
+                b_mat: var(draw(rng, &[c, self.rank], scale, device)?)?,
                 b: bias,
             },
         };
         let k = self.modules.len();
         self.modules.push(module);
-        self.t.push(var(Tensor::zeros(c, DType::F32, device)?)?);
+        self.t.push(if self.branch {
+            Param::Frozen(Tensor::ones(c, DType::F32, device)?)
+        } else {
+            var(Tensor::zeros(c, DType::F32, device)?)?
+        });
         if k >= 1 {
             self.d
                 .push(var(Tensor::zeros((k, c), DType::F32, device)?)?);
@@ -308,7 +328,11 @@ impl Dendrites {
                 },
             };
             self.modules.push(m);
-            self.t.push(var(t)?);
+            self.t.push(if self.branch {
+                Param::Frozen(t)
+            } else {
+                var(t)?
+            });
             if j >= 1 {
                 self.d.push(var(p(&mut get, "D")?)?);
             }
@@ -370,6 +394,40 @@ mod tests {
         ));
         assert!(matches("*", "anything.at.all"));
         assert!(!matches("query", "bert.encoder.layer.0.attention.self.key"));
+    }
+
+    #[test]
+    fn a_branch_is_a_zero_initialised_linear_layer() {
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut d =
+            Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 4, 3, true).into_branch();
+        d.add(&mut rng, 0.01, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+        let sum = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(sum(&d.forward(&x, &Ctx::eval()).unwrap().unwrap()), 0.0);
+        assert!(matches!(d.t[0], Param::Frozen(_)), "the gate is a constant");
+        // Once its weights move, the term is exactly x W^T + b (no activation).
+        let w = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+        d.modules[0] = Module::Full {
+            w: Param::Frozen(w.clone()),
+            b: Some(Param::Frozen(b.clone())),
+        };
+        let got = d.forward(&x, &Ctx::eval()).unwrap().unwrap();
+        let want = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert!(sum(&(got - want).unwrap()) < 1e-5);
     }
 
     #[test]
