@@ -195,8 +195,10 @@ variant = ["baseline", "dendritic", "restart"]
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| {
-                let spec = std::fs::read_to_string(p.join("spec.json")).unwrap();
-                spec.contains(&format!("\"variant\":\"{variant}\""))
+                let spec: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(p.join("spec.json")).unwrap())
+                        .unwrap();
+                spec["spec"]["variant"] == variant
             })
             .unwrap_or_else(|| panic!("no {variant} run"));
         serde_json::from_str(&std::fs::read_to_string(job.join("metrics.json")).unwrap()).unwrap()
