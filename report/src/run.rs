@@ -319,8 +319,8 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
     }
     PaiData {
         title: format!(
-            "{} {} seed {}: {} dendrite set(s) in the best network",
-            s.model, spec.variant, spec.seed, s.dendrites
+            "{} {} split {} seed {}: {} dendrite set(s) in the best network",
+            s.model, spec.variant, spec.data.split.seed, spec.seed, s.dendrites
         ),
         score_name: spec.train.metric.label().to_string(),
         epochs: h

@@ -132,6 +132,8 @@ pub fn format_p(p: f64) -> String {
         "n/a".into()
     } else if p < 0.001 {
         "< 0.001".into()
+    } else if p < 0.01 {
+        format!("= {p:.3}")
     } else {
         format!("= {:.2}", p).replace("= 1.00", "= 1")
     }
@@ -188,6 +190,7 @@ mod tests {
     fn p_values_read_plainly() {
         assert_eq!(format_p(0.0004), "< 0.001");
         assert_eq!(format_p(0.0312), "= 0.03");
+        assert_eq!(format_p(0.0039), "= 0.004");
         assert_eq!(format_p(1.0), "= 1");
     }
 }

@@ -212,9 +212,16 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
             &values,
         )?,
     ));
-    if !g.contrasts.is_empty() {
+    // The knock-out contrast (tens of points) stays in report.md: on the
+    // same axis it would flatten the arm contrasts the figure is about.
+    let shown: Vec<&Contrast> = g
+        .contrasts
+        .iter()
+        .filter(|c| c.b != compare::KNOCKOUT_ARM)
+        .collect();
+    if !shown.is_empty() {
         let bars = |test: fn(&compare::PairDiff) -> f64, val: fn(&compare::PairDiff) -> f64| {
-            g.contrasts
+            shown
                 .iter()
                 .map(|c| plots::Contrast {
                     label: c.label(),
@@ -233,7 +240,7 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
                 "macro-F1",
                 &bars(|p| p.test_f1, |p| p.val_f1),
                 &bars(|p| p.test_acc, |p| p.val_acc),
-                g.contrasts[0].test_sentences,
+                shown[0].test_sentences,
             )?,
         ));
     }
