@@ -224,10 +224,7 @@ seed = [0, 1]
         md.contains("| baseline | 2 |") && md.contains("| dendritic | 2 |"),
         "{md}"
     );
-    assert!(
-        md.contains("Paired dendritic − baseline over 2 seed(s)"),
-        "{md}"
-    );
+    assert!(md.contains("| dendritic − baseline | 2 |"), "{md}");
     let (ok, out) = producer(
         &env,
         &[
