@@ -1,6 +1,6 @@
 //! Dendrites on real model code (the tiny BERT and Phi parity fixtures and
 //! MiniLM-L6 with LoRA over a quantized base): additions leave the function
-//! bit-identical, freeze older gate rows, count parameters by the formula,
+//! bit-identical, keep every gate row training, count parameters by the formula,
 //! receive gradients, and reload from saved tensors without replaying
 //! training.
 

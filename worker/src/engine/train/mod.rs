@@ -258,7 +258,8 @@ fn epoch_record(
     })
 }
 
-/// Elements of the dendrite tensors that no longer train (older gate rows).
+/// Elements of the dendrite tensors that do not train (the branch arm's
+/// constant gates).
 fn frozen_dendrite_params(model: &mut Model) -> usize {
     model
         .dendrite_tensors()
