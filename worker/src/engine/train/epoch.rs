@@ -35,18 +35,12 @@ impl Optimised {
         let mut trainable = base.to_vec();
         trainable.extend(model.dendrite_trainables());
         let spec = cfg.train;
-        let head_mult = spec.head_lr.map_or(1.0, |h| h / spec.lr);
         let dendrite_wd = cfg.dendrites.map_or(0.0, |d| d.weight_decay);
         let groups: Vec<(String, Var, f64, f64)> = trainable
             .iter()
             .map(|(n, v)| {
-                let head = cfg.head_prefixes.iter().any(|p| n.starts_with(p));
-                let wd = if is_dendrite(n) {
-                    dendrite_wd
-                } else {
-                    spec.weight_decay
-                };
-                (n.clone(), v.clone(), if head { head_mult } else { 1.0 }, wd)
+                let (mult, wd) = group_of(n, cfg.head_prefixes, spec, dendrite_wd);
+                (n.clone(), v.clone(), mult, wd)
             })
             .collect();
         Ok(Optimised {
@@ -59,6 +53,29 @@ impl Optimised {
     pub fn param_count(&self) -> usize {
         self.vars.iter().map(|v| v.elem_count()).sum()
     }
+}
+
+/// A parameter's learning-rate multiplier and weight decay: the head, its
+/// dendrites included, trains at `head_lr`; dendrite tensors get
+/// `dendrite_wd`, everything else `train.weight_decay`.
+pub fn group_of(
+    name: &str,
+    head_prefixes: &[&str],
+    spec: &common::spec::TrainSpec,
+    dendrite_wd: f64,
+) -> (f64, f64) {
+    let head = head_prefixes.iter().any(|p| name.starts_with(p));
+    let mult = if head {
+        spec.head_lr.map_or(1.0, |h| h / spec.lr)
+    } else {
+        1.0
+    };
+    let wd = if is_dendrite(name) {
+        dendrite_wd
+    } else {
+        spec.weight_decay
+    };
+    (mult, wd)
 }
 
 /// Whether a parameter belongs to a dendrite set (modules, gates, cascade).
@@ -322,6 +339,27 @@ pub fn validate_epoch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_dendrites_train_at_the_head_rate_without_decay() {
+        let spec = common::spec::TrainSpec {
+            lr: 1e-4,
+            head_lr: Some(1e-3),
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let heads = ["classifier."];
+        let g = |n: &str| group_of(n, &heads, &spec, 0.0);
+        assert_eq!(g("classifier.weight"), (10.0, 0.01));
+        assert_eq!(g("classifier.dendrites.0.T"), (10.0, 0.0));
+        assert_eq!(g("classifier.dendrites.1.weight"), (10.0, 0.0));
+        assert_eq!(g("bert.pooler.dense.dendrites.0.weight"), (1.0, 0.0));
+        assert_eq!(
+            g("bert.encoder.layer.0.attention.self.query.weight"),
+            (1.0, 0.01)
+        );
+        assert_eq!(group_of("x.dendrites.0.D", &heads, &spec, 0.05).1, 0.05);
+    }
 
     #[test]
     fn batches_cover_every_index_once() {
