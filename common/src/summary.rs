@@ -112,7 +112,7 @@ pub struct RunSummary {
     pub knockout: Option<Knockout>,
 }
 
-/// A dendritic run's parameters scored without their dendrite terms.
+/// A run's parameters scored without their dendrite (or branch) terms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Knockout {
     pub val: Scores,

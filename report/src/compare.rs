@@ -134,7 +134,10 @@ pub struct Contrast {
     pub val_acc: MeanCi,
     /// Over the pairs' test macro-F1 differences.
     pub sign: SignTest,
-    /// On the pooled test predictions (when every pair has them).
+    /// On the pooled test predictions (when every pair has them). Pairs of
+    /// one split share their test sentences, so the pooled counts are not
+    /// independent and this p-value is optimistic; the sign test over
+    /// pairs is the conservative one.
     pub mcnemar: Option<McNemar>,
     /// Test sentences per pair (the split's test size).
     pub test_sentences: usize,
@@ -157,7 +160,8 @@ impl Contrast {
 pub struct GroupSummary {
     pub group: String,
     pub model: String,
-    /// Baseline, dendritic, restart, then the knocked-out arm (those present).
+    /// Baseline, dendritic, restart, branch, then the knocked-out arm (those
+    /// present).
     pub arms: Vec<ArmStats>,
     pub contrasts: Vec<Contrast>,
 }
@@ -224,6 +228,7 @@ fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
     let col = |f: fn(&PairDiff) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
     let with_predictions = common.iter().all(|(x, y)| {
         !x.gold.is_empty()
+            && x.gold == y.gold
             && x.predictions.len() == x.gold.len()
             && y.predictions.len() == x.gold.len()
     });

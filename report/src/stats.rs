@@ -126,7 +126,8 @@ pub fn mcnemar(pairs: &[(&[usize], &[usize], &[usize])]) -> McNemar {
     }
 }
 
-/// A p-value as people read it: two significant digits, "< 0.001" below.
+/// A p-value as people read it: two decimals, three below 0.01, "< 0.001"
+/// below that.
 pub fn format_p(p: f64) -> String {
     if !p.is_finite() {
         "n/a".into()

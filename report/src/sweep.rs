@@ -131,7 +131,9 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
          Contrasts pair runs on the same data split and training seed; \
          a contrast's value is the mean paired difference A − B with its 95% t interval in brackets; \
          the sign test counts pairs where A was higher / lower / tied on test macro-F1; \
-         McNemar counts pooled test sentences right only under A / only under B.\n\n",
+         McNemar counts pooled test sentences right only under A / only under B \
+         (runs of one split share their test sentences, so its p-value is optimistic: \
+         the sign test over pairs is the conservative test).\n\n",
     );
     for g in groups {
         s.push_str(&format!(

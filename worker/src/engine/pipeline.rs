@@ -108,7 +108,10 @@ pub fn run(
         .then(|| train::balanced_weights(&tr.labels, labels.len()));
     let (_, val_pred) = evaluate(&model, &va, eval_bs, device, weights.as_deref())?;
     let (_, test_pred) = evaluate(&model, &te, eval_bs, device, weights.as_deref())?;
-    let knockout = if model.dendrite_summary()?.iter().any(|d| d.1 > 0) {
+    // Every dendritic or branch run gets a knock-out score, even one whose
+    // kept network has no set (then it equals the plain score), so the
+    // knocked-out arm has the same runs as its arm.
+    let knockout = if matches!(spec.variant, Variant::Dendritic | Variant::Branch) {
         let ko = |set: &train::Encoded| {
             evaluate_with(&model, set, eval_bs, device, None, &Ctx::knockout()).map(|r| r.1)
         };
@@ -132,6 +135,12 @@ pub fn run(
     let dendrite_params: usize = saved[base_trainable.len()..]
         .iter()
         .map(|(_, t)| t.elem_count())
+        .sum();
+    // The branch arm's gates and cascades are constants, not trained.
+    let constant_dendrite_params: usize = dendrite_tensors
+        .iter()
+        .filter(|(_, p)| matches!(p, crate::engine::nn::params::Param::Frozen(_)))
+        .map(|(_, p)| p.get(DType::F32).map_or(0, |t| t.elem_count()))
         .sum();
     let layout = model.dendrite_summary()?;
     let trained_file = trained_safetensors(&saved, spec, ids, &trained.tracker, &layout)?;
@@ -157,7 +166,7 @@ pub fn run(
         knockout,
         speed,
         total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
-        trainable_params: loaded.trainable_params + dendrite_params,
+        trainable_params: loaded.trainable_params + dendrite_params - constant_dendrite_params,
         dendrites: layout.first().map_or(0, |d| d.1),
         dendrite_params,
         dendrite_layers: loaded.dendrite_layers,

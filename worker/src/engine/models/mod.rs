@@ -175,7 +175,6 @@ impl Model {
         }
     }
 
-    /// Adds one dendrite to every wrapped layer.
     /// Turns every attached dendrite layer into a plain linear branch (the
     /// branch arm).
     pub fn make_branches(&mut self) {
@@ -186,6 +185,7 @@ impl Model {
         }
     }
 
+    /// Adds one dendrite (or branch) to every wrapped layer.
     pub fn add_dendrite_set(
         &mut self,
         rng: &mut ChaCha8Rng,

@@ -142,10 +142,23 @@ impl Dendrites {
         }
     }
 
-    /// Turns these dendrites into the branch arm's plain linear branches.
+    /// Turns these dendrites into the branch arm's plain linear branches
+    /// (gates and cascades of sets already present become constants).
     pub fn into_branch(mut self) -> Dendrites {
         self.branch = true;
         self.activation = Activation::Identity;
+        let freeze = |p: Param| match p {
+            Param::Train(v) => Param::Frozen(v.as_tensor().detach()),
+            p => p,
+        };
+        self.t = std::mem::take(&mut self.t)
+            .into_iter()
+            .map(freeze)
+            .collect();
+        self.d = std::mem::take(&mut self.d)
+            .into_iter()
+            .map(freeze)
+            .collect();
         self
     }
 
@@ -190,8 +203,13 @@ impl Dendrites {
             var(Tensor::zeros(c, DType::F32, device)?)?
         });
         if k >= 1 {
-            self.d
-                .push(var(Tensor::zeros((k, c), DType::F32, device)?)?);
+            let zeros = Tensor::zeros((k, c), DType::F32, device)?;
+            // Branches are independent linear layers: no cascade.
+            self.d.push(if self.branch {
+                Param::Frozen(zeros)
+            } else {
+                var(zeros)?
+            });
         }
         Ok(())
     }
@@ -298,7 +316,8 @@ impl Dendrites {
     }
 
     /// Rebuilds dendrites from saved tensors named as in [`Dendrites::named`]
-    /// (`get` returns a tensor by name). Every gate row is trainable.
+    /// (`get` returns a tensor by name). Every gate row is trainable (the
+    /// branch arm's become constants in [`Dendrites::into_branch`]).
     pub fn from_saved(
         mut self,
         prefix: &str,
@@ -414,6 +433,14 @@ mod tests {
         };
         assert_eq!(sum(&d.forward(&x, &Ctx::eval()).unwrap().unwrap()), 0.0);
         assert!(matches!(d.t[0], Param::Frozen(_)), "the gate is a constant");
+        d.add(&mut rng, 0.01, &dev).unwrap();
+        assert!(
+            matches!(d.d[0], Param::Frozen(_)),
+            "no cascade between branches"
+        );
+        d.modules.pop();
+        d.t.pop();
+        d.d.pop();
         // Once its weights move, the term is exactly x W^T + b (no activation).
         let w = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();

@@ -216,7 +216,8 @@ fn logits_of(
 
 /// Computes the body's output for every row once (dropout off, no graph)
 /// and stores it in `data.features`: a frozen body then costs one forward
-/// pass per run instead of one per epoch.
+/// pass instead of one per epoch ([`crate::engine::features`] keeps it
+/// across runs).
 pub fn cache_features(
     model: &Model,
     data: &mut Encoded,

@@ -82,10 +82,11 @@ pub struct Trained {
 pub struct RunConfig<'a> {
     pub train: &'a TrainSpec,
     pub tracker: &'a TrackerSpec,
-    /// `Some` for the arms that restructure (dendritic and restart): the
+    /// `Some` for the arms that restructure (dendritic, restart, branch): the
     /// tracker then follows the dendritic switch rules.
     pub dendrites: Option<&'a DendriteSpec>,
-    /// Whether a restructure adds a dendrite set (the dendritic arm) or
+    /// Whether a restructure adds a set (dendritic: dendrites, branch:
+    /// linear branches) or
     /// only restores, rebuilds AdamW and restarts the schedule (restart).
     pub add_sets: bool,
     pub head_prefixes: &'a [&'a str],
