@@ -32,6 +32,19 @@ head_lr = 1e-3
     )
 }
 
+/// `worker run FILE --out OUT/runs`.
+fn worker_run(file: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    Command::new(binary("worker"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.join("runs").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+}
+
 fn fpb() -> String {
     required_env("FPB_DIR", "the Financial PhraseBank directory")
 }
@@ -41,17 +54,7 @@ fn short_training_run_produces_every_artifact() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("sweep.toml");
     std::fs::write(&file, sweep("e2e", "", &fpb())).unwrap();
-    let run = || {
-        Command::new(binary("worker"))
-            .args([
-                "run",
-                file.to_str().unwrap(),
-                "--out",
-                out.path().join("runs").to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
-    };
+    let run = || worker_run(&file, out.path());
     let o = run();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -174,15 +177,7 @@ variant = ["baseline", "dendritic", "restart"]
         ),
     )
     .unwrap();
-    let o = Command::new(binary("worker"))
-        .args([
-            "run",
-            file.to_str().unwrap(),
-            "--out",
-            out.path().join("runs").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = worker_run(&file, out.path());
     assert!(
         o.status.success(),
         "{}\n{}",
@@ -273,15 +268,7 @@ fn missing_data_fails_the_job_naming_the_file() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("nodata.toml");
     std::fs::write(&file, sweep("nodata", "", "/nonexistent/fpb")).unwrap();
-    let o = Command::new(binary("worker"))
-        .args([
-            "run",
-            file.to_str().unwrap(),
-            "--out",
-            out.path().join("runs").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = worker_run(&file, out.path());
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent/fpb"), "{err}");

@@ -199,17 +199,7 @@ pub(super) fn draw_panels<DB: DrawingBackend>(
         }
         frames.push(Frame::new(inner, fonts, y, &panel.legend)?);
     }
-    let strips: Vec<u32> = frames
-        .chunks(grid.columns.max(1))
-        .flat_map(|row| {
-            let strip = row
-                .iter()
-                .map(|f| f.legend.strip_height())
-                .max()
-                .unwrap_or(0);
-            row.iter().map(move |_| strip)
-        })
-        .collect();
+    let strips = legend_strips(&frames, grid.columns);
 
     for ((panel, frame), strip) in panels.iter().zip(&frames).zip(strips) {
         let chart_area = frame.draw_legend(strip)?;
@@ -260,4 +250,20 @@ fn draw_centre_note<DB: DrawingBackend>(
     chart
         .plotting_area()
         .draw(&(EmptyElement::at(centre) + note))
+}
+
+/// The legend strip height of each panel: the tallest legend of its row of
+/// `columns`, so the charts of a row line up.
+pub(super) fn legend_strips<DB: DrawingBackend>(frames: &[Frame<DB>], columns: usize) -> Vec<u32> {
+    frames
+        .chunks(columns.max(1))
+        .flat_map(|row| {
+            let strip = row
+                .iter()
+                .map(|f| f.legend.strip_height())
+                .max()
+                .unwrap_or(0);
+            row.iter().map(move |_| strip)
+        })
+        .collect()
 }

@@ -17,7 +17,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::axis::{
     data_range, epoch_axis, format_epoch, zero_based_range, Chart, TickedAxis, XAxis, YAxis,
 };
-use super::frame::{build_chart, titled, Frame, Panel, PanelGrid};
+use super::frame::{build_chart, legend_strips, titled, Frame, Panel, PanelGrid};
 use super::legend::{LegendEntry, Sample};
 use super::line::{Line, Marker};
 use super::style::{centre_nudge, fade, fit_text, text_style, LARGE_FONTS, PALETTE, SWITCH_COLOR};
@@ -228,17 +228,7 @@ fn draw_pai_panels<DB: DrawingBackend>(
         }
         frames.push(Frame::new(inner, fonts, y, &p.panel.legend)?);
     }
-    let strips: Vec<u32> = frames
-        .chunks(grid.columns.max(1))
-        .flat_map(|row| {
-            let strip = row
-                .iter()
-                .map(|f| f.legend.strip_height())
-                .max()
-                .unwrap_or(0);
-            row.iter().map(move |_| strip)
-        })
-        .collect();
+    let strips = legend_strips(&frames, grid.columns);
 
     for ((p, frame), strip) in panels.iter().zip(&frames).zip(strips) {
         let chart_area = frame.draw_legend(strip)?;

@@ -137,11 +137,7 @@ pub fn run(
         .map(|(_, t)| t.elem_count())
         .sum();
     // The branch arm's gates and cascades are constants, not trained.
-    let constant_dendrite_params: usize = dendrite_tensors
-        .iter()
-        .filter(|(_, p)| matches!(p, crate::engine::nn::params::Param::Frozen(_)))
-        .map(|(_, p)| p.get(DType::F32).map_or(0, |t| t.elem_count()))
-        .sum();
+    let constant_dendrite_params = model.constant_dendrite_params();
     let layout = model.dendrite_summary()?;
     let trained_file = trained_safetensors(&saved, spec, ids, &trained.tracker, &layout)?;
 

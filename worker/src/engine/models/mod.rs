@@ -185,6 +185,18 @@ impl Model {
         }
     }
 
+    /// Elements of the dendrite tensors that do not train (the branch arm's
+    /// constant gates and cascades).
+    pub fn constant_dendrite_params(&mut self) -> usize {
+        self.dendrite_tensors()
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Param::Frozen(t) => Some(t.elem_count()),
+                Param::Train(_) => None,
+            })
+            .sum()
+    }
+
     /// Adds one dendrite (or branch) to every wrapped layer.
     pub fn add_dendrite_set(
         &mut self,

@@ -21,7 +21,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::engine::models::Model;
-use crate::engine::nn::params::Param;
 pub use epoch::{cache_features, evaluate, evaluate_with, train_epoch, validate_epoch};
 use epoch::{Checked, Fit, Optimised};
 pub use loss::{balanced_weights, cross_entropy};
@@ -166,7 +165,7 @@ pub fn train(
         if let Some(snap_state) = step.snapshot.clone() {
             best = Some(Snapshot::take(model, &base_vars, snap_state, epoch)?);
         }
-        let dendrite_params = params.param_count() - base_count + frozen_dendrite_params(model);
+        let dendrite_params = params.param_count() - base_count + model.constant_dendrite_params();
         let counts = Counts {
             dendrite_params,
             total_params: cfg.frozen_params + base_count + dendrite_params,
@@ -257,17 +256,4 @@ fn epoch_record(
         total_params: counts.total_params,
         gates: layers.iter().map(|(n, _, g)| (n.clone(), *g)).collect(),
     })
-}
-
-/// Elements of the dendrite tensors that do not train (the branch arm's
-/// constant gates).
-fn frozen_dendrite_params(model: &mut Model) -> usize {
-    model
-        .dendrite_tensors()
-        .iter()
-        .filter_map(|(_, p)| match p {
-            Param::Frozen(t) => Some(t.elem_count()),
-            _ => None,
-        })
-        .sum()
 }
