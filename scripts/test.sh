@@ -14,6 +14,10 @@ export MINILM_DIR
 if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
 fi
+# The tracking tests start their own MLflow server.
+if ! command -v mlflow >/dev/null 2>&1; then
+  python3 -m pip install --quiet 'mlflow==3.17.2'
+fi
 for svc in RabbitMQ:5672 Redis:6379; do
   name=${svc%%:*}
   port=${svc##*:}

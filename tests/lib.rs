@@ -111,3 +111,62 @@ pub fn queued_messages(prefix: &str, node: Option<&str>) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// `GET path` on 127.0.0.1:`port`: the status code and body, or `None`
+/// when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Starts an MLflow tracking server on `port` with a sqlite store and
+/// served artifacts under `dir`, and waits until it answers.
+pub fn start_mlflow(port: u16, dir: &std::path::Path) -> Killed {
+    let child = Command::new("mlflow")
+        .args([
+            "server",
+            "--backend-store-uri",
+            &format!("sqlite:///{}/mlflow.db", dir.display()),
+            "--artifacts-destination",
+            &dir.join("artifacts").display().to_string(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--workers",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mlflow must be installed (pip install mlflow; scripts/test.sh does)");
+    let k = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !matches!(http_get(port, "/health"), Some((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "mlflow server did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    k
+}
+
+/// Prometheus text as `name{labels}` → value (comments left out).
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}

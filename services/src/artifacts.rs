@@ -6,7 +6,7 @@
 //! from disk, in parts above [`Artifacts::multipart_threshold`]: S3 refuses
 //! single uploads over 5 GB) returned `Ok`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +85,8 @@ pub struct Artifacts {
     pub part_size: usize,
     /// `s3://bucket/prefix` or a local path, for messages.
     pub location: String,
+    /// Uploads tried again so far (for the worker's metrics).
+    pub retries: Arc<AtomicU64>,
 }
 
 /// Default [`Artifacts::multipart_threshold`].
@@ -128,6 +130,7 @@ impl Artifacts {
             multipart_threshold: MULTIPART_THRESHOLD,
             part_size: PART_SIZE,
             location: format!("s3://{}/{}", cfg.bucket, cfg.prefix.trim_matches('/')),
+            retries: Arc::default(),
         })
     }
 
@@ -144,6 +147,7 @@ impl Artifacts {
             multipart_threshold: MULTIPART_THRESHOLD,
             part_size: PART_SIZE,
             location: dir.display().to_string(),
+            retries: Arc::default(),
         })
     }
 
@@ -167,6 +171,7 @@ impl Artifacts {
         .notify(|e, wait| {
             let error = error_chain(e);
             let attempt = attempts.load(Ordering::Relaxed);
+            self.retries.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key, attempt, error = %error, "upload failed; retrying in {wait:?}");
         })
         .await
@@ -212,6 +217,7 @@ impl Artifacts {
         .notify(|e, wait| {
             let error = error_chain(e);
             let attempt = attempts.load(Ordering::Relaxed);
+            self.retries.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(key, attempt, error = %error, "upload failed; retrying in {wait:?}");
         })
         .await

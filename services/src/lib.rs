@@ -9,5 +9,6 @@
 
 pub mod artifacts;
 pub mod broker;
+pub mod mlflow;
 pub mod reconcile;
 pub mod state;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod engine;
 pub mod run;
 pub mod serve;
+pub mod tracking;
 
 use anyhow::Context;
 

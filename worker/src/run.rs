@@ -20,6 +20,7 @@ use report::sweep::{SweepRun, RUN_FILES};
 use crate::engine::pipeline;
 use crate::engine::train::Progress;
 use crate::engine::trained::RunIds;
+use crate::tracking::{End, EpochSender, JobStart, Sink, TrackingArgs};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -47,11 +48,14 @@ pub struct RunArgs {
     /// and `*_PATH` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub spec_env: Vec<String>,
+    #[command(flatten)]
+    pub tracking: TrackingArgs,
 }
 
 struct Bars {
     bar: ProgressBar,
     job: String,
+    tracked: Option<EpochSender>,
 }
 
 impl Progress for Bars {
@@ -65,6 +69,9 @@ impl Progress for Bars {
         self.bar.set_message(format!("loss {loss:.4}"));
     }
     fn end_epoch(&mut self, r: &EpochRecord) {
+        if let Some(t) = &self.tracked {
+            t.send(r);
+        }
         let line = format!(
             "{} epoch {}: train loss {:.4}, val loss {:.4}, val acc {:.4}, val macro-F1 {:.4}{} ({:.0}s)",
             self.job,
@@ -184,6 +191,18 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     }
     let device = crate::parse_device(&args.device)?;
     let store = Store::open(&args.out)?;
+    // MLflow calls run on their own thread while training runs.
+    let tracking = match Sink::from_args(&args.tracking)? {
+        Some(sink) => Some((
+            sink,
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?,
+        )),
+        None => None,
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")?
         .progress_chars("=> ");
@@ -199,9 +218,23 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         }
         let bar = multi.add(ProgressBar::new(1));
         bar.set_style(style.clone());
+        let tracker = tracking.as_ref().map(|(sink, rt)| {
+            let job = JobStart {
+                sweep: sweep.name.clone(),
+                job_id: j.id.clone(),
+                config_hash: j.config_hash.clone(),
+                spec: j.spec.clone(),
+                worker: format!("{host} (worker run)"),
+                attempt: 1,
+                kind: "train",
+                params: Vec::new(),
+            };
+            sink.start(job, rt.handle())
+        });
         let mut bars = Bars {
             bar: bar.clone(),
             job: j.id.clone(),
+            tracked: tracker.as_ref().map(|t| t.epochs()),
         };
         let ids = RunIds {
             sweep: &sweep.name,
@@ -210,6 +243,16 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         };
         let outcome = pipeline::run(&j.spec, &ids, &device, &mut bars);
         bar.finish_and_clear();
+        if let (Some(t), Some((_, rt))) = (tracker, &tracking) {
+            let end = match &outcome {
+                Ok(out) => End::Succeeded {
+                    files: out.files.clone(),
+                    link: Some(args.out.join(&prefix).display().to_string()),
+                },
+                Err(e) => End::Failed(e.to_string()),
+            };
+            rt.block_on(t.finish(end));
+        }
         match outcome {
             Ok(out) => {
                 store.put_all(&prefix, &out.files)?;

@@ -22,6 +22,7 @@ use crate::engine::error::JobError;
 use crate::engine::pipeline;
 use crate::engine::train::Progress;
 use crate::engine::trained::RunIds;
+use crate::tracking::{End, EpochSender, JobStart, JobTracker};
 
 /// Why the watcher stopped a run (the first reason wins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,13 @@ struct Reporter {
     tx: tokio::sync::mpsc::UnboundedSender<Vec<(&'static str, String)>>,
     shared: Arc<Shared>,
     last_sent_ms: u64,
+    tracked: Option<EpochSender>,
+    metrics: super::metrics::Metrics,
+    device: String,
+    batch: u64,
+    /// When the current epoch started, and its steps so far.
+    epoch_started: Instant,
+    epoch_steps: u64,
 }
 
 impl Reporter {
@@ -82,6 +90,8 @@ impl Reporter {
 impl Progress for Reporter {
     fn start_epoch(&mut self, epoch: usize, steps: usize) {
         self.progressed();
+        self.epoch_started = Instant::now();
+        self.epoch_steps = 0;
         let _ = self.tx.send(vec![
             ("epoch", epoch.to_string()),
             ("steps", steps.to_string()),
@@ -90,6 +100,10 @@ impl Progress for Reporter {
     }
     fn step(&mut self, _epoch: usize, step: usize, loss: f64) {
         self.progressed();
+        self.epoch_steps += 1;
+        let secs = self.epoch_started.elapsed().as_secs_f64().max(1e-9);
+        let rate = (self.epoch_steps * self.batch) as f64 / secs;
+        self.metrics.step(&self.device, self.batch, rate);
         let now = now_ms();
         if now - self.last_sent_ms >= 2000 {
             self.last_sent_ms = now;
@@ -101,6 +115,10 @@ impl Progress for Reporter {
     }
     fn end_epoch(&mut self, r: &EpochRecord) {
         self.progressed();
+        if let Some(t) = &self.tracked {
+            t.send(r);
+        }
+        self.metrics.epoch(r.seconds);
         let _ = self.tx.send(vec![
             ("epoch", r.epoch.to_string()),
             ("val_accuracy", format!("{:.4}", r.val_accuracy)),
@@ -138,17 +156,26 @@ pub(super) async fn execute(
             token: token.to_string(),
             lease: ctx.args.lease(),
             stall: Duration::from_secs(ctx.args.stall_secs.max(1)),
+            metrics: ctx.metrics.clone(),
             deadline: Duration::from_secs(ctx.args.deadline_secs.max(1)),
             shutdown: ctx.shutdown.clone(),
         },
         shared.clone(),
         rx,
     ));
+    let tracker = track(ctx, msg, at);
     let reporter = Reporter {
         tx,
         shared: shared.clone(),
         last_sent_ms: 0,
+        tracked: tracker.as_ref().map(|t| t.epochs()),
+        metrics: ctx.metrics.clone(),
+        device: device.to_string(),
+        batch: msg.spec.train.batch_size as u64,
+        epoch_started: Instant::now(),
+        epoch_steps: 0,
     };
+    ctx.metrics.job_started();
     let spooled = ctx.spool.find(msg);
     let result = match &msg.kind {
         _ if spooled.is_some() => {
@@ -167,6 +194,12 @@ pub(super) async fn execute(
         }
     };
     shared.uploading.store(true, Ordering::SeqCst);
+    // What MLflow gets: the files as they are about to be stored.
+    let tracked_files = match (&tracker, &result, &spooled) {
+        (Some(_), Ok(files), None) => files.clone(),
+        (Some(_), Ok(_), Some(dir)) => read_files(dir),
+        _ => Vec::new(),
+    };
     let end = match result {
         Ok(files) => match shared.reason() {
             StopReason::LeaseLost => RunEnd::LeaseLost,
@@ -185,10 +218,80 @@ pub(super) async fn execute(
     };
     watcher.abort();
     // A lease lost during the upload: a later attempt owns the job.
-    if shared.reason() == StopReason::LeaseLost {
-        return RunEnd::LeaseLost;
+    let end = if shared.reason() == StopReason::LeaseLost {
+        RunEnd::LeaseLost
+    } else {
+        end
+    };
+    let last_attempt = at.attempt >= ctx.args.policy().max_attempts;
+    ctx.metrics
+        .job_ended(super::metrics::outcome_label(&end, last_attempt));
+    if let Some(t) = tracker {
+        t.finish(tracking_end(ctx, &end, at, tracked_files)).await;
     }
     end
+}
+
+/// Starts the job's MLflow run, when a tracker is configured.
+fn track(ctx: &Ctx, msg: &JobMessage, at: Attempt) -> Option<JobTracker> {
+    let sink = ctx.tracking.as_ref()?;
+    let (kind, params) = match &msg.kind {
+        JobKind::Train => ("train", Vec::new()),
+        JobKind::Validate {
+            source,
+            split,
+            knockout,
+        } => (
+            "validate",
+            vec![
+                ("source".to_string(), source.clone()),
+                ("eval_split".into(), split.to_string()),
+                ("knockout".into(), knockout.to_string()),
+            ],
+        ),
+    };
+    let job = JobStart {
+        sweep: msg.sweep.clone(),
+        job_id: msg.job_id.clone(),
+        config_hash: msg.config_hash.clone(),
+        spec: msg.spec.clone(),
+        worker: ctx.worker_id.clone(),
+        attempt: at.attempt,
+        kind,
+        params,
+    };
+    Some(sink.start(job, &tokio::runtime::Handle::current()))
+}
+
+/// How the run's end reads in MLflow.
+fn tracking_end(ctx: &Ctx, end: &RunEnd, at: Attempt, files: Vec<(String, Vec<u8>)>) -> End {
+    match end {
+        RunEnd::Succeeded { artifacts } => End::Succeeded {
+            files,
+            link: Some(format!(
+                "{}/{artifacts}",
+                ctx.artifacts.location.trim_end_matches('/')
+            )),
+        },
+        RunEnd::Permanent(e) => End::Failed(e.clone()),
+        RunEnd::Transient(e) if at.attempt >= ctx.args.policy().max_attempts => {
+            End::Failed(e.clone())
+        }
+        RunEnd::Transient(e) => End::Retrying(e.clone()),
+        RunEnd::Cancelled => End::Killed("producer cancel".into()),
+        RunEnd::ShutDown => End::Retrying("handed back: the worker shut down".into()),
+        RunEnd::LeaseLost => End::Superseded,
+        RunEnd::DeadlineExceeded(d) => End::Failed(format!("ran past its deadline of {d:?}")),
+    }
+}
+
+/// The files of a spooled run, read back (those that can be).
+fn read_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    services::artifacts::files_under(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, path)| std::fs::read(path).ok().map(|b| (name, b)))
+        .collect()
 }
 
 /// Trains on a blocking thread; the run's files.
@@ -336,6 +439,7 @@ struct WatchCtx {
     stall: Duration,
     deadline: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    metrics: super::metrics::Metrics,
 }
 
 /// Progress writer, lease renewal, and the cancel / shutdown / deadline
@@ -373,7 +477,13 @@ async fn watch(
                 } else if !shared.uploading.load(Ordering::SeqCst) && idle > w.stall {
                     tracing::warn!(job = %w.job, ?idle, "no training progress; the lease is left to expire");
                 } else {
-                    match w.state.renew_lease(&w.job, &w.token, w.lease).await {
+                    let renewed = w.state.renew_lease(&w.job, &w.token, w.lease).await;
+                    w.metrics.renewal(match renewed {
+                        Ok(true) => "renewed",
+                        Ok(false) => "lost",
+                        Err(_) => "error",
+                    });
+                    match renewed {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(job = %w.job, "lease lost to another attempt; stopping");

@@ -24,6 +24,7 @@
 
 mod admit;
 mod execute;
+pub mod metrics;
 mod settle;
 mod slot;
 mod spool;
@@ -88,6 +89,12 @@ pub struct ServeArgs {
     /// and `*_PATH` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub spec_env: Vec<String>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g.
+    /// `127.0.0.1:9464`; port 0 picks a free one, logged at start).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tracking: crate::tracking::TrackingArgs,
 }
 
 impl ServeArgs {
@@ -118,6 +125,9 @@ struct Ctx {
     shutdown: watch::Receiver<bool>,
     /// Jobs this worker runs now (reported by the heartbeat).
     current: Mutex<BTreeSet<String>>,
+    /// The MLflow sink, when one is configured.
+    tracking: Option<crate::tracking::Sink>,
+    metrics: metrics::Metrics,
 }
 
 impl Ctx {
@@ -183,7 +193,24 @@ pub async fn serve(
         .unwrap_or_else(|| std::env::temp_dir().join("fpb-worker-spool"));
     let spool = spool::Spool::new(&spool_base, &services.namespace);
     spool.prune(Duration::from_secs(7 * 24 * 3600));
+    let tracking = crate::tracking::Sink::from_args(&args.tracking)?;
+    let devices: Vec<String> = args
+        .devices
+        .split(',')
+        .map(|d| d.trim().to_string())
+        .collect();
+    let metrics = metrics::Metrics::new(&devices, artifacts.retries.clone());
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    }
     let ctx = Arc::new(Ctx {
+        tracking,
+        metrics,
         spool,
         args: args.clone(),
         worker_id: worker_id.clone(),
