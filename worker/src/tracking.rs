@@ -166,6 +166,7 @@ async fn send_all(client: Mlflow, mut rx: mpsc::UnboundedReceiver<Event>) {
     let mut tracked: Option<Tracked> = None;
     let mut warned = false;
     while let Some(ev) = rx.recv().await {
+        let last = matches!(ev, Event::End(..));
         let mut wait = Duration::from_secs(1);
         loop {
             match apply(&client, &mut tracked, &ev).await {
@@ -183,6 +184,10 @@ async fn send_all(client: Mlflow, mut rx: mpsc::UnboundedReceiver<Event>) {
                     break;
                 }
             }
+        }
+        // Epoch senders may outlive the job: the end is the last event.
+        if last {
+            return;
         }
     }
 }
