@@ -2,9 +2,9 @@
 # Runs sweeps/mlflow-demo.toml (a baseline and a dendritic MiniLM run) with
 # an MLflow tracking server of its own (sqlite, served artifacts) and takes
 # screenshots of the MLflow UI comparing the two runs with headless
-# Chromium, into docs/mlflow/ (or $1).
-# Needs: mlflow (pip install mlflow), chromium, curl; MINILM_DIR and FPB_DIR
-# as for the tests.
+# Chromium (driven by Playwright: scripts/mlflow-ui-shots.py), into docs/mlflow/ (or $1).
+# Needs: mlflow and playwright (pip), chromium (apt), curl; MINILM_DIR and
+# FPB_DIR as for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/mlflow}
@@ -30,12 +30,5 @@ exp=$(curl -sf "$api/experiments/get-by-name?experiment_name=mlflow-demo" |
 runs=$(curl -sf -X POST "$api/runs/search" -H 'content-type: application/json' \
   -d "{\"experiment_ids\": [\"$exp\"]}" |
   python3 -c 'import json, sys; print(json.dumps([r["info"]["run_id"] for r in json.load(sys.stdin)["runs"]], separators=(",", ":")))')
-ui="http://127.0.0.1:$port"
-shot() {
-  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
-    --window-size=1600,1100 --virtual-time-budget=30000 \
-    --screenshot="$1" "$2" 2>/dev/null
-}
-shot "$out/compare-runs.png" "$ui/#/compare-runs?runs=$runs&experiments=[\"$exp\"]"
-shot "$out/experiment-charts.png" "$ui/#/experiments/$exp?compareRunsMode=CHART"
+python3 scripts/mlflow-ui-shots.py "http://127.0.0.1:$port" "$exp" "$runs" "$out"
 echo "screenshots in $out/"

@@ -230,7 +230,6 @@ async fn start_run(client: &Mlflow, job: &JobStart, at: i64) -> Result<Tracked, 
         ("comparison_group".into(), job.spec.comparison_group()),
         ("variant".into(), variant_name(&job.spec)),
         ("mlflow.source.name".into(), "fpb-dendrites worker".into()),
-        ("mlflow.runName".into(), job.job_id.clone()),
     ];
     let run = match client.find_run(&experiment, "job_id", &job.job_id).await? {
         Some(r) => {
