@@ -83,6 +83,29 @@ pub fn retry_delay(attempt: u32, policy: &Policy) -> Duration {
     (policy.retry_base * factor).min(policy.retry_cap)
 }
 
+/// Tries of one publish (a retry, a hand-back, a parked copy) before the
+/// worker gives up and returns the delivery to the queue.
+pub const PUBLISH_TRIES: u32 = 5;
+
+/// The wait before retry `n` (1-based) of a publish: 2^n s.
+pub fn publish_retry_wait(n: u32) -> Duration {
+    Duration::from_secs(1 << n.min(16))
+}
+
+/// How long a worker that is shutting down keeps trying to record a run's
+/// outcome in Redis before it leaves the delivery to the broker.
+pub const SHUTDOWN_RECORD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a hand-back can take once the run has stopped, each publish
+/// waiting at most `confirm_timeout` for the broker's confirm: every try
+/// timing out, the waits between them, then the bounded record. (The
+/// acknowledgement that follows waits for nothing.)
+pub fn hand_back_bound(confirm_timeout: Duration) -> Duration {
+    confirm_timeout * PUBLISH_TRIES
+        + (1..PUBLISH_TRIES).map(publish_retry_wait).sum::<Duration>()
+        + SHUTDOWN_RECORD_TIMEOUT
+}
+
 /// Settles a run's end. `now_ms` stamps `finished_at`.
 pub fn settle(end: &RunEnd, at: Attempt, policy: &Policy, now_ms: u64) -> Decision {
     let finished = ("finished_at", now_ms.to_string());
@@ -258,6 +281,15 @@ mod tests {
             ..P
         };
         assert_eq!(retry_delay(5, &capped), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn hand_back_bound_adds_every_publish_try_and_the_record() {
+        // 5 tries of 60 s, waits of 2, 4, 8 and 16 s, 30 s to record.
+        assert_eq!(
+            hand_back_bound(Duration::from_secs(60)),
+            Duration::from_secs(5 * 60 + 30 + 30)
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@
 
 use backon::Retryable;
 use common::job::{DeviceClass, JobMessage};
-use common::settle::{park, Attempt, Decision, Publish, Record};
+use common::settle::{
+    park, publish_retry_wait, Attempt, Decision, Publish, Record, PUBLISH_TRIES,
+    SHUTDOWN_RECORD_TIMEOUT,
+};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use services::broker::Broker;
@@ -104,14 +107,14 @@ async fn publish(broker: &Broker, s: &Settling<'_>, p: &Publish) -> anyhow::Resu
             Publish::Now { attempt } => broker.publish_body(s.class, &body, *attempt).await,
         }
     };
-    let mut tries = 0;
+    let mut tries = 1;
     loop {
         match send().await {
             Ok(()) => return Ok(()),
-            Err(e) if tries < 4 => {
-                tries += 1;
+            Err(e) if tries < PUBLISH_TRIES => {
                 tracing::warn!(job = %s.msg.job_id, error = %e, "publish failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1 << tries)).await;
+                tokio::time::sleep(publish_retry_wait(tries)).await;
+                tries += 1;
             }
             Err(e) => return Err(e.into()),
         }
@@ -145,7 +148,7 @@ async fn record(ctx: &Ctx, s: &Settling<'_>, r: &Record) -> Result<(), RecordErr
         });
     if shutting_down {
         // Shutting down: a bounded wait, then the broker takes the delivery back.
-        tokio::time::timeout(std::time::Duration::from_secs(30), retried)
+        tokio::time::timeout(SHUTDOWN_RECORD_TIMEOUT, retried)
             .await
             .map_err(|_| RecordError::GaveUp)??;
     } else {
