@@ -99,9 +99,10 @@ fn explain(e: ClassifyError, overridden: bool) -> anyhow::Error {
         ClassifyError::Model { .. } if !overridden => {
             "pass --model-dir with the run's base model on this machine"
         }
-        ClassifyError::DifferentModel { .. } | ClassifyError::Mismatch { .. } => {
-            "pass --model-dir with the model the run was trained on"
-        }
+        ClassifyError::DifferentModel { .. }
+        | ClassifyError::Mismatch {
+            verified: false, ..
+        } => "pass --model-dir with the model the run was trained on",
         _ => return e.into(),
     };
     anyhow::anyhow!("{e}; {hint}")

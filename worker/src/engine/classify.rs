@@ -48,14 +48,16 @@ pub enum ClassifyError {
         what: String,
     },
     /// The trained tensors do not fit the network built from the spec on
-    /// the base model found (a run saved before base models were recorded,
-    /// put onto another model; or a damaged file).
-    #[error("{run}: its trained parameters do not fit the model in {dir} ({found}): {detail}")]
+    /// the base model found: a run saved before base models were recorded,
+    /// put onto another model, or (`verified`: the base model is the one
+    /// the run recorded) a file that does not match its own spec.
+    #[error("{run}: its trained parameters do not fit the model in {dir} ({found}): {detail}{}", verified_note(.verified))]
     Mismatch {
         run: String,
         dir: String,
         found: String,
         detail: String,
+        verified: bool,
     },
     #[error(transparent)]
     Job(#[from] JobError),
@@ -63,6 +65,14 @@ pub enum ClassifyError {
     Tokenize(#[from] TokenizeError),
     #[error("inference failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+fn verified_note(verified: &bool) -> &'static str {
+    if *verified {
+        " (this is the base model the run recorded: the file does not match the spec it carries)"
+    } else {
+        ""
+    }
 }
 
 /// How the base model was matched to the run.
@@ -146,6 +156,7 @@ impl Classifier {
             dir: dir.display().to_string(),
             found: found.describe(),
             detail,
+            verified: identity == Identity::Fingerprint,
         };
         let loaded = match load_model(&spec, LABELS.len(), device, &[trained.to_path_buf()]) {
             Ok(l) => l,
