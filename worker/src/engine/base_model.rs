@@ -7,8 +7,9 @@
 //! The weights' digest covers every tensor of the directory's
 //! `*.safetensors` files (the ones [`crate::engine::nn::params::Params`]
 //! loads, later files overriding earlier ones by name) in name order: name,
-//! dtype, shape and bytes. It does not depend on how the tensors are split
-//! into files or ordered inside them, nor on the files' own metadata.
+//! dtype, shape and a digest of its bytes. It does not depend on how the
+//! tensors are split into files or ordered inside them, nor on the files'
+//! own metadata.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -222,9 +223,10 @@ fn header(
 }
 
 /// The digest of every tensor of `files` (later files override earlier
-/// ones by name), in name order.
+/// ones by name): SHA-256 over, in name order, each tensor's name, dtype,
+/// shape and the SHA-256 of its bytes (those are computed in parallel).
 fn weights_digest(files: &[PathBuf]) -> Result<String, BaseModelError> {
-    use std::io::{Seek, SeekFrom};
+    use rayon::prelude::*;
     // name -> (file index, entry)
     let mut all: BTreeMap<String, (usize, Entry)> = BTreeMap::new();
     let mut starts = Vec::new();
@@ -236,42 +238,54 @@ fn weights_digest(files: &[PathBuf]) -> Result<String, BaseModelError> {
             all.insert(name, (i, e));
         }
     }
-    let mut handles: Vec<Option<std::fs::File>> = files.iter().map(|_| None).collect();
+    let tensors: Vec<(&String, &(usize, Entry))> = all.iter().collect();
+    let digests = tensors
+        .par_iter()
+        .map(|(name, (i, e))| tensor_digest(&files[*i], starts[*i], name, e))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for (name, (i, e)) in &all {
-        let path = &files[*i];
-        let f = match &mut handles[*i] {
-            Some(f) => f,
-            slot => slot.insert(std::fs::File::open(path).map_err(|e| read_err(path, e))?),
-        };
-        let (from, to) = e.data_offsets;
-        if to < from {
-            return Err(BaseModelError::Format {
-                path: path.display().to_string(),
-                message: format!("tensor {name}: offsets {from}..{to}"),
-            });
-        }
+    for ((name, (_, e)), d) in tensors.iter().zip(digests) {
         h.update(name.as_bytes());
         h.update([0]);
         h.update(e.dtype.as_bytes());
         h.update([0]);
         h.update((e.shape.len() as u64).to_le_bytes());
-        for d in &e.shape {
-            h.update(d.to_le_bytes());
+        for dim in &e.shape {
+            h.update(dim.to_le_bytes());
         }
-        h.update((to - from).to_le_bytes());
-        f.seek(SeekFrom::Start(starts[*i] + from))
-            .map_err(|e| read_err(path, e))?;
-        let mut left = to - from;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            f.read_exact(&mut buf[..n]).map_err(|e| read_err(path, e))?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
+        h.update(d);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// SHA-256 of one tensor's bytes (`start`: where the file's data begins).
+fn tensor_digest(
+    path: &Path,
+    start: u64,
+    name: &str,
+    e: &Entry,
+) -> Result<[u8; 32], BaseModelError> {
+    use std::io::{Seek, SeekFrom};
+    let (from, to) = e.data_offsets;
+    if to < from {
+        return Err(BaseModelError::Format {
+            path: path.display().to_string(),
+            message: format!("tensor {name}: offsets {from}..{to}"),
+        });
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| read_err(path, e))?;
+    f.seek(SeekFrom::Start(start + from))
+        .map_err(|e| read_err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; (to - from).min(1 << 20) as usize];
+    let mut left = to - from;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.read_exact(&mut buf[..n]).map_err(|e| read_err(path, e))?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 fn hex(bytes: &[u8]) -> String {
