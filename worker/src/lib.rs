@@ -1,8 +1,10 @@
 //! The worker's library: the training engine ([`engine`]) and the
-//! commands the `worker` binary exposes ([`run`], [`bench`], [`serve`]).
+//! commands the `worker` binary exposes ([`run`], [`bench`], [`predict`],
+//! [`serve`]).
 
 pub mod bench;
 pub mod engine;
+pub mod predict;
 pub mod run;
 pub mod serve;
 pub mod tracking;

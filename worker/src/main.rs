@@ -4,10 +4,11 @@
 //!   services, writing artifacts under `--out` (default `runs/`).
 //! - `worker serve` consumes jobs from RabbitMQ, one slot per device.
 //! - `worker bench` measures training and inference speed on one model.
+//! - `worker predict --run DIR|s3://...` labels sentences with a finished run.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use worker::{bench, run, serve};
+use worker::{bench, predict, run, serve};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,9 @@ enum Command {
     Run(run::RunArgs),
     /// Measure training samples/s and inference latency of a model.
     Bench(bench::BenchArgs),
+    /// Label sentences with a finished run (its folder or S3 address):
+    /// one JSON line per sentence on stdout.
+    Predict(predict::PredictArgs),
     /// Consume jobs from RabbitMQ (AMQP_URL), record state in Redis
     /// (REDIS_URL) and upload artifacts to S3 (AWS_*).
     Serve(serve::ServeArgs),
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     configure_threads(match &cli.command {
         Command::Run(a) => a.threads,
         Command::Bench(a) => Some(a.threads),
+        Command::Predict(a) => a.threads,
         Command::Serve(a) => a.threads,
     })?;
     tracing_subscriber::fmt()
@@ -100,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             run::main(args)
         }
         Command::Bench(args) => bench::main(args),
+        Command::Predict(args) => predict::main(args),
         Command::Serve(args) => {
             worker::engine::allow_spec_env(args.spec_env.clone());
             let services = common::config::Services::from_env()?;

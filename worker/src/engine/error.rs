@@ -14,6 +14,8 @@ pub enum JobError {
     Tokenize(#[from] super::tokenize::TokenizeError),
     #[error(transparent)]
     Params(#[from] super::nn::params::ParamError),
+    #[error("base model: {0}")]
+    BaseModel(#[from] super::base_model::BaseModelError),
     #[error("model config {path}: {message}")]
     Config { path: String, message: String },
     #[error("training failed: {0}")]

@@ -23,6 +23,8 @@ use super::train::Encoded;
 /// A model ready to train or evaluate.
 pub struct Loaded {
     pub model: Model,
+    /// The directory the base weights, config and tokenizer came from.
+    pub dir: PathBuf,
     pub tok: Tok,
     pub trainable: Vec<(String, Var)>,
     pub frozen_params: usize,
@@ -228,6 +230,7 @@ pub fn load_model(
     p.release_checkpoint();
     Ok(Loaded {
         model,
+        dir,
         tok,
         trainable,
         frozen_params,

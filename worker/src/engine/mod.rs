@@ -4,8 +4,12 @@
 //!
 //! [`load`] reads data and weights, [`train`] runs the loop, [`pipeline`]
 //! ties them into a job's [`pipeline::run`] and [`pipeline::validate`], and
-//! the `report` crate renders the records into files.
+//! the `report` crate renders the records into files. [`classify`] puts a
+//! finished run's trained parameters back onto its base model (checked by
+//! [`base_model`]) and labels new sentences.
 
+pub mod base_model;
+pub mod classify;
 pub mod data;
 pub mod error;
 pub mod features;

@@ -14,6 +14,7 @@ use common::metrics;
 use common::spec::{JobSpec, ModelSpec, Variant};
 use common::summary::{Knockout, RunSummary, ValidationSummary};
 
+use super::base_model::BaseModel;
 use super::data::LABELS;
 use super::error::JobError;
 use super::expand_env;
@@ -62,6 +63,7 @@ pub fn run(
     let (split, stats) = load_splits(spec)?;
     let labels: Vec<&str> = LABELS.to_vec();
     let loaded = load_model(spec, labels.len(), device, &[])?;
+    let base_model = BaseModel::of_dir(&loaded.dir)?;
     let (mut tr, mut va, mut te) = (
         loaded.encode(&split.train)?,
         loaded.encode(&split.val)?,
@@ -139,7 +141,8 @@ pub fn run(
     // The branch arm's gates and cascades are constants, not trained.
     let constant_dendrite_params = model.constant_dendrite_params();
     let layout = model.dendrite_summary()?;
-    let trained_file = trained_safetensors(&saved, spec, ids, &trained.tracker, &layout)?;
+    let trained_file =
+        trained_safetensors(&saved, spec, ids, &trained.tracker, &layout, &base_model)?;
 
     model.merge_lora()?;
     let speed = measure_speed(&model, &te.ids, device)?;
