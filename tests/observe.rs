@@ -258,8 +258,40 @@ async fn serve_tracks_jobs_in_mlflow_and_exposes_prometheus_metrics() {
     )
     .await
     .unwrap();
+    // The audit: each job succeeded once, on w1, at attempt 1, with its
+    // files in the one attempt folder Redis points at; no queue holds a
+    // message.
+    assert_eq!(kit::succeeded_events(&state, &name, 2).await, 2);
+    kit::queues_drain(&broker.topology.prefix, None).await;
     for (job, _) in &jobs {
-        kit::audit(&s.env, &state, &broker, &name, job, "w1", 1).await;
+        let h = state.job(job).await.unwrap();
+        assert_eq!(
+            (
+                h["state"].as_str(),
+                h["worker"].as_str(),
+                h["attempt"].as_str()
+            ),
+            ("succeeded", "w1", "1"),
+            "{h:?}"
+        );
+        let folder = &h["artifacts"];
+        let keys = s3
+            .list(&common::artifacts::job_prefix(&name, job))
+            .await
+            .unwrap();
+        assert!(
+            keys.iter().all(|k| k.starts_with(&format!("{folder}/"))),
+            "files outside the recorded attempt folder: {keys:?}"
+        );
+        for f in report::sweep::RUN_FILES
+            .iter()
+            .chain(&[common::artifacts::files::TRAINED_SAFETENSORS])
+        {
+            assert!(
+                keys.contains(&format!("{folder}/{f}")),
+                "{f} missing from {keys:?}"
+            );
+        }
     }
 }
 
