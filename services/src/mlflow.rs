@@ -244,17 +244,21 @@ impl Mlflow {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|source| MlflowError::Http {
+        self.send(req, endpoint).await
+    }
+
+    /// Sends a request; its JSON answer (`null` when there is none), or
+    /// the server's error code and message.
+    async fn send(&self, req: reqwest::RequestBuilder, endpoint: &str) -> Result<Value> {
+        let http = |source: reqwest::Error| MlflowError::Http {
             endpoint: endpoint.to_string(),
             source: source.without_url(),
-        })?;
+        };
+        let resp = req.send().await.map_err(http)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| MlflowError::Http {
-            endpoint: endpoint.to_string(),
-            source: source.without_url(),
-        })?;
+        let text = resp.text().await.map_err(http)?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
             return Err(MlflowError::Api {
                 endpoint: endpoint.to_string(),
@@ -263,7 +267,7 @@ impl Mlflow {
                 message: field("message").unwrap_or_else(|| text.chars().take(300).collect()),
             });
         }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        Ok(v)
     }
 
     async fn post(&self, endpoint: &str, body: Value) -> Result<Value> {
@@ -304,41 +308,18 @@ impl Mlflow {
     async fn find_experiment(&self, name: &str) -> Result<Option<String>> {
         let mut url = self.url("api/2.0/mlflow/experiments/get-by-name");
         url.query_pairs_mut().append_pair("experiment_name", name);
-        let endpoint = "experiments/get-by-name";
-        let resp = self
-            .request(reqwest::Method::GET, url)
-            .send()
-            .await
-            .map_err(|source| MlflowError::Http {
-                endpoint: endpoint.into(),
-                source: source.without_url(),
-            })?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if status == reqwest::StatusCode::NOT_FOUND
-            || v.get("error_code").and_then(Value::as_str) == Some("RESOURCE_DOES_NOT_EXIST")
-        {
-            return Ok(None);
+        match self.get_json(url, "experiments/get-by-name").await {
+            Ok(v) => Ok(v
+                .pointer("/experiment/experiment_id")
+                .and_then(Value::as_str)
+                .map(String::from)),
+            Err(MlflowError::Api { status, code, .. })
+                if status == 404 || code == "RESOURCE_DOES_NOT_EXIST" =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-        if !status.is_success() {
-            return Err(MlflowError::Api {
-                endpoint: endpoint.into(),
-                status: status.as_u16(),
-                code: v
-                    .get("error_code")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .into(),
-                message: v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .into(),
-            });
-        }
-        Ok(v.pointer("/experiment/experiment_id")
-            .and_then(Value::as_str)
-            .map(String::from))
     }
 
     /// Active runs of an experiment, optionally filtered (MLflow's search
@@ -419,49 +400,9 @@ impl Mlflow {
         )
     }
 
-    /// One run with its data.
-    pub async fn get_run(&self, run_id: &str) -> Result<Run> {
-        let mut url = self.url("api/2.0/mlflow/runs/get");
-        url.query_pairs_mut().append_pair("run_id", run_id);
-        let v = self.get_json(url, "runs/get").await?;
-        serde_json::from_value(v.get("run").cloned().unwrap_or(Value::Null)).map_err(|e| {
-            MlflowError::Api {
-                endpoint: "runs/get".into(),
-                status: 200,
-                code: "BAD_RESPONSE".into(),
-                message: e.to_string(),
-            }
-        })
-    }
-
     async fn get_json(&self, url: reqwest::Url, endpoint: &str) -> Result<Value> {
-        let resp = self
-            .request(reqwest::Method::GET, url)
-            .send()
+        self.send(self.request(reqwest::Method::GET, url), endpoint)
             .await
-            .map_err(|source| MlflowError::Http {
-                endpoint: endpoint.into(),
-                source: source.without_url(),
-            })?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(MlflowError::Api {
-                endpoint: endpoint.into(),
-                status: status.as_u16(),
-                code: v
-                    .get("error_code")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .into(),
-                message: v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .into(),
-            });
-        }
-        Ok(v)
     }
 
     /// Every point of one metric of a run, oldest first.
@@ -553,26 +494,11 @@ impl Mlflow {
             path.trim_matches('/'),
             name
         ));
-        let endpoint = "mlflow-artifacts";
-        let resp = self
-            .request(reqwest::Method::PUT, url)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|source| MlflowError::Http {
-                endpoint: endpoint.into(),
-                source: source.without_url(),
-            })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return Err(MlflowError::Api {
-                endpoint: endpoint.into(),
-                status: status.as_u16(),
-                code: String::new(),
-                message: text.chars().take(300).collect(),
-            });
-        }
+        self.send(
+            self.request(reqwest::Method::PUT, url).body(bytes),
+            "mlflow-artifacts",
+        )
+        .await?;
         Ok(true)
     }
 
