@@ -227,7 +227,8 @@ pub(super) async fn execute(
     ctx.metrics
         .job_ended(super::metrics::outcome_label(&end, last_attempt));
     if let Some(t) = tracker {
-        t.finish(tracking_end(ctx, &end, at, tracked_files)).await;
+        t.finish(tracking_end(ctx, &end, last_attempt, tracked_files))
+            .await;
     }
     end
 }
@@ -264,7 +265,8 @@ fn track(ctx: &Ctx, msg: &JobMessage, at: Attempt) -> Option<JobTracker> {
 }
 
 /// How the run's end reads in MLflow.
-fn tracking_end(ctx: &Ctx, end: &RunEnd, at: Attempt, files: Vec<(String, Vec<u8>)>) -> End {
+/// `last_attempt`: a transient failure is final (the job will be dead).
+fn tracking_end(ctx: &Ctx, end: &RunEnd, last_attempt: bool, files: Vec<(String, Vec<u8>)>) -> End {
     match end {
         RunEnd::Succeeded { artifacts } => End::Succeeded {
             files,
@@ -274,9 +276,7 @@ fn tracking_end(ctx: &Ctx, end: &RunEnd, at: Attempt, files: Vec<(String, Vec<u8
             )),
         },
         RunEnd::Permanent(e) => End::Failed(e.clone()),
-        RunEnd::Transient(e) if at.attempt >= ctx.args.policy().max_attempts => {
-            End::Failed(e.clone())
-        }
+        RunEnd::Transient(e) if last_attempt => End::Failed(e.clone()),
         RunEnd::Transient(e) => End::Retrying(e.clone()),
         RunEnd::Cancelled => End::Killed("producer cancel".into()),
         RunEnd::ShutDown => End::Retrying("handed back: the worker shut down".into()),
