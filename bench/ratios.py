@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Turns one candle and one PyTorch `bench` JSON line into one JSON line per
 measurement: case, candle_ms, pytorch_ms and ratio = candle / PyTorch
-(below 1: candle is faster), plus the settings both ran with.
+(below 1: candle is faster), plus the settings both ran with and the
+worker's backend dispatches per training step and per batch-1 forward pass.
+A PyTorch line holding ``error`` (it failed or is not installed) gives
+``pytorch_ms`` and ``ratio`` null and says why in ``pytorch_error``.
 
 Usage: ratios.py CASE CANDLE_JSON TORCH_JSON
 """
@@ -30,16 +33,18 @@ MEASURES = [
 
 
 def lines(case: str, candle: dict, torch: dict):
+    failed = torch.get("error")
     for label, key in MEASURES:
-        c, t = candle[key], torch[key]
+        c = candle[key]
+        t = None if failed else torch[key]
         name = f"{case}: {label}"
         if key == "throughput_batch_ms":
             name += f" {candle['throughput_batch']}"
-        yield {
+        line = {
             "case": name,
             "candle_ms": round(c, 2),
-            "pytorch_ms": round(t, 2),
-            "ratio": round(c / t, 3),
+            "pytorch_ms": None if t is None else round(t, 2),
+            "ratio": None if t is None else round(c / t, 3),
             "device": candle.get("device", "cpu"),
             "dtype": candle.get("dtype"),
             "threads": candle.get("threads"),
@@ -48,6 +53,13 @@ def lines(case: str, candle: dict, torch: dict):
             "cpu": cpu_model(),
             "gpu": torch.get("gpu"),
         }
+        if key == "step_ms":
+            line["dispatches_per_step"] = candle.get("dispatches_per_step")
+        if key == "latency_b1_p50_ms":
+            line["dispatches_b1_forward"] = candle.get("dispatches_b1_forward")
+        if failed:
+            line["pytorch_error"] = failed
+        yield line
 
 
 def main(argv):

@@ -10,7 +10,9 @@
 //!   base with LoRA on q, k, v and dense, so Phi-2's step is measured on
 //!   any machine without its weights.
 //!
-//! Prints one JSON line.
+//! Prints one JSON line, with the number of backend dispatches (kernel
+//! launches and transfers on CUDA, kernel passes on the CPU) of one
+//! training step and of one batch-1 forward pass.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -130,21 +132,29 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     let mut opt = AdamW::new(&groups, 0.01)?;
     let batch = Batch::new(&train_rows, model.pad_id(), &device)?;
     let ctx = Ctx::new(true, ChaCha8Rng::seed_from_u64(a.seed));
-    let mut step = || -> anyhow::Result<f32> {
+    // The loss is read (which synchronises the device) after the last step
+    // only, as PyTorch's loop does.
+    let mut step = || -> anyhow::Result<Tensor> {
         let logits = model.forward(&batch, &ctx)?;
         let loss = cross_entropy(&logits, &labels, None)?;
         let grads = loss.backward()?;
         opt.step(&grads, a.lr)?;
-        Ok(loss.to_scalar::<f32>()?)
+        Ok(loss)
     };
     for _ in 0..a.warmup {
         step()?;
     }
+    let d0 = candle_core::dispatch_count();
     let t = Instant::now();
+    let mut last = None;
     for _ in 0..a.steps {
-        step()?;
+        last = Some(step()?);
+    }
+    if let Some(loss) = last {
+        loss.to_scalar::<f32>()?;
     }
     let train_secs = t.elapsed().as_secs_f64();
+    let step_dispatches = (candle_core::dispatch_count() - d0) as f64 / a.steps as f64;
 
     let eval = Ctx::inference();
     let one = rows_for(1);
@@ -157,6 +167,9 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     for _ in 0..5 {
         fwd(&single)?;
     }
+    let d0 = candle_core::dispatch_count();
+    fwd(&single)?;
+    let b1_dispatches = candle_core::dispatch_count() - d0;
     let mut lat = Vec::with_capacity(a.latency_samples);
     for _ in 0..a.latency_samples {
         let t = Instant::now();
@@ -186,6 +199,8 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         "finetune": if a.arch == "phi" { "lora" } else { a.finetune.as_str() },
         "step_ms": train_secs * 1000.0 / a.steps as f64,
         "train_samples_per_s": (a.batch * a.steps) as f64 / train_secs,
+        "dispatches_per_step": step_dispatches.round() as u64,
+        "dispatches_b1_forward": b1_dispatches,
         "latency_b1_p50_ms": percentile(&lat, 0.5),
         "latency_b1_p95_ms": percentile(&lat, 0.95),
         "throughput_batch": a.throughput_batch,

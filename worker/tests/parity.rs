@@ -7,8 +7,14 @@
 //! dendrite term is checked against the fixture script's own
 //! implementation of the formula.
 //!
+//! The fused kernels are checked in [`fused`]: each on the device under
+//! test against its CPU twin, the twins against candle's composed ops.
+//!
 //! `PARITY_DEVICE=cuda:0` runs the same checks on a GPU (a worker built with
 //! `--features cuda`; `bench/gpu-check.sh`).
+
+#[path = "parity/fused.rs"]
+mod fused;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,15 +28,11 @@ use worker::engine::nn::params::{Params, TrainPolicy};
 use worker::engine::nn::Ctx;
 use worker::engine::train::cross_entropy;
 
-/// The device under test: `PARITY_DEVICE` (`cpu`, `cuda:N`), default CPU.
+/// The device under test: `PARITY_DEVICE` (`cpu`, `cuda`, `cuda:N`), default
+/// CPU, opened as the worker opens it.
 fn device() -> Device {
-    match std::env::var("PARITY_DEVICE").as_deref() {
-        Ok(d) if d.starts_with("cuda") => {
-            let n = d.strip_prefix("cuda:").unwrap_or("0").parse().unwrap();
-            Device::new_cuda(n).expect("PARITY_DEVICE names a CUDA device this build can open")
-        }
-        _ => Device::Cpu,
-    }
+    let name = std::env::var("PARITY_DEVICE").unwrap_or_else(|_| "cpu".into());
+    worker::parse_device(&name).expect("PARITY_DEVICE names a device this build can open")
 }
 
 /// `PARITY_FIXTURES`, or this crate's `tests/fixtures` (a test binary
@@ -273,9 +275,12 @@ fn phi_lora_mode_matches_pytorch() {
 }
 
 /// In bf16 with every weight trained (f32 master copies, activations in
-/// bf16), logits stay within 0.05 + 2% of the largest |logit| of PyTorch's
+/// bf16), logits stay within 0.05 + 5% of the largest |logit| of PyTorch's
 /// f32 logits: bf16 keeps 8 significant bits, so each product carries
-/// ~0.4% relative error, compounded over two blocks. They must also differ
+/// ~0.4% relative error, compounded over two blocks. PyTorch's own bf16
+/// forward of these fixtures (weights and adapters cast to bf16, softmax in
+/// f32 as its eager attention does) differs from its f32 logits by 0.023
+/// (BERT, largest |logit| 1.20) and 0.125 (Phi, 2.96, i.e. 4.2%). They must also differ
 /// from the f32 run: the compute dtype is the model's, not a guess from
 /// which tensors happen to be frozen.
 #[test]
@@ -290,7 +295,7 @@ fn bf16_logits_match_within_tolerance() {
         let d = max_abs(&logits, &f.expected);
         eprintln!("{name}: bf16 logits differ by {d} (largest |logit| {scale})");
         assert!(
-            d <= 0.05 + 0.02 * scale,
+            d <= 0.05 + 0.05 * scale,
             "{name}: bf16 logits differ by {d}"
         );
         let (f32_model, _) = build_as(name, &f, true, DType::F32, HeadInit::Checkpoint);

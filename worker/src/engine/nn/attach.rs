@@ -6,11 +6,11 @@
 //! full-size gradient built for constant operands.
 //!
 //! The result is handed to candle through a custom op that holds it and
-//! gives its storage back as the op's output (one copy of the buffer).
+//! gives its buffer back as the op's output (moved, not copied, when
+//! nothing else holds it).
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage,
     Tensor,
@@ -37,19 +37,15 @@ impl Given {
     }
 
     fn cpu(&self) -> Result<(CpuStorage, Shape)> {
-        let y = self.take()?;
-        let (s, l) = y.storage_and_layout();
-        match &*s {
-            Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        match given_storage(self.take()?)? {
+            (Storage::Cpu(c), shape) => Ok((c, shape)),
             _ => candle_core::bail!("{}: result on another device", self.name),
         }
     }
 
     fn cuda(&self) -> Result<(CudaStorage, Shape)> {
-        let y = self.take()?;
-        let (s, l) = y.storage_and_layout();
-        match &*s {
-            Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        match given_storage(self.take()?)? {
+            (Storage::Cuda(c), shape) => Ok((c, shape)),
             _ => candle_core::bail!("{}: result on another device", self.name),
         }
     }
@@ -154,6 +150,18 @@ impl CustomOp3 for Given {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let mut v = self.grads(&[a, b, c], res, g)?.into_iter();
         Ok((v.next().flatten(), v.next().flatten(), v.next().flatten()))
+    }
+}
+
+/// A precomputed result's buffer as a custom op's output: moved when the
+/// result is the only holder of it (the usual case), copied otherwise.
+pub(crate) fn given_storage(y: Tensor) -> Result<(Storage, Shape)> {
+    match y.into_storage() {
+        Ok(moved) => Ok(moved),
+        Err(y) => {
+            let (s, l) = y.storage_and_layout();
+            Ok((s.try_clone(l)?, l.shape().clone()))
+        }
     }
 }
 

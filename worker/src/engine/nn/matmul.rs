@@ -15,7 +15,6 @@
 
 use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `a @ b (+ bias)`: `a` is `[.., m, k]`, `b` is `[.., k, n]` with the same
@@ -113,9 +112,8 @@ impl CustomOp2 for Product {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if let Ok(y) = self.take_ready() {
-            let (s, l) = y.storage_and_layout();
-            return match &*s {
-                candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            return match super::attach::given_storage(y)? {
+                (candle_core::Storage::Cpu(c), shape) => Ok((c, shape)),
                 _ => candle_core::bail!("matmul: device mismatch"),
             };
         }
@@ -129,10 +127,8 @@ impl CustomOp2 for Product {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let y = self.take_ready()?;
-        let (s, l) = y.storage_and_layout();
-        match &*s {
-            candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        match super::attach::given_storage(self.take_ready()?)? {
+            (candle_core::Storage::Cuda(c), shape) => Ok((c, shape)),
             _ => candle_core::bail!("matmul: device mismatch"),
         }
     }
@@ -162,6 +158,8 @@ impl CustomOp2 for Product {
 
 mod cpu {
     //! The OpenBLAS forward: one `sgemm` per batch entry.
+
+    use std::mem::MaybeUninit;
 
     use candle_core::{CpuStorage, Layout, Result, Shape};
 
@@ -251,14 +249,20 @@ mod cpu {
         let (m, k) = (l1.dims()[r - 2], l1.dims()[r - 1]);
         let n = l2.dims()[r - 1];
         let batch = a.offsets.len();
-        let mut out = vec![0f32; batch * m * n];
+        // With no bias the product writes every output element (beta = 0
+        // never reads C): the buffer is left unfilled.
+        let len = batch * m * n;
+        let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
+        out.resize_with(len, MaybeUninit::uninit);
         if let Some(bias) = bias {
             for row in out.chunks_mut(n) {
-                row.copy_from_slice(bias);
+                for (o, &b) in row.iter_mut().zip(bias) {
+                    o.write(b);
+                }
             }
         }
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
-        let call = |i: usize, c: &mut [f32]| {
+        let call = |i: usize, c: &mut [MaybeUninit<f32>]| {
             sgemm(
                 (&ad[a.offsets[i]..], a.transposed, a.ld),
                 (&bd[b.offsets[i]..], b.transposed, b.ld),
@@ -281,6 +285,12 @@ mod cpu {
         }
         let mut dims = l1.dims()[..r - 1].to_vec();
         dims.push(n);
+        // SAFETY: every element was written, by the bias rows or by sgemm
+        // (beta = 0 writes all of C); MaybeUninit<f32> has f32's layout.
+        let out = unsafe {
+            let mut out = std::mem::ManuallyDrop::new(out);
+            Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
+        };
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
@@ -289,7 +299,7 @@ mod cpu {
         b: (&[f32], bool, usize),
         (m, n, k): (usize, usize, usize),
         beta: f32,
-        c: &mut [f32],
+        c: &mut [MaybeUninit<f32>],
     ) {
         const ROW_MAJOR: i32 = 101;
         let t = |x: bool| if x { 112 } else { 111 };
@@ -311,7 +321,7 @@ mod cpu {
                 b.0.as_ptr(),
                 b.2 as i32,
                 beta,
-                c.as_mut_ptr(),
+                c.as_mut_ptr().cast::<f32>(),
                 n as i32,
             )
         }

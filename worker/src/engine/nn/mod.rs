@@ -4,13 +4,14 @@
 
 pub mod attach;
 pub mod dendrite;
+pub mod fused;
 pub mod linear;
 pub mod matmul;
 pub mod ops;
 pub mod params;
 pub mod rows;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use candle_core::{DType, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
@@ -27,7 +28,6 @@ pub struct Ctx {
     /// the network computes without its dendrites, weights unchanged).
     pub without_dendrites: bool,
     rng: RefCell<ChaCha8Rng>,
-    device_seeded: Cell<bool>,
 }
 
 impl Ctx {
@@ -38,7 +38,6 @@ impl Ctx {
             grad: true,
             without_dendrites: false,
             rng: RefCell::new(rng),
-            device_seeded: Cell::new(false),
         }
     }
 
@@ -72,28 +71,31 @@ impl Ctx {
 
     /// Inverted dropout, attached with backward `g * mask`. On the CPU the
     /// mask comes from this context's seeded stream, so runs are
-    /// reproducible bit for bit; on an accelerator it is drawn there (its
-    /// generator seeded once from the same stream).
+    /// reproducible bit for bit; on CUDA it is the fused kernel's
+    /// counter-based draw (one kernel forward, one backward, no mask
+    /// stored), seeded for each call from the same stream.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !self.train || p <= 0.0 {
             return Ok(x.clone());
         }
-        let mask = self.mask(x, 1.0 - p)?;
+        let keep = 1.0 - p;
+        if x.device().is_cuda() && fused::applies(x) {
+            let seed: u64 = self.rng.borrow_mut().random();
+            let y = fused::dropout(&x.detach(), seed, keep)?;
+            return ops::attach("dropout", x, y, move |_, _, g| {
+                fused::dropout(g, seed, keep)
+            });
+        }
+        let mask = self.mask(x, keep)?;
         let y = (x.detach() * &mask)?;
         ops::attach("dropout", x, y, move |_, _, g| g * &mask)
     }
 
-    /// `[x.shape]` of `0` or `1 / keep` in `x`'s dtype and device.
+    /// `[x.shape]` of `0` or `1 / keep` in `x`'s dtype and device, from
+    /// this context's stream (drawn on the CPU).
     fn mask(&self, x: &Tensor, keep: f64) -> Result<Tensor> {
         let scale = 1.0 / keep;
         let device = x.device();
-        if !device.is_cpu() {
-            if !self.device_seeded.replace(true) {
-                device.set_seed(self.rng.borrow_mut().random())?;
-            }
-            let u = Tensor::rand(0f32, 1f32, x.shape(), device)?;
-            return (u.lt(keep)?.to_dtype(x.dtype())? * scale)?.to_dtype(x.dtype());
-        }
         let mut bits = vec![0u32; x.elem_count()];
         self.rng.borrow_mut().fill(&mut bits[..]);
         // keep with probability `keep`: u32 below keep * 2^32.

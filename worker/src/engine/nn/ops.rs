@@ -11,7 +11,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 
 pub use super::attach::{attach, attach2, attach3};
 use super::matmul::matmul;
-use super::rows;
+use super::{fused, rows};
 
 /// Softmax over the last dimension: fused forward, exact backward
 /// `dx = y * (dy - sum(dy * y))`.
@@ -28,6 +28,7 @@ pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let xd = x.detach();
     let y = match rows::masked_softmax(&xd, mask, scale)? {
         Some(y) => y,
+        None if fused::applies(&xd) => fused::masked_softmax(&xd, mask, scale)?,
         None => candle_nn::ops::softmax_last_dim(&(xd * scale)?.broadcast_add(mask)?)?,
     };
     attach("masked-softmax", x, y, move |_, y, g| {
@@ -40,6 +41,9 @@ pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
 fn softmax_bwd(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
     if let Some(dx) = rows::softmax_bwd(y, g, scale)? {
         return Ok(dx);
+    }
+    if fused::applies(y) {
+        return fused::softmax_bwd(y, g, scale);
     }
     let (yf, gf) = (y.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
     let dot = (&gf * &yf)?.sum_keepdim(D::Minus1)?;
@@ -63,12 +67,14 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// not apply (other devices and dtypes).
 type RowKernel = fn(&Tensor, Option<&Tensor>) -> Result<Option<Tensor>>;
 
-/// An elementwise activation attached with its exact backward: the row
-/// kernel where it applies, else `fwd` and the composed-op `bwd(x, dy)`.
+/// A GELU attached with its exact backward: the row kernel where it
+/// applies, else `fwd` and the fused backward kernel (or, on devices
+/// without one, the composed-op `bwd(x, dy)`).
 fn activation(
     name: &'static str,
     x: &Tensor,
     kernel: RowKernel,
+    form: fused::Gelu,
     fwd: fn(&Tensor) -> Result<Tensor>,
     bwd: fn(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
@@ -79,35 +85,50 @@ fn activation(
     };
     attach(name, x, y, move |x, _, g| match kernel(x, Some(g))? {
         Some(dx) => Ok(dx),
+        None if fused::applies(x) => fused::gelu_bwd(x, g, form),
         None => bwd(x, g),
     })
 }
 
 /// Exact (erf) GELU, attached with backward `dy * (Phi(x) + x * phi(x))`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    activation("gelu-erf", x, rows::gelu_erf, Tensor::gelu_erf, |x, g| {
-        let xf = x.to_dtype(DType::F32)?;
-        let cdf = ((xf.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
-        let pdf = ((xf.sqr()? * -0.5)?.exp()?
-            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
-        let d = (cdf + (xf * pdf)?)?;
-        (g.to_dtype(DType::F32)? * d)?.to_dtype(x.dtype())
-    })
+    activation(
+        "gelu-erf",
+        x,
+        rows::gelu_erf,
+        fused::Gelu::Erf,
+        Tensor::gelu_erf,
+        |x, g| {
+            let xf = x.to_dtype(DType::F32)?;
+            let cdf = ((xf.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()? + 1.0)? * 0.5)?;
+            let pdf = ((xf.sqr()? * -0.5)?.exp()?
+                * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
+            let d = (cdf + (xf * pdf)?)?;
+            (g.to_dtype(DType::F32)? * d)?.to_dtype(x.dtype())
+        },
+    )
 }
 
 /// tanh-GELU (`gelu_new`), attached with its exact backward: a row
 /// kernel on the CPU, candle's fused forward and composed ops elsewhere.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    activation("gelu-tanh", x, rows::gelu_tanh, Tensor::gelu, |x, g| {
-        let c = (2.0 / std::f64::consts::PI).sqrt();
-        let xf = x.to_dtype(DType::F32)?;
-        let x2 = xf.sqr()?;
-        let t = ((&xf * c)? * ((&x2 * 0.044_715)? + 1.0)?)?.tanh()?;
-        let du = ((&x2 * (3.0 * 0.044_715))? + 1.0)? * c;
-        let left = ((&t + 1.0)? * 0.5)?;
-        let right = (((xf * 0.5)? * (t.sqr()?.affine(-1.0, 1.0)?))? * du?)?;
-        (g.to_dtype(DType::F32)? * (left + right)?)?.to_dtype(x.dtype())
-    })
+    activation(
+        "gelu-tanh",
+        x,
+        rows::gelu_tanh,
+        fused::Gelu::Tanh,
+        Tensor::gelu,
+        |x, g| {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let xf = x.to_dtype(DType::F32)?;
+            let x2 = xf.sqr()?;
+            let t = ((&xf * c)? * ((&x2 * 0.044_715)? + 1.0)?)?.tanh()?;
+            let du = ((&x2 * (3.0 * 0.044_715))? + 1.0)? * c;
+            let left = ((&t + 1.0)? * 0.5)?;
+            let right = (((xf * 0.5)? * (t.sqr()?.affine(-1.0, 1.0)?))? * du?)?;
+            (g.to_dtype(DType::F32)? * (left + right)?)?.to_dtype(x.dtype())
+        },
+    )
 }
 
 /// Layer norm over the last dimension with affine weight and bias, on
@@ -165,6 +186,9 @@ fn normalize(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Ten
     attach("layer-norm", x, y, move |x, _, g| {
         if let Some(dx) = rows::layer_norm_bwd(x, g, &w, eps)? {
             return Ok(dx);
+        }
+        if fused::applies(x) {
+            return fused::layer_norm_bwd(x, g, &w, eps);
         }
         let xf = x.to_dtype(DType::F32)?;
         let mean = xf.mean_keepdim(D::Minus1)?;

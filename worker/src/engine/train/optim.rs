@@ -16,12 +16,42 @@ pub fn no_decay(name: &str) -> bool {
         || name.ends_with(".beta")
 }
 
+/// First and second moments of a tensor updated by the fused kernel.
+enum Moments {
+    Cpu(Vec<f32>, Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda(
+        candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+        candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+    ),
+}
+
+impl Moments {
+    /// Zero moments for an f32 variable on the CPU or CUDA; `None` on other
+    /// devices and dtypes (composed ops then).
+    fn new(var: &Var) -> Result<Option<Moments>> {
+        if var.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let n = var.elem_count();
+        match var.device() {
+            candle_core::Device::Cpu => Ok(Some(Moments::Cpu(vec![0f32; n], vec![0f32; n]))),
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(dev) => Ok(Some(Moments::Cuda(
+                dev.alloc_zeros::<f32>(n)?,
+                dev.alloc_zeros::<f32>(n)?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
 struct Slot {
     var: Var,
     m: Tensor,
     v: Tensor,
-    /// CPU fast path: moments as plain vectors updated in place.
-    cpu: Option<Mutex<(Vec<f32>, Vec<f32>)>>,
+    /// Fused path (CPU loop, CUDA kernel): moments updated in place.
+    fused: Option<Mutex<Moments>>,
     weight_decay: f64,
     lr_mult: f64,
 }
@@ -51,13 +81,8 @@ impl AdamW {
     pub fn with_groups(params: &[(String, Var, f64, f64)]) -> Result<AdamW> {
         let mut slots = Vec::with_capacity(params.len());
         for (name, var, lr_mult, weight_decay) in params {
-            let cpu = if var.device().is_cpu() && var.dtype() == DType::F32 {
-                let n = var.elem_count();
-                Some(Mutex::new((vec![0f32; n], vec![0f32; n])))
-            } else {
-                None
-            };
-            let (m, v) = if cpu.is_some() {
+            let fused = Moments::new(var)?.map(Mutex::new);
+            let (m, v) = if fused.is_some() {
                 let empty = Tensor::zeros(0, DType::F32, var.device())?;
                 (empty.clone(), empty)
             } else {
@@ -67,7 +92,7 @@ impl AdamW {
                 var: var.clone(),
                 m,
                 v,
-                cpu,
+                fused,
                 weight_decay: if no_decay(name) { 0.0 } else { *weight_decay },
                 lr_mult: *lr_mult,
             });
@@ -93,7 +118,7 @@ impl AdamW {
                 continue;
             };
             let lr = lr * s.lr_mult;
-            if let Some(state) = &s.cpu {
+            if let Some(state) = &s.fused {
                 let g = g.to_dtype(DType::F32)?.contiguous()?;
                 s.var.as_tensor().inplace_op2(
                     &g,
@@ -123,7 +148,7 @@ impl AdamW {
 }
 
 struct FusedAdamW<'a> {
-    state: &'a Mutex<(Vec<f32>, Vec<f32>)>,
+    state: &'a Mutex<Moments>,
     lr: f64,
     wd: f64,
     beta1: f64,
@@ -133,11 +158,34 @@ struct FusedAdamW<'a> {
     bc2: f64,
 }
 
+impl FusedAdamW<'_> {
+    fn moments(&self) -> Result<std::sync::MutexGuard<'_, Moments>> {
+        self.state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused AdamW: poisoned".into()))
+    }
+
+    /// `[beta1, beta2, lr / bc1, sqrt(bc2), 1 - lr * wd, eps]` in f32, as
+    /// both the CPU loop and the CUDA kernel take them.
+    fn hyper(&self) -> [f32; 6] {
+        [
+            self.beta1 as f32,
+            self.beta2 as f32,
+            (self.lr / self.bc1) as f32,
+            self.bc2.sqrt() as f32,
+            (1.0 - self.lr * self.wd) as f32,
+            self.eps as f32,
+        ]
+    }
+}
+
 impl InplaceOp2 for FusedAdamW<'_> {
     fn name(&self) -> &'static str {
         "fused-adamw"
     }
 
+    // Without the `cuda` feature the moments have one kind only.
+    #[allow(irrefutable_let_patterns)]
     fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
         let (CpuStorage::F32(p), CpuStorage::F32(g)) = (p, g) else {
             candle_core::bail!("fused AdamW needs f32 parameters and gradients");
@@ -148,16 +196,11 @@ impl InplaceOp2 for FusedAdamW<'_> {
         let n = lp.shape().elem_count();
         let p = &mut p[lp.start_offset()..lp.start_offset() + n];
         let g = &g[lg.start_offset()..lg.start_offset() + n];
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        let (m, v) = &mut *st;
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let step = (self.lr / self.bc1) as f32;
-        let sbc2 = self.bc2.sqrt() as f32;
-        let decay = (1.0 - self.lr * self.wd) as f32;
-        let eps = self.eps as f32;
+        let mut st = self.moments()?;
+        let Moments::Cpu(m, v) = &mut *st else {
+            candle_core::bail!("fused AdamW: moments on another device");
+        };
+        let [b1, b2, step, sbc2, decay, eps] = self.hyper();
         for i in 0..n {
             let gi = g[i];
             m[i] = b1 * m[i] + (1.0 - b1) * gi;
@@ -166,6 +209,21 @@ impl InplaceOp2 for FusedAdamW<'_> {
             p[i] = p[i] * decay - step * m[i] / denom;
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        p: &mut candle_core::CudaStorage,
+        lp: &Layout,
+        g: &candle_core::CudaStorage,
+        lg: &Layout,
+    ) -> Result<()> {
+        let mut st = self.moments()?;
+        let Moments::Cuda(m, v) = &mut *st else {
+            candle_core::bail!("fused AdamW: moments on another device");
+        };
+        crate::engine::nn::fused::cuda::adamw(p, lp, g, lg, m, v, self.hyper())
     }
 }
 
@@ -273,7 +331,7 @@ mod tests {
         // Tensor path (no fused state) gives the same.
         let var2 = Var::new(&p0, &dev).unwrap();
         let mut opt2 = AdamW::new(&[("w".into(), var2.clone(), 1.0)], wd).unwrap();
-        opt2.slots[0].cpu = None;
+        opt2.slots[0].fused = None;
         opt2.slots[0].m = var2.zeros_like().unwrap();
         opt2.slots[0].v = var2.zeros_like().unwrap();
         let loss = (var2.as_tensor() * Tensor::new(&g, &dev).unwrap())

@@ -1,0 +1,209 @@
+//! The fused kernels (`engine::nn::fused`): on the device under test
+//! against their CPU twins, the twins against candle's own composed ops
+//! and autograd (the formulas), Philox against its published known-answer
+//! vectors, and the fused AdamW update against the composed one.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use worker::engine::nn::fused::{self, Gelu};
+use worker::engine::train::optim::AdamW;
+
+use super::device;
+
+/// Largest `|a - b| / (atol + rtol * max|b|)`: at most 1 passes.
+fn rel_err(a: &Tensor, b: &Tensor, atol: f32, rtol: f32) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / (atol + rtol * scale))
+        .fold(0f32, f32::max)
+}
+
+/// Tolerances of a device-vs-twin comparison: f32 within 1e-5 of the
+/// largest value; bf16 within two bf16 steps of it (the device rounds once
+/// from f32, the twin too, but their f32 results may differ in the last
+/// bits and land on either side of a rounding boundary).
+fn tol(dtype: DType) -> (f32, f32) {
+    match dtype {
+        DType::BF16 => (1e-6, 1.6e-2),
+        _ => (1e-7, 1e-5),
+    }
+}
+
+/// Inputs of every kernel: rows of 37 (not a multiple of the 32 lanes),
+/// a mask broadcast over heads with some positions at -1e4.
+fn inputs(dev: &Device, dtype: DType) -> (Tensor, Tensor, Tensor, Tensor) {
+    let cpu = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.5, (2, 3, 5, 37), &cpu).unwrap();
+    let g = Tensor::randn(0f32, 1.0, (2, 3, 5, 37), &cpu).unwrap();
+    let w = Tensor::randn(1f32, 0.3, 37, &cpu).unwrap();
+    let keep: Vec<f32> = (0..2 * 5 * 37)
+        .map(|i| if i % 7 == 3 { -1e4 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(keep, (2, 1, 5, 37), &cpu).unwrap();
+    let on = |t: Tensor| t.to_dtype(dtype).unwrap().to_device(dev).unwrap();
+    (on(x), on(g), w.to_device(dev).unwrap(), on(mask))
+}
+
+#[test]
+fn fused_kernels_on_the_device_match_their_cpu_twins() {
+    let dev = device();
+    for dtype in [DType::F32, DType::BF16] {
+        let (x, g, w, mask) = inputs(&dev, dtype);
+        let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+        let (xc, gc, wc, mc) = (cpu(&x), cpu(&g), cpu(&w), cpu(&mask));
+        let (atol, rtol) = tol(dtype);
+        let cases: Vec<(&str, Tensor, Tensor)> = vec![
+            (
+                "gelu-erf bwd",
+                fused::gelu_bwd(&x, &g, Gelu::Erf).unwrap(),
+                fused::gelu_bwd(&xc, &gc, Gelu::Erf).unwrap(),
+            ),
+            (
+                "gelu-tanh bwd",
+                fused::gelu_bwd(&x, &g, Gelu::Tanh).unwrap(),
+                fused::gelu_bwd(&xc, &gc, Gelu::Tanh).unwrap(),
+            ),
+            (
+                "layer-norm bwd",
+                fused::layer_norm_bwd(&x, &g, &w, 1e-5).unwrap(),
+                fused::layer_norm_bwd(&xc, &gc, &wc, 1e-5).unwrap(),
+            ),
+            (
+                "masked softmax",
+                fused::masked_softmax(&x, &mask, 0.3).unwrap(),
+                fused::masked_softmax(&xc, &mc, 0.3).unwrap(),
+            ),
+            (
+                "softmax bwd",
+                fused::softmax_bwd(&x, &g, 0.3).unwrap(),
+                fused::softmax_bwd(&xc, &gc, 0.3).unwrap(),
+            ),
+            (
+                "dropout",
+                fused::dropout(&x, 42, 0.9).unwrap(),
+                fused::dropout(&xc, 42, 0.9).unwrap(),
+            ),
+        ];
+        for (name, on_device, twin) in cases {
+            assert_eq!(on_device.dtype(), dtype, "{name}");
+            assert_eq!(on_device.dims(), x.dims(), "{name}");
+            let e = rel_err(&cpu(&on_device), &twin, atol, rtol);
+            assert!(
+                e <= 1.0,
+                "{name} ({dtype:?}) on {dev:?}: error {e} of tolerance"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_twins_compute_the_composed_formulas() {
+    let cpu = Device::Cpu;
+    let (x, g, w, mask) = inputs(&cpu, DType::F32);
+    let close = |name: &str, a: &Tensor, b: &Tensor| {
+        let e = rel_err(a, b, 1e-6, 2e-5);
+        assert!(e <= 1.0, "{name}: error {e} of tolerance");
+    };
+    // Autograd of candle's own ops as the reference gradients.
+    let grad_of = |f: &dyn Fn(&Tensor) -> Tensor| {
+        let v = Var::from_tensor(&x).unwrap();
+        let y = f(v.as_tensor());
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        grads.get(v.as_tensor()).unwrap().clone()
+    };
+    close(
+        "gelu-erf bwd",
+        &fused::gelu_bwd(&x, &g, Gelu::Erf).unwrap(),
+        &grad_of(&|t| t.gelu_erf().unwrap()),
+    );
+    close(
+        "gelu-tanh bwd",
+        &fused::gelu_bwd(&x, &g, Gelu::Tanh).unwrap(),
+        &grad_of(&|t| t.gelu().unwrap()),
+    );
+    let norm = |t: &Tensor| {
+        let mean = t.mean_keepdim(D::Minus1).unwrap();
+        let c = t.broadcast_sub(&mean).unwrap();
+        let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let rstd = (var + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+        c.broadcast_mul(&rstd).unwrap().broadcast_mul(&w).unwrap()
+    };
+    close(
+        "layer-norm bwd",
+        &fused::layer_norm_bwd(&x, &g, &w, 1e-5).unwrap(),
+        &grad_of(&norm),
+    );
+    let softmax = |t: &Tensor| {
+        let z = (t * 0.3).unwrap().broadcast_add(&mask).unwrap();
+        candle_nn::ops::softmax(&z, D::Minus1).unwrap()
+    };
+    close(
+        "masked softmax",
+        &fused::masked_softmax(&x, &mask, 0.3).unwrap(),
+        &softmax(&x),
+    );
+    let y = softmax(&x);
+    let v = Var::from_tensor(&x).unwrap();
+    let grads = (softmax(v.as_tensor()) * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    close(
+        "softmax bwd",
+        &fused::softmax_bwd(&y, &g, 0.3).unwrap(),
+        grads.get(v.as_tensor()).unwrap(),
+    );
+}
+
+#[test]
+fn philox_matches_known_answers_and_dropout_keeps_its_rate() {
+    // Random123's known-answer vector for Philox4x32-10 at a zero counter and key.
+    assert_eq!(fused::philox_word0(0, 0), 0x6627_e8d5);
+    let x = Tensor::ones((400, 250), DType::F32, &Device::Cpu).unwrap();
+    let keep = 0.9;
+    let y = fused::dropout(&x, 7, keep).unwrap();
+    let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let kept = v.iter().filter(|&&e| e != 0.0).count() as f64 / v.len() as f64;
+    // 100 000 draws: the standard deviation of the rate is ~0.00095.
+    assert!((kept - keep).abs() < 0.005, "kept fraction {kept}");
+    let scale = (1.0 / keep) as f32;
+    assert!(v.iter().all(|&e| e == 0.0 || e == scale));
+    // The same seed draws the same mask (the backward relies on it).
+    let again = fused::dropout(&x, 7, keep).unwrap();
+    assert_eq!(again.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+    let other = fused::dropout(&x, 8, keep).unwrap();
+    assert_ne!(other.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+}
+
+#[test]
+fn fused_adamw_on_the_device_matches_the_cpu() {
+    let dev = device();
+    let run = |d: &Device| {
+        let w0 = Tensor::arange(0f32, 24., &Device::Cpu)
+            .unwrap()
+            .reshape((4, 6))
+            .unwrap();
+        let var = Var::from_tensor(&(w0 * 0.1).unwrap().to_device(d).unwrap()).unwrap();
+        let mut opt = AdamW::new(&[("w".to_string(), var.clone(), 1.0)], 0.01).unwrap();
+        for step in 0..3 {
+            let target = Tensor::full(step as f32, (4, 6), d).unwrap();
+            let loss = (var.as_tensor() - target)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            opt.step(&loss.backward().unwrap(), 1e-2).unwrap();
+        }
+        var.as_tensor().to_device(&Device::Cpu).unwrap()
+    };
+    let (on_device, on_cpu) = (run(&dev), run(&Device::Cpu));
+    let e = rel_err(&on_device, &on_cpu, 1e-7, 1e-5);
+    assert!(e <= 1.0, "AdamW on {dev:?}: error {e} of tolerance");
+}
