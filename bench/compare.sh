@@ -62,6 +62,30 @@ run_case() {
   python3 bench/ratios.py "$name" "$candle" "$torch" | tee -a "$OUT"
 }
 
+# The worker's backend dispatches per training step of the full Phi-2 depth
+# (32 blocks, LoRA r16, bf16): on the CPU, bf16 takes the paths CUDA takes
+# (fused kernels' twins, candle's products), so the count stands for CUDA's
+# kernel launches (an upper bound: CPU dropout draws its mask on the host).
+# The count does not depend on width, batch or length: measured at width 320.
+count_case() {
+  local out
+  echo "== dispatch count: worker bench (Phi-2 depth, bf16)" >>"$LOG"
+  out=$("${limit[@]}" "$WORKER" bench --arch phi --layers 32 --hidden 320 --heads 4 \
+    --intermediate 1280 --precision bf16 --batch 2 --seq 16 --steps 2 --warmup 1 \
+    --latency-samples 2 --throughput-batch 2 --threads "$THREADS" --device "$DEVICE" 2>>"$LOG")
+  python3 - "$out" <<'PY2' | tee -a "$OUT"
+import json, sys
+b = json.loads(sys.argv[1])
+print(json.dumps({
+    "case": "phi2-depth 32 blocks lora-r16 bf16: dispatches per train step (CUDA's paths)",
+    "dispatches_per_step": b["dispatches_per_step"],
+    "dispatches_b1_forward": b["dispatches_b1_forward"],
+    "device": b["device"], "dtype": b["dtype"],
+    "measured_at": "hidden 320, 4 heads, MLP 1280, bs2, seq16",
+}))
+PY2
+}
+
 phi32() {
   run_case "phi2-shape 32 blocks lora-r16 bf16 bs$1 seq$2" --arch phi --layers 32 \
     --precision bf16 --batch "$1" --seq "$2" --throughput-batch 32
@@ -74,6 +98,7 @@ case "$SET" in
       --batch 16 --seq 64 --throughput-batch 64
     run_case "phi2-shape 2 blocks lora-r16 bs8 seq64" --arch phi --layers 2 \
       --batch 8 --seq 64 --throughput-batch 16 --latency-samples 20
+    count_case
     ;;
   gpu)
     phi32 16 64
@@ -82,8 +107,8 @@ case "$SET" in
   gpu-bs16) phi32 16 64 ;;
   gpu-bs32) phi32 32 128 ;;
   rehearsal)
-    run_case "phi small 2 blocks lora-r8 bs4 seq16" --arch phi --layers 2 --hidden 256 \
-      --heads 4 --intermediate 1024 --vocab 1000 --lora-r 8 --batch 4 --seq 16 \
+    run_case "phi small 2 blocks lora-r8 bs4 seq16" --arch phi --layers 2 --hidden 320 \
+      --heads 4 --intermediate 1024 --lora-r 8 --batch 4 --seq 16 \
       --throughput-batch 8 --latency-samples 10
     ;;
   *)

@@ -6,16 +6,44 @@
 //! returns `None` unless every input is an f32 tensor on the CPU; callers
 //! then use the composed candle ops (accelerators, other dtypes).
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, DType, Result, Storage, StorageRef, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-/// Contiguous f32 CPU data of `t`, or `None` when `t` is anything else.
-fn data(t: &Tensor) -> Result<Option<Vec<f32>>> {
+/// The f32 elements of a CPU tensor in row-major order: its own buffer
+/// when it is contiguous (read in place, no copy), a copy otherwise.
+enum Data<'a> {
+    Borrowed(StorageRef<'a>, usize, usize),
+    Owned(Vec<f32>),
+}
+
+impl std::ops::Deref for Data<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Data::Borrowed(s, a, b) => match &**s {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[*a..*b],
+                _ => unreachable!("checked when borrowed"),
+            },
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// The f32 CPU data of `t`, or `None` when `t` is anything else.
+fn data(t: &Tensor) -> Result<Option<Data<'_>>> {
     if !t.device().is_cpu() || t.dtype() != DType::F32 {
         return Ok(None);
     }
-    Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
+    let (s, l) = t.storage_and_layout();
+    if let Some((a, b)) = l.contiguous_offsets() {
+        if matches!(&*s, Storage::Cpu(CpuStorage::F32(_))) {
+            return Ok(Some(Data::Borrowed(s, a, b)));
+        }
+    }
+    drop(s);
+    Ok(Some(Data::Owned(t.flatten_all()?.to_vec1::<f32>()?)))
 }
 
 /// `sum(a[i] * b[i])` over 8 lanes, so that the loop vectorises.
