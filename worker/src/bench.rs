@@ -86,6 +86,9 @@ pub struct BenchArgs {
     device: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also print one training step's dispatches by operation (stderr).
+    #[arg(long)]
+    dispatch_breakdown: bool,
 }
 
 /// The model under test and its trainable tensors.
@@ -155,6 +158,14 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
     }
     let train_secs = t.elapsed().as_secs_f64();
     let step_dispatches = (candle_core::dispatch_count() - d0) as f64 / a.steps as f64;
+    if a.dispatch_breakdown {
+        candle_core::set_dispatch_breakdown(true);
+        step()?.to_scalar::<f32>()?;
+        candle_core::set_dispatch_breakdown(false);
+        for (op, n) in candle_core::dispatch_breakdown() {
+            eprintln!("{n:>7} {op}");
+        }
+    }
 
     let eval = Ctx::inference();
     let one = rows_for(1);

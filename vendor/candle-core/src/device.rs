@@ -359,7 +359,7 @@ impl Device {
         shape: &Shape,
         dtype: DType,
     ) -> Result<Storage> {
-        crate::dispatch::count();
+        crate::dispatch::count("rand_uniform_f64");
         match self {
             Device::Cpu => {
                 let storage = CpuDevice.rand_uniform(shape, dtype, lo, up)?;
@@ -398,7 +398,7 @@ impl Device {
         shape: &Shape,
         dtype: DType,
     ) -> Result<Storage> {
-        crate::dispatch::count();
+        crate::dispatch::count("rand_normal_f64");
         match self {
             Device::Cpu => {
                 let storage = CpuDevice.rand_normal(shape, dtype, mean, std)?;
@@ -431,7 +431,7 @@ impl Device {
     }
 
     pub(crate) fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Storage> {
-        crate::dispatch::count();
+        crate::dispatch::count("zeros");
         match self {
             Device::Cpu => {
                 let storage = CpuDevice.zeros_impl(shape, dtype)?;
@@ -466,7 +466,7 @@ impl Device {
     }
 
     pub(crate) fn storage_from_slice<D: WithDType>(&self, data: &[D]) -> Result<Storage> {
-        crate::dispatch::count();
+        crate::dispatch::count("storage_from_slice");
         match self {
             Device::Cpu => Ok(Storage::Cpu(data.to_cpu_storage())),
             Device::Cuda(device) => {
@@ -481,7 +481,7 @@ impl Device {
     }
 
     pub(crate) fn storage<A: NdArray>(&self, array: A) -> Result<Storage> {
-        crate::dispatch::count();
+        crate::dispatch::count("storage");
         match self {
             Device::Cpu => Ok(Storage::Cpu(array.to_cpu_storage())),
             Device::Cuda(device) => {
@@ -498,7 +498,7 @@ impl Device {
     }
 
     pub(crate) fn storage_owned<S: WithDType>(&self, data: Vec<S>) -> Result<Storage> {
-        crate::dispatch::count();
+        crate::dispatch::count("storage_owned");
         match self {
             Device::Cpu => Ok(Storage::Cpu(S::to_cpu_storage_owned(data))),
             Device::Cuda(device) => {

@@ -3077,7 +3077,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn try_clone(&self, _: &Layout) -> Result<Self> {
-        crate::dispatch::count();
+        crate::dispatch::count("try_clone");
         Ok(self.clone())
     }
 

@@ -1495,7 +1495,7 @@ impl BackendStorage for CudaStorage {
     type Device = CudaDevice;
 
     fn try_clone(&self, layout: &Layout) -> Result<Self> {
-        crate::dispatch::count();
+        crate::dispatch::count("try_clone");
         let slice = Clone.map(&self.slice, self.device(), layout)?;
         let device = self.device.clone();
         Ok(Self { slice, device })

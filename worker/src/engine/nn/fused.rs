@@ -387,13 +387,6 @@ pub(crate) mod cuda {
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
     const MODULE: &str = "fpb-engine-kernels";
 
-    pub(crate) fn func(
-        dev: &CudaDevice,
-        name: &str,
-    ) -> Result<candle_core::cuda_backend::CudaFunc> {
-        dev.get_or_load_custom_func(name, MODULE, PTX)
-    }
-
     /// The suffix of a kernel's entry point for `dtype`.
     fn suffix(dtype: DType) -> Result<&'static str> {
         match dtype {
@@ -464,7 +457,11 @@ pub(crate) mod cuda {
             let n = l1.shape().elem_count();
             let (x, g) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
             let dx = out::<T>(dev, n)?;
-            let f = func(dev, &format!("gelu_bwd_{}", suffix(s1.dtype())?))?;
+            let f = dev.get_or_load_custom_func(
+                &format!("gelu_bwd_{}", suffix(s1.dtype())?),
+                MODULE,
+                PTX,
+            )?;
             let mut b = f.builder();
             let tanh = i32::from(tanh);
             b.arg(&x).arg(&g).arg(&dx).arg(&n).arg(&tanh);
@@ -500,7 +497,11 @@ pub(crate) mod cuda {
             let rows = total / n.max(1);
             let (x, g, w) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<f32>(s3, l3)?);
             let dx = out::<T>(dev, total)?;
-            let f = func(dev, &format!("layer_norm_bwd_{}", suffix(s1.dtype())?))?;
+            let f = dev.get_or_load_custom_func(
+                &format!("layer_norm_bwd_{}", suffix(s1.dtype())?),
+                MODULE,
+                PTX,
+            )?;
             let mut b = f.builder();
             let n32 = n as i32;
             b.arg(&x)
@@ -556,7 +557,11 @@ pub(crate) mod cuda {
             let x = view::<T>(s1, l1)?;
             let mask = s2.as_cuda_slice::<T>()?.slice(l2.start_offset()..);
             let y = out::<T>(dev, total)?;
-            let f = func(dev, &format!("masked_softmax_{}", suffix(s1.dtype())?))?;
+            let f = dev.get_or_load_custom_func(
+                &format!("masked_softmax_{}", suffix(s1.dtype())?),
+                MODULE,
+                PTX,
+            )?;
             let mut b = f.builder();
             let (n32, d1, d2) = (n as i32, d[1] as i32, d[2] as i32);
             b.arg(&x)
@@ -600,7 +605,11 @@ pub(crate) mod cuda {
             let rows = total / n.max(1);
             let (y, g) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
             let dx = out::<T>(dev, total)?;
-            let f = func(dev, &format!("softmax_bwd_{}", suffix(s1.dtype())?))?;
+            let f = dev.get_or_load_custom_func(
+                &format!("softmax_bwd_{}", suffix(s1.dtype())?),
+                MODULE,
+                PTX,
+            )?;
             let mut b = f.builder();
             let n32 = n as i32;
             b.arg(&y).arg(&g).arg(&dx).arg(&rows).arg(&n32).arg(&scale);
@@ -630,7 +639,11 @@ pub(crate) mod cuda {
             let n = l.shape().elem_count();
             let x = view::<T>(s, l)?;
             let y = out::<T>(dev, n)?;
-            let f = func(dev, &format!("dropout_{}", suffix(s.dtype())?))?;
+            let f = dev.get_or_load_custom_func(
+                &format!("dropout_{}", suffix(s.dtype())?),
+                MODULE,
+                PTX,
+            )?;
             let mut b = f.builder();
             b.arg(&x)
                 .arg(&y)
@@ -663,7 +676,7 @@ pub(crate) mod cuda {
             candle_core::Error::Msg("fused AdamW: parameter not contiguous".into())
         })?;
         let gv = view::<f32>(g, lg)?;
-        let f = func(&dev, "adamw_f32")?;
+        let f = dev.get_or_load_custom_func("adamw_f32", MODULE, PTX)?;
         let mut pv = p.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
         let mut b = f.builder();
         let [b1, b2, step, sbc2, decay, eps] = hyper;
