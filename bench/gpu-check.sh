@@ -19,7 +19,8 @@
 #   train-metrics.json  summary.json
 #
 # DEVICE=cpu SET=rehearsal EPOCHS=1 runs the same steps on the CPU
-# (bench/gpu-rehearse.sh); CUDA library folders found on the machine are
+# (bench/gpu-rehearse.sh, with more time for the CPU's training run:
+# TRAIN_CAP, BUDGET); CUDA library folders found on the machine are
 # prepended to LD_LIBRARY_PATH whatever it held, and the line is printed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ OUT="${OUT:-gpu-out}"
 DEVICE="${DEVICE:-cuda:0}"
 SET="${SET:-gpu}"
 BUDGET="${BUDGET:-530}"
+TRAIN_CAP="${TRAIN_CAP:-150}"
 EPOCHS="${EPOCHS:-}"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -57,6 +59,8 @@ PY
 )
 export LD_LIBRARY_PATH="${cuda_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+# CPU products through MKL where pip installed it (the CPU rehearsal).
+. scripts/cpu-blas.sh
 
 parts=()
 failed=0
@@ -72,7 +76,9 @@ part() {
     rc=124
     echo "$name: no time left"
   else
-    timeout -k 5 "$cap" "$@" || rc=$?
+    # Shell functions run in a child bash (exported below) so that
+    # `timeout` can stop them with everything they started.
+    timeout -k 5 "$cap" bash -c '"$@"' part "$@" || rc=$?
   fi
   [ "$rc" = 0 ] || failed=$((failed + 1))
   parts+=("\"$name\": {\"rc\": $rc, \"seconds\": $((SECONDS - t0))}")
@@ -111,12 +117,15 @@ ldd_check() {
   cat "$OUT/ldd.txt"
   ! grep -q 'not found' "$OUT/ldd.txt"
 }
+export OUT DEVICE EPOCHS WORK
+export -f unpack ldd_check
 if ! part ldd 60 ldd_check; then
   echo "libraries missing (see ldd.txt): nothing else can run"
   summary
   exit "$failed"
 fi
 W="$WORK/bin/worker"
+export W
 
 part parity 120 bash -c "PARITY_DEVICE='$DEVICE' PARITY_FIXTURES=worker/tests/fixtures \
   '$WORK/bin/parity' --test-threads 1 >'$OUT/parity.txt' 2>&1; rc=\$?; tail -5 '$OUT/parity.txt'; exit \$rc"
@@ -126,6 +135,7 @@ bench() {
   env SET="$1" APPEND=1 DEVICE="$DEVICE" WORKER="$W" OUT="$OUT/gpu.jsonl" STEPS=10 \
     LOG="$OUT/bench.log" TIMEOUT="$2" ./bench/compare.sh
 }
+export -f bench
 if [ "$SET" = gpu ]; then
   part bs16 170 bench gpu-bs16 80
   part bs32 200 bench gpu-bs32 95
@@ -158,8 +168,9 @@ PY
   [ -n "$metrics" ] && cp "$metrics" "$OUT/train-metrics.json"
   return "$rc"
 }
+export -f train
 if [ -f gpu-data/minilm/model.safetensors.xz ]; then
-  part train 150 train
+  part train "$TRAIN_CAP" train
 else
   skip train "MiniLM not carried (gpu-data/minilm)"
 fi

@@ -30,7 +30,7 @@ rc=0
 (
   cd "$bare/tree"
   env -u CARGO_TARGET_DIR PATH="$bare_path" OUT="$bare/out" DEVICE=cpu SET=rehearsal \
-    EPOCHS=1 bash -c '! command -v cargo >/dev/null && bash bench/gpu-check.sh'
+    EPOCHS=1 TRAIN_CAP=360 BUDGET=700 bash -c '! command -v cargo >/dev/null && bash bench/gpu-check.sh'
 ) || rc=$?
 echo "gpu-check.sh exit status: $rc"
 
@@ -51,17 +51,25 @@ for e in entries:
         problems.append(f"{e} is over 16 MiB")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", e):
         problems.append(f"{e}: name would not come back")
-summary = json.load(open(os.path.join(out, "summary.json")))
+def load(name, lines=False):
+    path = os.path.join(out, name)
+    if not os.path.isfile(path):
+        problems.append(f"{name} missing")
+        return [] if lines else {}
+    with open(path) as f:
+        return [json.loads(l) for l in f] if lines else json.load(f)
+
+summary = load("summary.json")
 for name in ("ldd", "parity", "rehearsal", "train"):
     part = summary.get(name)
     if not part or part.get("rc") != 0:
         problems.append(f"part {name}: {part}")
-bench = [json.loads(l) for l in open(os.path.join(out, "gpu.jsonl"))]
+bench = load("gpu.jsonl", lines=True)
 if len(bench) != 3 or any(b["candle_ms"] <= 0 for b in bench):
     problems.append(f"benchmark lines: {bench}")
 elif not bench[0].get("dispatches_per_step"):
     problems.append("no dispatch count in the train-step line")
-metrics = json.load(open(os.path.join(out, "train-metrics.json")))
+metrics = load("train-metrics.json")
 if not metrics.get("test", {}).get("accuracy", 0) > 0.5:
     problems.append(f"training run test scores: {metrics.get('test')}")
 if rc != 0:
