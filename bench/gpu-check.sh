@@ -18,7 +18,7 @@
 #   gpu.txt  ldd.txt  parity.txt  gpu.jsonl  bench.log  train.log
 #   train-metrics.json  summary.json
 #
-# DEVICE=cpu SET=rehearsal EPOCHS=1 runs the same steps on the CPU
+# DEVICE=cpu SET=rehearsal EPOCHS=1 MAX_LEN=48 runs the same steps on the CPU
 # (bench/gpu-rehearse.sh, with more time for the CPU's training run:
 # TRAIN_CAP, BUDGET); CUDA library folders found on the machine are
 # prepended to LD_LIBRARY_PATH whatever it held, and the line is printed.
@@ -30,6 +30,7 @@ SET="${SET:-gpu}"
 BUDGET="${BUDGET:-530}"
 TRAIN_CAP="${TRAIN_CAP:-150}"
 EPOCHS="${EPOCHS:-}"
+MAX_LEN="${MAX_LEN:-}"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
@@ -117,7 +118,7 @@ ldd_check() {
   cat "$OUT/ldd.txt"
   ! grep -q 'not found' "$OUT/ldd.txt"
 }
-export OUT DEVICE EPOCHS WORK
+export OUT DEVICE EPOCHS MAX_LEN WORK
 export -f unpack ldd_check
 if ! part ldd 60 ldd_check; then
   echo "libraries missing (see ldd.txt): nothing else can run"
@@ -155,8 +156,9 @@ with lzma.open("gpu-data/minilm/model.safetensors.xz") as src, \
     shutil.copyfileobj(src, out, 1 << 20)
 PY
   local sweep=sweeps/quickstart.toml
-  if [ -n "$EPOCHS" ]; then
-    sed "s/^epochs = .*/epochs = $EPOCHS/" sweeps/quickstart.toml >"$WORK/quickstart.toml"
+  if [ -n "$EPOCHS$MAX_LEN" ]; then
+    sed -e "s/^epochs = .*/epochs = ${EPOCHS:-3}/" -e "s/^max_len = .*/max_len = ${MAX_LEN:-128}/" \
+      sweeps/quickstart.toml >"$WORK/quickstart.toml"
     sweep="$WORK/quickstart.toml"
   fi
   MINILM_DIR="$WORK/minilm" FPB_DIR="$PWD/gpu-data/fpb" \
