@@ -2,6 +2,7 @@
 //! (built by the same `cargo test --workspace` run) and the test inputs.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,10 +38,16 @@ pub fn required_env(name: &str, why: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} must be set: {why} (scripts/test.sh sets it)"))
 }
 
-/// A child process killed when dropped.
+/// A child process killed when dropped, with its process group when it
+/// leads one (servers started with `process_group(0)`, whose own children,
+/// e.g. MLflow's uvicorn and job runners, would otherwise outlive it).
 pub struct Killed(pub Child);
 impl Drop for Killed {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -61,6 +68,7 @@ pub fn start_moto(port: u16, bucket: &str) -> Killed {
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("moto_server must be installed (pip install 'moto[server]')");
     let k = Killed(child);
@@ -146,6 +154,7 @@ pub fn start_mlflow(port: u16, dir: &std::path::Path) -> Killed {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("mlflow must be installed (pip install mlflow; scripts/test.sh does)");
     let k = Killed(child);
