@@ -6,7 +6,8 @@
 # the worker's backend dispatches per training step) to $OUT (default
 # docs/results/bench/$SET.jsonl).
 #
-#   ./bench/compare.sh            # SET=cpu: MiniLM-L6 and Phi-2-shaped (2 blocks), 2 threads
+#   ./bench/compare.sh            # SET=cpu: MiniLM-L6, Phi-2-shaped (2 blocks) and two
+#                                 # untuned shapes (BERT 512x4, Phi 1920 wide), 2 threads
 #   SET=gpu DEVICE=cuda:0 WORKER=... ./bench/compare.sh   # full Phi-2 shape, bf16
 #
 # Sets: cpu, gpu (= gpu-bs16 then gpu-bs32), gpu-bs16, gpu-bs32, and
@@ -86,6 +87,30 @@ print(json.dumps({
 PY2
 }
 
+# A BERT nobody tuned for (width 512, 4 layers, 8 heads of 64), randomly
+# initialised with transformers (seed 0) into $TMPDIR, MiniLM's vocabulary.
+other_bert() {
+  local dir="${TMPDIR:-/tmp}/fpb-bench-bert-512x4"
+  if [ ! -f "$dir/model.safetensors" ]; then
+    python3 - "$dir" "$MINILM_DIR" <<'PY3' >>"$LOG" 2>&1 || { echo "bert 512x4: the random model could not be written (see the log); case left out" >&2; return 0; }
+import json, pathlib, sys
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+out, base = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+torch.manual_seed(0)
+cfg = BertConfig(vocab_size=vocab, hidden_size=512, num_hidden_layers=4,
+                 num_attention_heads=8, intermediate_size=2048, num_labels=3)
+BertForSequenceClassification(cfg).save_pretrained(out, safe_serialization=True)
+for name in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]:
+    if (base / name).exists():
+        (out / name).write_bytes((base / name).read_bytes())
+PY3
+  fi
+  run_case "bert 512x4 random full-ft bs8 seq96" --arch bert --model-path "$dir" \
+    --batch 8 --seq 96 --throughput-batch 32 --latency-samples 20
+}
+
 phi32() {
   run_case "phi2-shape 32 blocks lora-r16 bf16 bs$1 seq$2" --arch phi --layers 32 \
     --precision bf16 --batch "$1" --seq "$2" --throughput-batch 32
@@ -98,6 +123,12 @@ case "$SET" in
       --batch 16 --seq 64 --throughput-batch 64
     run_case "phi2-shape 2 blocks lora-r16 bs8 seq64" --arch phi --layers 2 \
       --batch 8 --seq 64 --throughput-batch 16 --latency-samples 20
+    # Shapes nobody tuned for: another BERT width and depth, another Phi
+    # width (24 heads of 80), batch and length.
+    other_bert
+    run_case "phi 1920-wide 2 blocks lora-r16 bs4 seq96" --arch phi --layers 2 \
+      --hidden 1920 --heads 24 --intermediate 7680 --batch 4 --seq 96 \
+      --throughput-batch 8 --latency-samples 20
     count_case
     ;;
   gpu)

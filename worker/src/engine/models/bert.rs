@@ -7,10 +7,10 @@
 use candle_core::{Result, Tensor};
 use serde::Deserialize;
 
-use super::{attention, embed, gather_positions, merge_heads, split_heads, Batch};
+use super::{attention_merged, embed, gather_positions, split_heads, Batch};
 use crate::engine::nn::linear::{Linear, LoraConfig};
 use crate::engine::nn::params::{self, Param, Params};
-use crate::engine::nn::{ops, Ctx};
+use crate::engine::nn::{ops, rows, Ctx};
 
 /// The fields of a Hugging Face `config.json` that the model uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +63,17 @@ impl LayerNorm {
             b: p.base(&b, &[n])?,
             eps,
         })
+    }
+
+    /// `layer_norm(a + residual)`: in `a`'s buffer in one pass under
+    /// inference on the CPU.
+    fn forward_residual(&self, a: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let dt = a.dtype();
+        let (w, b) = (ctx.param(&self.w, dt)?, ctx.param(&self.b, dt)?);
+        match rows::add_layer_norm_in_place(a, residual, &w, &b, self.eps)? {
+            Ok(y) => Ok(y),
+            Err(a) => ops::layer_norm(&(a + residual)?, &w, &b, self.eps),
+        }
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
@@ -217,16 +228,26 @@ impl Bert {
         let mask = batch.key_mask(dt)?;
         let heads = self.cfg.num_attention_heads;
         let attn_drop = self.attention_dropout();
-        for l in &self.layers {
-            let q = split_heads(&l.query.forward(&x, ctx)?, heads)?;
+        let last = self.layers.len().saturating_sub(1);
+        for (i, l) in self.layers.iter().enumerate() {
+            // Only the `[CLS]` row of the last layer's output is read: that
+            // layer's queries, attention output and feed-forward run on it
+            // alone (keys and values on every token), which gives the same
+            // logits and gradients for a fraction of the layer's work.
+            let rows = if i == last {
+                x.narrow(1, 0, 1)?
+            } else {
+                x.clone()
+            };
+            let q = split_heads(&l.query.forward(&rows, ctx)?, heads)?;
             let k = split_heads(&l.key.forward(&x, ctx)?, heads)?;
             let v = split_heads(&l.value.forward(&x, ctx)?, heads)?;
-            let a = merge_heads(&attention(&q, &k, &v, &mask, attn_drop, ctx)?)?;
+            let a = attention_merged(&q, &k, &v, &mask, attn_drop, ctx)?;
             let a = ctx.dropout(&l.attn_out.forward(&a, ctx)?, self.dropout)?;
-            let x1 = l.attn_ln.forward(&(a + &x)?, ctx)?;
-            let i = ops::gelu_erf(&l.inter.forward(&x1, ctx)?)?;
+            let x1 = l.attn_ln.forward_residual(a, &rows, ctx)?;
+            let i = ops::gelu_erf_owned(l.inter.forward(&x1, ctx)?)?;
             let o = ctx.dropout(&l.out.forward(&i, ctx)?, self.dropout)?;
-            x = l.out_ln.forward(&(o + x1)?, ctx)?;
+            x = l.out_ln.forward_residual(o, &x1, ctx)?;
         }
         gather_positions(&x, &vec![0; b])
     }

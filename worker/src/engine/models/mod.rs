@@ -311,12 +311,36 @@ pub(crate) fn attention(
     matmul(&probs, v, None)
 }
 
-/// `[b, s, heads*d]` -> `[b, heads, s, d]`.
+/// [`attention`] with the heads merged, `[b, q, heads*d]`: in one pass per
+/// batch row where no gradient is built and no dropout applies (CPU).
+pub(crate) fn attention_merged(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    dropout: f64,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    if !ctx.train || dropout <= 0.0 {
+        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+        if let Some(y) = crate::engine::nn::attention::attend(q, k, v, mask, scale)? {
+            return Ok(y);
+        }
+    }
+    merge_heads(&attention(q, k, v, mask, dropout, ctx)?)
+}
+
+/// `[b, s, heads*d]` -> `[b, heads, s, d]`: a strided view where the
+/// product reads one in place (the CPU's BLAS path, rows `heads*d` apart),
+/// else a contiguous copy.
 pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, s, h) = x.dims3()?;
-    x.reshape((b, s, heads, h / heads))?
-        .transpose(1, 2)?
-        .contiguous()
+    let view = x.reshape((b, s, heads, h / heads))?.transpose(1, 2)?;
+    if crate::engine::nn::matmul::reads_strided(&view) {
+        Ok(view)
+    } else {
+        view.contiguous()
+    }
 }
 
 /// `[b, heads, s, d]` -> `[b, s, heads*d]`.

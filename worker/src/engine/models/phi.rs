@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Tensor};
 use serde::Deserialize;
 
-use super::{attention, embed, gather_positions, merge_heads, split_heads, Batch};
+use super::{attention_merged, embed, gather_positions, split_heads, Batch};
 use crate::engine::nn::linear::{Linear, LoraConfig};
 use crate::engine::nn::params::{self, Param, Params};
 use crate::engine::nn::{ops, Ctx};
@@ -134,6 +134,22 @@ struct Tables {
     sin: Tensor,
     /// `[1, 1, s, s]`, 0 on and below the diagonal, -1e4 above (f32).
     causal: Tensor,
+}
+
+impl Tables {
+    /// The rotary tables at one position per batch row, `[b, 1, rd / 2]`
+    /// (the form rope takes for per-row positions).
+    fn at(&self, positions: &[usize]) -> Result<Tables> {
+        let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let idx = Tensor::from_vec(idx, positions.len(), self.cos.device())?;
+        let pick =
+            |t: &Tensor| -> Result<Tensor> { t.index_select(&idx, 0)?.unsqueeze(1)?.contiguous() };
+        Ok(Tables {
+            cos: pick(&self.cos)?,
+            sin: pick(&self.sin)?,
+            causal: self.causal.clone(),
+        })
+    }
 }
 
 impl Phi {
@@ -286,22 +302,48 @@ impl Phi {
         let tables = self.tables(s, x.device())?;
         let mask = self.mask(batch, &tables)?;
         let heads = self.cfg.num_attention_heads;
-        for l in &self.layers {
+        let last: Vec<usize> = batch.lengths.iter().map(|&n| n.max(1) - 1).collect();
+        let last_block = self.layers.len().saturating_sub(1);
+        for (i, l) in self.layers.iter().enumerate() {
             let hn = l.ln.forward(&x, ctx)?;
-            let q = self.apply_rotary(&split_heads(&l.q.forward(&hn, ctx)?, heads)?, &tables)?;
+            // Only each row's last real token is read from the last block:
+            // its query, attention output and MLP run on that token alone
+            // (keys and values on every token). That token sees every real
+            // token and no padding, so the key mask is its causal mask:
+            // the same logits and gradients for a fraction of the work.
+            let (rows, rows_hn, rows_tables, rows_mask) = if i == last_block {
+                let b = last.len();
+                let pick = |t: &Tensor| -> Result<Tensor> {
+                    gather_positions(t, &last)?.reshape((b, 1, t.dim(2)?))
+                };
+                (
+                    pick(&x)?,
+                    pick(&hn)?,
+                    tables.at(&last)?,
+                    batch.key_mask(dt)?,
+                )
+            } else {
+                (x.clone(), hn.clone(), tables.clone(), mask.clone())
+            };
+            let q = self.apply_rotary(
+                &split_heads(&l.q.forward(&rows_hn, ctx)?, heads)?,
+                &rows_tables,
+            )?;
             let k = self.apply_rotary(&split_heads(&l.k.forward(&hn, ctx)?, heads)?, &tables)?;
             let v = split_heads(&l.v.forward(&hn, ctx)?, heads)?;
-            let a = merge_heads(&attention(&q, &k, &v, &mask, attn_p, ctx)?)?;
+            let a = attention_merged(&q, &k, &v, &rows_mask, attn_p, ctx)?;
             let a = ctx.dropout(&l.dense.forward(&a, ctx)?, resid_p)?;
             let m = l
                 .fc2
-                .forward(&ops::gelu_tanh(&l.fc1.forward(&hn, ctx)?)?, ctx)?;
+                .forward(&ops::gelu_tanh_owned(l.fc1.forward(&rows_hn, ctx)?)?, ctx)?;
             let m = ctx.dropout(&m, resid_p)?;
-            x = ((x + a)? + m)?;
+            x = ((rows + a)? + m)?;
         }
         let x = self.final_ln.forward(&x, ctx)?;
-        let last: Vec<usize> = batch.lengths.iter().map(|&n| n.max(1) - 1).collect();
-        gather_positions(&x, &last)
+        if self.layers.is_empty() {
+            return gather_positions(&x, &last);
+        }
+        x.reshape((last.len(), x.dim(2)?))
     }
 
     /// The score layer on the last real tokens' states: logits in f32.

@@ -140,10 +140,16 @@ impl Linear {
         let dims = x.dims().to_vec();
         let lead: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((lead, self.in_features))?;
-        // A frozen bias is added inside the product (no gradient built for it).
-        let frozen_bias = match &self.bias {
-            Some(Param::Frozen(b)) => Some(b.to_dtype(dtype)?),
-            _ => None,
+        // A bias that builds no gradient (frozen, or read detached under
+        // inference) is added inside the product; a trained one is attached
+        // after it, with its own backward.
+        let bias = match &self.bias {
+            Some(b) => Some(ctx.param(b, dtype)?),
+            None => None,
+        };
+        let (frozen_bias, trained_bias) = match bias {
+            Some(b) if b.track_op() => (None, Some(b)),
+            b => (b, None),
         };
         let mut y = match &self.weight {
             Weight::Dense(w) => matmul(&x2, &ctx.param(w, dtype)?.t()?, frozen_bias.as_ref())?,
@@ -155,8 +161,8 @@ impl Linear {
                 }
             }
         };
-        if let Some(b @ Param::Train(_)) = &self.bias {
-            y = ops::bias_add(&y, &ctx.param(b, dtype)?)?;
+        if let Some(b) = &trained_bias {
+            y = ops::bias_add(&y, b)?;
         }
         if let Some(l) = &self.lora {
             let xin = ctx.dropout(&x2, l.dropout)?;

@@ -61,6 +61,14 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// Whether the matrices of `x` are stored column by column (a
+/// transposed view of row-major matrices).
+fn column_major(x: &Tensor) -> bool {
+    let (d, st) = (x.dims(), x.stride());
+    let r = d.len();
+    d[r - 2] > 1 && d[r - 1] > 1 && st[r - 2] == 1 && st[r - 1] != 1
+}
+
 /// candle's own product, with the strides its kernels accept.
 fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match a.matmul(b) {
@@ -73,6 +81,12 @@ fn reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// library found), else `"candle"` (its `gemm` crate).
 pub fn cpu_backend() -> &'static str {
     blas::name().unwrap_or("candle")
+}
+
+/// Whether [`matmul`] reads `t` as an operand in place whatever its
+/// strides (the CPU's BLAS path), so that a strided view needs no copy.
+pub fn reads_strided(t: &Tensor) -> bool {
+    blas_ready(t, t)
 }
 
 fn blas_ready(a: &Tensor, b: &Tensor) -> bool {
@@ -142,37 +156,48 @@ impl CustomOp2 for Product {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.detach();
         let r = a.rank();
-        let da = if a.track_op() {
-            Some(matmul(&g, &b.detach().transpose(r - 2, r - 1)?, None)?)
-        } else {
-            None
+        let t = |x: &Tensor| x.transpose(r - 2, r - 1);
+        // An operand that is a transposed view (`k^T` in attention) gets
+        // its gradient in the same order, computed transposed: the chain
+        // of views above it then needs no element-by-element copy.
+        let da = match a.track_op() {
+            false => None,
+            true if column_major(a) => Some(t(&matmul(&b.detach(), &t(&g)?, None)?)?),
+            true => Some(matmul(&g, &t(&b.detach())?, None)?),
         };
-        let db = if b.track_op() {
-            Some(matmul(&a.detach().transpose(r - 2, r - 1)?, &g, None)?)
-        } else {
-            None
+        let db = match b.track_op() {
+            false => None,
+            true if column_major(b) => Some(t(&matmul(&t(&g)?, &a.detach(), None)?)?),
+            true => Some(matmul(&t(&a.detach())?, &g, None)?),
         };
         Ok((da, db))
     }
 }
 
-mod cpu {
+pub(crate) mod cpu {
     //! The OpenBLAS forward: one `sgemm` per batch entry.
 
     use std::mem::MaybeUninit;
 
     use candle_core::{CpuStorage, Layout, Result, Shape};
 
+    pub(crate) use super::blas::single_threaded;
+
     /// How one operand's matrices sit in memory.
-    struct Operand<'a> {
-        data: &'a [f32],
+    pub(crate) struct Operand<'a> {
+        pub data: &'a [f32],
         /// Offset of each batch entry's first element.
-        offsets: Vec<usize>,
-        transposed: bool,
-        ld: usize,
+        pub offsets: Vec<usize>,
+        pub transposed: bool,
+        pub ld: usize,
     }
 
-    fn operand<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(Operand<'a>, Option<Vec<f32>>)> {
+    /// `s` under layout `l` as BLAS operands (in place when the strides
+    /// allow it, else a row-major copy, returned beside it).
+    pub(crate) fn operand<'a>(
+        s: &'a CpuStorage,
+        l: &Layout,
+    ) -> Result<(Operand<'a>, Option<Vec<f32>>)> {
         let data = s.as_slice::<f32>()?;
         let dims = l.dims();
         let st = l.stride();
@@ -263,21 +288,23 @@ mod cpu {
         }
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
         let call = |i: usize, c: &mut [MaybeUninit<f32>]| {
-            sgemm(
+            sgemm_ld(
                 (&ad[a.offsets[i]..], a.transposed, a.ld),
                 (&bd[b.offsets[i]..], b.transposed, b.ld),
                 (m, n, k),
                 beta,
-                c,
+                (c, n),
             )
         };
         // Small products (attention heads) are single-threaded inside
         // OpenBLAS: spread the batch over the thread pool instead.
         if batch > 1 && m * n * k < 262_144 {
             use rayon::prelude::*;
+            // One library thread per call: the batch is the parallelism
+            // (MKL would otherwise start its own threads inside each task).
             out.par_chunks_mut(m * n)
                 .enumerate()
-                .for_each(|(i, c)| call(i, c));
+                .for_each(|(i, c)| super::blas::single_threaded(|| call(i, c)));
         } else {
             for (i, c) in out.chunks_mut(m * n).enumerate() {
                 call(i, c);
@@ -294,19 +321,25 @@ mod cpu {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
-    fn sgemm(
+    /// `c = a @ b + beta * c` for one matrix pair, `c` row-major with rows
+    /// `ldc` apart (`ldc >= n`).
+    pub(crate) fn sgemm_ld(
         a: (&[f32], bool, usize),
         b: (&[f32], bool, usize),
         (m, n, k): (usize, usize, usize),
         beta: f32,
-        c: &mut [MaybeUninit<f32>],
+        (c, ldc): (&mut [MaybeUninit<f32>], usize),
     ) {
         const ROW_MAJOR: i32 = 101;
         let t = |x: bool| if x { 112 } else { 111 };
         let sgemm = super::blas::sgemm().expect("BLAS checked before the forward");
+        assert!(
+            ldc >= n && c.len() >= ldc * m.saturating_sub(1) + n,
+            "sgemm: output too small"
+        );
         // SAFETY: every operand slice starts at its matrix and holds at
         // least `ld * (rows - 1) + cols` elements (checked by the layout it
-        // came from); `c` holds `m * n`.
+        // came from); `c` holds `ldc * (m - 1) + n` (asserted).
         unsafe {
             sgemm(
                 ROW_MAJOR,
@@ -322,7 +355,7 @@ mod cpu {
                 b.2 as i32,
                 beta,
                 c.as_mut_ptr().cast::<f32>(),
-                n as i32,
+                ldc as i32,
             )
         }
     }
@@ -354,11 +387,36 @@ mod blas {
         i32,
     );
 
+    /// MKL's `MKL_Set_Num_Threads_Local(n)` (C interface): the calling thread's thread
+    /// count for later calls (0 = back to the global one); returns the
+    /// previous one.
+    type SetThreadsLocal = unsafe extern "C" fn(i32) -> i32;
+
     struct Blas {
         #[cfg(feature = "blas")]
         _lib: libloading::Library,
         sgemm: Sgemm,
+        threads_local: Option<SetThreadsLocal>,
         name: &'static str,
+    }
+
+    /// Runs `f` with the library limited to one thread on this thread
+    /// (where it can be told so: MKL; OpenBLAS keeps small products on the
+    /// calling thread by itself).
+    pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
+        let set = BLAS
+            .get_or_init(open)
+            .as_ref()
+            .and_then(|b| b.threads_local);
+        let Some(set) = set else {
+            return f();
+        };
+        // SAFETY: only changes the calling thread's MKL thread count.
+        let before = unsafe { set(1) };
+        let r = f();
+        // SAFETY: as above; puts back what this thread had.
+        unsafe { set(before) };
+        r
     }
 
     static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
@@ -436,9 +494,15 @@ mod blas {
             let lib = unsafe { libloading::Library::new(&name) }.ok()?;
             // SAFETY: the symbol has the CBLAS signature declared above.
             let sgemm = unsafe { *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()? };
+            // SAFETY: MKL's documented signature, declared above.
+            let threads_local =
+                unsafe { lib.get::<SetThreadsLocal>(b"MKL_Set_Num_Threads_Local\0") }
+                    .ok()
+                    .map(|f| *f);
             Some(Blas {
                 _lib: lib,
                 sgemm,
+                threads_local,
                 name: family(&name),
             })
         })

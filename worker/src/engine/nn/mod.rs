@@ -3,6 +3,7 @@
 //! every model uses ([`linear`]), which is where adapters attach.
 
 pub mod attach;
+pub mod attention;
 pub mod dendrite;
 pub mod fused;
 pub mod linear;
@@ -16,6 +17,7 @@ use std::cell::RefCell;
 use candle_core::{DType, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use params::Param;
 
@@ -97,16 +99,31 @@ impl Ctx {
         let scale = 1.0 / keep;
         let device = x.device();
         let mut bits = vec![0u32; x.elem_count()];
-        self.rng.borrow_mut().fill(&mut bits[..]);
+        fill_in_parallel(&mut self.rng.borrow_mut(), &mut bits);
         // keep with probability `keep`: u32 below keep * 2^32.
         let threshold = (keep * 4_294_967_296.0) as u64;
         let s = scale as f32;
         let mask: Vec<f32> = bits
-            .into_iter()
+            .into_par_iter()
             .map(|b| if (b as u64) < threshold { s } else { 0.0 })
             .collect();
         Tensor::from_vec(mask, x.shape(), device)?.to_dtype(x.dtype())
     }
+}
+
+/// Fills `out` with the next `out.len()` words of `rng`'s stream, chunks
+/// over the thread pool (each from its own position of the stream): the
+/// same values as one sequential fill, and `rng` ends where that would.
+fn fill_in_parallel(rng: &mut ChaCha8Rng, out: &mut [u32]) {
+    const CHUNK: usize = 1 << 16;
+    let start = rng.get_word_pos();
+    let base = rng.clone();
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let mut r = base.clone();
+        r.set_word_pos(start + (i * CHUNK) as u128);
+        r.fill(c);
+    });
+    rng.set_word_pos(start + out.len() as u128);
 }
 
 /// The compute dtype for a device and a requested precision.
@@ -133,6 +150,24 @@ mod tests {
         let y = ctx.dropout(x.as_tensor(), p).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         (y, g.get(x.as_tensor()).unwrap().clone())
+    }
+
+    /// The parallel fill gives the stream a sequential fill gives, and
+    /// leaves the generator where that one does.
+    #[test]
+    fn parallel_fill_is_the_sequential_stream() {
+        for n in [0, 5, (1 << 16) + 3, 3 << 16] {
+            let mut a = ChaCha8Rng::seed_from_u64(9);
+            let mut b = ChaCha8Rng::seed_from_u64(9);
+            let _: u32 = a.random();
+            let _: u32 = b.random();
+            let mut want = vec![0u32; n];
+            a.fill(&mut want[..]);
+            let mut got = vec![0u32; n];
+            fill_in_parallel(&mut b, &mut got);
+            assert_eq!(got, want, "{n}");
+            assert_eq!(a.random::<u64>(), b.random::<u64>(), "{n}");
+        }
     }
 
     /// Inverted dropout: about `p` of the values are zero, the others are

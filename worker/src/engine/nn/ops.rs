@@ -109,6 +109,17 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     )
 }
 
+/// [`gelu_erf`] that takes its input: computed in its buffer when no
+/// gradient is built and nothing else holds it (inference on the CPU).
+pub fn gelu_erf_owned(x: Tensor) -> Result<Tensor> {
+    rows::in_place(x, rows::gelu_erf_in_place)?.or_else(|x| gelu_erf(&x))
+}
+
+/// [`gelu_tanh`] that takes its input, as [`gelu_erf_owned`].
+pub fn gelu_tanh_owned(x: Tensor) -> Result<Tensor> {
+    rows::in_place(x, rows::gelu_tanh_in_place)?.or_else(|x| gelu_tanh(&x))
+}
+
 /// tanh-GELU (`gelu_new`), attached with its exact backward: a row
 /// kernel on the CPU, candle's fused forward and composed ops elsewhere.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
@@ -181,7 +192,11 @@ fn col_sum(g: &Tensor, like: &Tensor) -> Result<Tensor> {
 }
 
 fn normalize(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let y = candle_nn::ops::layer_norm(&x.detach(), weight, bias, eps as f32)?;
+    let xd = x.detach();
+    let y = match rows::layer_norm(&xd, weight, bias, eps)? {
+        Some(y) => y,
+        None => candle_nn::ops::layer_norm(&xd, weight, bias, eps as f32)?,
+    };
     let w = weight.to_dtype(DType::F32)?;
     attach("layer-norm", x, y, move |x, _, g| {
         if let Some(dx) = rows::layer_norm_bwd(x, g, &w, eps)? {

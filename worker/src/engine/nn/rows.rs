@@ -79,6 +79,25 @@ fn sum(a: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The largest of `a` (`-inf` when empty) over 16 lanes: a comparison
+/// that keeps the lane's value, so that the loop vectorises (`f32::max`
+/// handles NaN and stays scalar).
+#[inline(always)]
+fn max(a: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let c = a.chunks_exact(16);
+    let tail = c
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    for x in c {
+        for l in 0..16 {
+            lanes[l] = if x[l] > lanes[l] { x[l] } else { lanes[l] };
+        }
+    }
+    lanes.iter().fold(tail, |m, &x| if x > m { x } else { m })
+}
+
 /// `e^x` without a library call (relative error below 3e-7 on the range
 /// used here), written so that loops over it vectorise: round-to-nearest
 /// by the 1.5 * 2^23 trick, a degree-6 polynomial on `[-ln2/2, ln2/2]`,
@@ -159,12 +178,11 @@ pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Option<Te
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
-fn softmax_row(o: &mut [f32], x: &[f32], mask: &[f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
+pub(crate) fn softmax_row(o: &mut [f32], x: &[f32], mask: &[f32], scale: f32) {
     for ((o, &x), &m) in o.iter_mut().zip(x).zip(mask) {
         *o = x * scale + m;
-        max = max.max(*o);
     }
+    let max = max(o);
     for o in o.iter_mut() {
         *o = exp(*o - max);
     }
@@ -283,6 +301,131 @@ fn elementwise(
         }
     }
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+/// `f` over `x`'s own buffer, chunk by chunk over the thread pool, when
+/// `x` is an f32 CPU tensor that builds no gradient and that nothing else
+/// holds (an activation under inference): no new buffer. Otherwise `x` is
+/// handed back unchanged.
+pub fn in_place(x: Tensor, f: fn(&mut [f32])) -> Result<std::result::Result<Tensor, Tensor>> {
+    if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(Err(x));
+    }
+    match x.into_storage() {
+        Ok((Storage::Cpu(CpuStorage::F32(mut v)), shape)) => {
+            v.truncate(shape.elem_count());
+            v.par_chunks_mut(CHUNK).for_each(f);
+            Ok(Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?))
+        }
+        Ok(_) => candle_core::bail!("in_place: the buffer of an f32 CPU tensor is not f32"),
+        Err(x) => Ok(Err(x)),
+    }
+}
+
+/// `layer_norm(a + r) * w + b` over the last dimension, written into
+/// `a`'s own buffer, when every input is an f32 CPU tensor that builds no
+/// gradient and nothing else holds `a` (a residual block's output under
+/// inference): one pass instead of an addition and a normalisation, each
+/// with a new buffer. Otherwise `a` is handed back unchanged.
+pub fn add_layer_norm_in_place(
+    a: Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+) -> Result<std::result::Result<Tensor, Tensor>> {
+    let n = a.dim(candle_core::D::Minus1)?;
+    if [&a, r, w, b].iter().any(|t| t.track_op())
+        || a.shape() != r.shape()
+        || w.dims() != [n]
+        || b.dims() != [n]
+    {
+        return Ok(Err(a));
+    }
+    let (Some(rv), Some(wv), Some(bv)) = (data(r)?, data(w)?, data(b)?) else {
+        return Ok(Err(a));
+    };
+    if !a.device().is_cpu() || a.dtype() != DType::F32 {
+        return Ok(Err(a));
+    }
+    match a.into_storage() {
+        Ok((Storage::Cpu(CpuStorage::F32(mut v)), shape)) => {
+            v.truncate(shape.elem_count());
+            let rows = rows_per_chunk(n);
+            v.par_chunks_mut(n * rows)
+                .zip(rv.par_chunks(n * rows))
+                .for_each(|(o, r)| {
+                    for (o, r) in o.chunks_mut(n).zip(r.chunks(n)) {
+                        add_layer_norm_row(o, r, &wv, &bv, eps as f32);
+                    }
+                });
+            Ok(Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?))
+        }
+        Ok(_) => candle_core::bail!("add_layer_norm: the buffer of an f32 CPU tensor is not f32"),
+        Err(a) => Ok(Err(a)),
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+fn add_layer_norm_row(o: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    for (o, &r) in o.iter_mut().zip(r) {
+        *o += r;
+    }
+    layer_norm_row(o, w, b, eps);
+}
+
+/// Layer norm over the last dimension with affine `w`, `b` (`[n]`), the
+/// CPU f32 forward of every layer norm (so that the in-place and the
+/// allocating forms give the same bits).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let n = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [n] || b.dims() != [n] {
+        return Ok(None);
+    }
+    let (Some(xv), Some(wv), Some(bv)) = (data(x)?, data(w)?, data(b)?) else {
+        return Ok(None);
+    };
+    let mut out = xv.to_vec();
+    let rows = rows_per_chunk(n);
+    out.par_chunks_mut(n * rows).for_each(|o| {
+        for o in o.chunks_mut(n) {
+            layer_norm_row(o, &wv, &bv, eps as f32);
+        }
+    });
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+/// One row's layer norm in place: mean, then centred squares (two
+/// passes), then `(x - mean) * rstd * w + b`.
+#[inline(always)]
+fn layer_norm_row(o: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let inv_n = 1.0 / o.len() as f32;
+    let mean = sum(o) * inv_n;
+    for o in o.iter_mut() {
+        *o -= mean;
+    }
+    let rstd = 1.0 / (dot(o, o) * inv_n + eps).sqrt();
+    for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
+        *o = *o * rstd * w + b;
+    }
+}
+
+/// erf-GELU in place (see [`in_place`]).
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+pub fn gelu_erf_in_place(o: &mut [f32]) {
+    for o in o.iter_mut() {
+        *o *= cdf(*o);
+    }
+}
+
+/// tanh-GELU in place (see [`in_place`]).
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+pub fn gelu_tanh_in_place(o: &mut [f32]) {
+    for o in o.iter_mut() {
+        let x = *o;
+        let t = tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
+        *o = 0.5 * x * (1.0 + t);
+    }
 }
 
 /// The standard normal CDF `Phi(x)`.
@@ -426,5 +569,44 @@ mod tests {
             .to_dtype(DType::BF16)
             .unwrap();
         assert!(gelu_erf(&x, None).unwrap().is_none());
+    }
+
+    /// In place where the input is free: the same values as the
+    /// allocating kernels (GELUs) and as candle's `a + r` then layer norm;
+    /// a held or tracked input is handed back untouched.
+    #[test]
+    fn in_place_kernels_match_and_decline_shared_inputs() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (7, 33), &dev).unwrap();
+        let want = x.gelu_erf().unwrap();
+        let own = x.copy().unwrap();
+        let got = in_place(own, gelu_erf_in_place).unwrap().unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+        let own = x.copy().unwrap();
+        let got = in_place(own, gelu_tanh_in_place).unwrap().unwrap();
+        assert!(max_diff(&got, &gelu_tanh(&x, None).unwrap().unwrap()) < 1e-6);
+        // Held elsewhere: handed back, values unchanged.
+        let back = in_place(x.clone(), gelu_erf_in_place).unwrap().unwrap_err();
+        assert!(max_diff(&back, &x) == 0.0);
+        let tracked = candle_core::Var::from_tensor(&x).unwrap();
+        assert!(in_place(tracked.as_tensor().clone(), gelu_erf_in_place)
+            .unwrap()
+            .is_err());
+
+        let (a, r) = (
+            Tensor::randn(1f32, 2.0, (2, 5, 37), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (2, 5, 37), &dev).unwrap(),
+        );
+        let w = Tensor::randn(1f32, 0.5, 37, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.5, 37, &dev).unwrap();
+        let want = candle_nn::ops::layer_norm(&(&a + &r).unwrap(), &w, &b, 1e-5).unwrap();
+        let got = add_layer_norm_in_place(a.copy().unwrap(), &r, &w, &b, 1e-5)
+            .unwrap()
+            .unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+        let back = add_layer_norm_in_place(a.clone(), &r, &w, &b, 1e-5)
+            .unwrap()
+            .unwrap_err();
+        assert!(max_diff(&back, &a) == 0.0);
     }
 }

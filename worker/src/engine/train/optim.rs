@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 
 /// Whether a parameter is exempt from weight decay: biases and norm weights.
 pub fn no_decay(name: &str) -> bool {
@@ -200,14 +201,13 @@ impl InplaceOp2 for FusedAdamW<'_> {
         let Moments::Cpu(m, v) = &mut *st else {
             candle_core::bail!("fused AdamW: moments on another device");
         };
-        let [b1, b2, step, sbc2, decay, eps] = self.hyper();
-        for i in 0..n {
-            let gi = g[i];
-            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-            let denom = v[i].sqrt() / sbc2 + eps;
-            p[i] = p[i] * decay - step * m[i] / denom;
-        }
+        let hyper = self.hyper();
+        // Elementwise, so chunks over the thread pool give the same bits.
+        const CHUNK: usize = 1 << 15;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| adamw_chunk(p, g, m, v, hyper));
         Ok(())
     }
 
@@ -224,6 +224,18 @@ impl InplaceOp2 for FusedAdamW<'_> {
             candle_core::bail!("fused AdamW: moments on another device");
         };
         crate::engine::nn::fused::cuda::adamw(p, lp, g, lg, m, v, self.hyper())
+    }
+}
+
+/// One chunk of the AdamW update (`hyper` as [`FusedAdamW::hyper`]).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hyper: [f32; 6]) {
+    let [b1, b2, step, sbc2, decay, eps] = hyper;
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        let denom = v.sqrt() / sbc2 + eps;
+        *p = *p * decay - step * *m / denom;
     }
 }
 
