@@ -394,3 +394,60 @@ async fn a_spec_reading_a_secret_fails_without_printing_it() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// Redis stops answering (SIGSTOP) for more than twice the lease while a
+/// job trains, then comes back with its data: the lease expired meanwhile,
+/// and the attempt, still the job's (same generation and token), takes it
+/// again instead of giving the job up. One attempt, generation 1, one
+/// series of epochs, no retraining.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_unreachable_past_the_lease_does_not_stop_the_job() {
+    let mut s = setup("redispause");
+    let port = free_port();
+    let redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    s.env.insert("REDIS_URL".into(), url.clone());
+    let state = StateStore::connect(&url, &s.ns).await.unwrap();
+    // Full fine-tuning: an epoch long enough to outlast the outage.
+    let minilm = system_tests::required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fpb = system_tests::required_env("FPB_DIR", "the Financial PhraseBank directory");
+    let file = s.dir.path().join("redispause.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sweep]\nname = \"redispause\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"full\"\nmax_len = 32\n\
+             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = 1\nbatch_size = 32\n\
+             [base.tracker]\ntest_every_epoch = false\n[grid]\nseed = [0]\n"
+        ),
+    )
+    .unwrap();
+    submit(&s, &file);
+    let job = state.sweep_jobs("redispause").await.unwrap().remove(0);
+    let _w = worker(&s, "wp");
+    wait_for(&state, &job, 300, training).await;
+    // Lease 6 s: 15 s without Redis lets it expire.
+    signal(&redis.0, "STOP");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    signal(&redis.0, "CONT");
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["generation"], "1", "the attempt kept the job: {h:?}");
+    assert_eq!(
+        h.get("takeovers").map(String::as_str).unwrap_or("0"),
+        "0",
+        "{h:?}"
+    );
+    let running: Vec<_> = state
+        .events("redispause", "0")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.get("state").map(String::as_str) == Some("running"))
+        .collect();
+    assert_eq!(running.len(), 1, "one start: {running:?}");
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "redispause", &job, "wp", 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

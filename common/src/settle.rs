@@ -161,7 +161,7 @@ pub fn settle(end: &RunEnd, at: Attempt, policy: &Policy, now_ms: u64) -> Decisi
                     delay,
                 }),
                 record: record(
-                    Event::Requeue,
+                    Event::HandBack,
                     vec![
                         ("attempt", next.to_string()),
                         (
@@ -179,7 +179,7 @@ pub fn settle(end: &RunEnd, at: Attempt, policy: &Policy, now_ms: u64) -> Decisi
                 attempt: at.attempt,
             }),
             record: record(
-                Event::Requeue,
+                Event::HandBack,
                 vec![
                     ("error", "handed back: worker shut down".into()),
                     ("published_at", now_ms.to_string()),
@@ -255,7 +255,7 @@ mod tests {
                 delay: Duration::from_secs(10)
             })
         );
-        assert_eq!(d.record.as_ref().unwrap().event, Event::Requeue);
+        assert_eq!(d.record.as_ref().unwrap().event, Event::HandBack);
         assert!(fields(&d).contains(&("attempt", "2".into())));
         let a2 = Attempt {
             attempt: 2,
@@ -296,7 +296,7 @@ mod tests {
     fn shutdown_hands_back_without_counting_an_attempt() {
         let d = settle(&RunEnd::ShutDown, A1, &P, 3);
         assert_eq!(d.publish, Some(Publish::Now { attempt: 1 }));
-        assert_eq!(d.record.as_ref().unwrap().event, Event::Requeue);
+        assert_eq!(d.record.as_ref().unwrap().event, Event::HandBack);
         assert!(fields(&d).contains(&("published_at", "3".into())));
     }
 

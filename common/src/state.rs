@@ -37,8 +37,12 @@ pub enum Event {
     Fail,
     Cancel,
     DeadLetter,
-    /// `producer retry` or a transient failure sent it back to the queue.
+    /// `producer retry` or `submit` sent a finished job back to the queue.
     Requeue,
+    /// The running attempt gave its job back (a transient failure, a
+    /// shutdown): only from `running`, so that a job cancelled or recorded
+    /// dead meanwhile stays so.
+    HandBack,
 }
 
 /// Why a transition was refused.
@@ -61,7 +65,8 @@ pub fn next(from: JobState, event: Event) -> Result<JobState, TransitionError> {
         (Running, Fail) => Failed,
         (Queued | Running, Cancel) => Cancelled,
         (Queued | Running, DeadLetter) => Dead,
-        (Running | Failed | Dead | Cancelled, Requeue) => Queued,
+        (Failed | Dead | Cancelled, Requeue) => Queued,
+        (Running, HandBack) => Queued,
         _ => return Err(TransitionError { from, event }),
     };
     Ok(to)
@@ -86,8 +91,31 @@ mod tests {
             Event::Cancel,
             Event::DeadLetter,
             Event::Requeue,
+            Event::HandBack,
         ] {
             assert!(next(JobState::Succeeded, e).is_err(), "{e:?}");
+        }
+    }
+
+    /// A worker's hand-back cannot bring back a job cancelled or recorded
+    /// dead while it ran; a retry does not touch a running job.
+    #[test]
+    fn hand_back_only_from_running_and_requeue_only_from_finished() {
+        assert_eq!(
+            next(JobState::Running, Event::HandBack).unwrap(),
+            JobState::Queued
+        );
+        for s in [
+            JobState::Queued,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Dead,
+        ] {
+            assert!(next(s, Event::HandBack).is_err(), "{s:?}");
+        }
+        for s in [JobState::Queued, JobState::Running, JobState::Succeeded] {
+            assert!(next(s, Event::Requeue).is_err(), "{s:?}");
         }
     }
 

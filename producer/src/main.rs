@@ -245,6 +245,9 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
             ),
             // Set once the broker confirms the message.
             ("published_at", String::new()),
+            // A resubmitted job starts with a clean count of abandoned
+            // attempts, as a retry does.
+            ("takeovers", "0".into()),
         ];
         let before = c.state.state(&j.id).await?;
         match before {
@@ -265,6 +268,8 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
                 continue;
             }
             Some(_) => {
+                // A cancel requested while it last ran is not this submit's.
+                c.state.clear_cancel(&j.id).await?;
                 c.state.transition(&j.id, Event::Requeue, &fields).await?;
             }
             None => {
@@ -415,20 +420,19 @@ async fn targets(c: &Conn, target: &str) -> anyhow::Result<Vec<String>> {
 async fn cancel(target: &str) -> anyhow::Result<()> {
     let c = connect().await?;
     for j in targets(&c, target).await? {
-        match c.state.state(&j).await? {
-            Some(JobState::Queued) => {
-                c.state.transition(&j, Event::Cancel, &[]).await?;
-                println!("{j}: cancelled (was queued)");
+        // One step in Redis: a start cannot fall between reading the state
+        // and acting on it.
+        match c.state.cancel(&j).await {
+            Ok(services::state::Cancel::Cancelled) => println!("{j}: cancelled (was queued)"),
+            Ok(services::state::Cancel::Requested) => {
+                println!("{j}: cancellation requested (running)")
             }
-            Some(JobState::Running) => {
-                c.state.request_cancel(&j).await?;
-                println!("{j}: cancellation requested (running)");
-            }
-            Some(s) => println!(
+            Ok(services::state::Cancel::Finished(s)) => println!(
                 "{j}: {} (nothing to cancel)",
                 services::state::state_name(s)
             ),
-            None => {}
+            Err(services::state::StateError::UnknownJob(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -70,18 +70,23 @@ pub fn now_ms() -> u64 {
 
 /// A compare-and-set transition: applies only from the allowed states
 /// (ARGV[1]) and, when ARGV[3] is not empty, only while the job's
-/// generation is ARGV[3] (the fence: an attempt superseded by a later
-/// start cannot record anything).
+/// generation is ARGV[3] and, when ARGV[4] is not empty, its last start's
+/// lease token is ARGV[4] (the fence: an attempt superseded by a later
+/// start cannot record anything, even one that got the same generation
+/// because Redis lost the first start).
 const TRANSITION: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'generation') ~= ARGV[3] then
   return {3, cur}
 end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[4] then
+  return {3, cur}
+end
 for s in string.gmatch(ARGV[1], '[^,]+') do
   if s == cur then
     redis.call('HSET', KEYS[1], 'state', ARGV[2])
-    for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     return {1, cur}
   end
 end
@@ -115,7 +120,7 @@ if cur == 'running' then
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'state', 'running', 'lease_token', ARGV[1], unpack(ARGV, 4))
 return {1, tostring(g)}
 "#;
 
@@ -145,10 +150,80 @@ end
 return 0
 "#;
 
+/// Renews the lease held with token ARGV[1], or takes it again when it
+/// expired (a Redis outage longer than the lease) while the job is still
+/// `running` under this attempt: generation ARGV[3] and lease token ARGV[1].
+/// Another holder, or a later start, means the lease is lost (0).
+const RENEW_OR_RECLAIM: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if holder then return 0 end
+local st = redis.call('HMGET', KEYS[2], 'state', 'generation', 'lease_token')
+if st[1] == 'running' and st[2] == ARGV[3] and st[3] == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"#;
+
+/// What [`StateStore::renew_or_reclaim`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The lease had expired and no other attempt started: taken again.
+    Reclaimed,
+    /// Another attempt holds the job, or it is no longer running.
+    Lost,
+}
+
 const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
+
+/// Cancels in one step: a `queued` job becomes `cancelled` (ARGV[1] its
+/// finish time); a `running` one gets its cancel key, which its attempt
+/// watches and which a later start honours; anything else is left alone.
+const CANCEL: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+if cur == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1])
+  return {1, cur}
+end
+if cur == 'running' then
+  redis.call('SET', KEYS[2], '1')
+  return {2, cur}
+end
+return {3, cur}
+"#;
+
+/// Records a dead-lettered job `dead` (ARGV pairs as fields) if it is
+/// `queued`, or `running` with no live lease (its attempts crashed): in one
+/// step, so a start cannot fall between the check and the write. A live
+/// attempt records its own outcome.
+const DEAD_LETTER: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+if cur == 'queued' or (cur == 'running' and redis.call('EXISTS', KEYS[2]) == 0) then
+  redis.call('HSET', KEYS[1], 'state', 'dead', unpack(ARGV))
+  return {1, cur}
+end
+return {2, cur}
+"#;
+
+/// What [`StateStore::cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// It was queued: it is now `cancelled`.
+    Cancelled,
+    /// It is running: its attempt is asked to stop.
+    Requested,
+    /// It had finished already, in this state.
+    Finished(JobState),
+}
 
 /// A job's record in Redis, typed (the fields every component reads).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -158,6 +233,10 @@ pub struct JobRecord {
     pub state: Option<JobState>,
     /// Starts so far (the fence of the current attempt).
     pub generation: u64,
+    /// The lease token of the attempt that started last (the fence's
+    /// second half: two starts that got one generation after a lost write
+    /// still differ here).
+    pub lease_token: String,
     pub attempt: u32,
     pub worker: String,
     /// The job's message as published (what a republish sends).
@@ -165,6 +244,9 @@ pub struct JobRecord {
     pub device_class: String,
     /// When the broker confirmed the message (0: not since it was queued).
     pub published_at: u64,
+    /// When a worker last received a delivery of it (0: never). A publish
+    /// later than this is a copy still on a queue.
+    pub seen_at: u64,
     pub queued_at: u64,
     pub started_at: u64,
     pub artifacts: String,
@@ -184,11 +266,13 @@ impl JobRecord {
             sweep: text("sweep"),
             state: h.get("state").and_then(|s| parse_state(s)),
             generation: num("generation"),
+            lease_token: text("lease_token"),
             attempt: num("attempt").max(1) as u32,
             worker: text("worker"),
             message: text("message"),
             device_class: text("device_class"),
             published_at: num("published_at"),
+            seen_at: num("seen_at"),
             queued_at: num("queued_at"),
             started_at: num("started_at"),
             artifacts: text("artifacts"),
@@ -336,6 +420,32 @@ impl StateStore {
         generation: Option<u64>,
         fields: &[(&str, String)],
     ) -> Result<JobState> {
+        self.apply(job, event, generation, None, fields).await
+    }
+
+    /// [`StateStore::transition_fenced`] for the attempt that started with
+    /// lease `token`: refused with [`StateError::Superseded`] unless both
+    /// the generation and the token are still the job's.
+    pub async fn transition_attempt(
+        &self,
+        job: &str,
+        event: Event,
+        generation: u64,
+        token: &str,
+        fields: &[(&str, String)],
+    ) -> Result<JobState> {
+        self.apply(job, event, Some(generation), Some(token), fields)
+            .await
+    }
+
+    async fn apply(
+        &self,
+        job: &str,
+        event: Event,
+        generation: Option<u64>,
+        token: Option<&str>,
+        fields: &[(&str, String)],
+    ) -> Result<JobState> {
         let allowed: Vec<&str> = ALL_STATES
             .into_iter()
             .filter(|s| next(*s, event).is_ok())
@@ -353,7 +463,8 @@ impl StateStore {
         inv.key(self.key(&["job", job]))
             .arg(allowed.join(","))
             .arg(state_name(to))
-            .arg(generation.map(|g| g.to_string()).unwrap_or_default());
+            .arg(generation.map(|g| g.to_string()).unwrap_or_default())
+            .arg(token.unwrap_or_default());
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }
@@ -511,6 +622,33 @@ impl StateStore {
         Ok(n == 1)
     }
 
+    /// Extends the lease of the attempt of `generation` started with
+    /// `token`, or takes it again when it expired meanwhile (Redis was
+    /// unreachable for longer than the lease) and no later attempt has
+    /// started: an outage does not stop a job whose attempt is alive.
+    pub async fn renew_or_reclaim(
+        &self,
+        job: &str,
+        token: &str,
+        generation: u64,
+        ttl: Duration,
+    ) -> Result<Renewal> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::Script::new(RENEW_OR_RECLAIM)
+            .key(self.key(&["lease", job]))
+            .key(self.key(&["job", job]))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .arg(generation)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(match n {
+            1 => Renewal::Renewed,
+            2 => Renewal::Reclaimed,
+            _ => Renewal::Lost,
+        })
+    }
+
     /// Gives the lease up if `token` holds it.
     pub async fn release_lease(&self, job: &str, token: &str) -> Result<()> {
         let mut c = self.conn.clone();
@@ -568,6 +706,45 @@ impl StateStore {
     pub async fn dead_letters(&self) -> Result<Vec<String>> {
         let mut c = self.conn.clone();
         Ok(c.lrange(self.key(&["dead-letters"]), 0, -1).await?)
+    }
+
+    /// Records a dead-lettered job `dead` with `fields` unless an attempt
+    /// holds it or it has finished: `false` when left alone.
+    pub async fn dead_letter(&self, job: &str, fields: &[(&str, String)]) -> Result<bool> {
+        let script = redis::Script::new(DEAD_LETTER);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&["job", job]))
+            .key(self.key(&["lease", job]));
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        let mut c = self.conn.clone();
+        let (code, _): (i64, String) = inv.invoke_async(&mut c).await?;
+        match code {
+            0 => Err(StateError::UnknownJob(job.into())),
+            1 => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Cancels `job` in one step (see [`Cancel`]): no start, hand-back or
+    /// cancel can fall between reading its state and acting on it.
+    pub async fn cancel(&self, job: &str) -> Result<Cancel> {
+        let mut c = self.conn.clone();
+        let (code, prev): (i64, String) = redis::Script::new(CANCEL)
+            .key(self.key(&["job", job]))
+            .key(self.key(&["cancel", job]))
+            .arg(now_ms())
+            .invoke_async(&mut c)
+            .await?;
+        match code {
+            0 => Err(StateError::UnknownJob(job.into())),
+            1 => Ok(Cancel::Cancelled),
+            2 => Ok(Cancel::Requested),
+            _ => Ok(Cancel::Finished(
+                parse_state(&prev).unwrap_or(JobState::Dead),
+            )),
+        }
     }
 
     pub async fn request_cancel(&self, job: &str) -> Result<()> {

@@ -275,6 +275,217 @@ async fn state_transitions_leases_workers_and_events() {
     assert!(s.sweeps().await.unwrap().is_empty());
 }
 
+/// Cancel is one step and wins over the running attempt's hand-back: a
+/// queued job is cancelled before any start can take it; a running one is
+/// asked to stop and a later start honours that; a job cancelled while its
+/// attempt runs cannot be handed back to the queue, and a dead letter
+/// cannot override a running attempt.
+#[tokio::test]
+async fn cancel_wins_over_hand_back_and_dead_letters_spare_running_jobs() {
+    use services::state::Cancel;
+    let s = StateStore::connect(REDIS, &unique("cancel")).await.unwrap();
+    let lease = Duration::from_secs(30);
+    for j in ["queued", "running", "revived", "dead-letter"] {
+        registered(&s, j).await;
+    }
+    // Queued: cancelled at once; a delivery that comes later does not run.
+    assert_eq!(s.cancel("queued").await.unwrap(), Cancel::Cancelled);
+    assert_eq!(
+        s.start("queued", "tok-a", lease, 3, &[]).await.unwrap(),
+        Start::Finished(JobState::Cancelled)
+    );
+    assert_eq!(
+        s.cancel("queued").await.unwrap(),
+        Cancel::Finished(JobState::Cancelled)
+    );
+
+    // Running: asked to stop; its hand-back requeues it, and the next
+    // start finds the request and cancels it.
+    let g = match s.start("running", "tok-b", lease, 3, &[]).await.unwrap() {
+        Start::Started { generation } => generation,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(s.cancel("running").await.unwrap(), Cancel::Requested);
+    assert!(s.cancel_requested("running").await.unwrap());
+    s.transition_fenced("running", Event::HandBack, Some(g), &[])
+        .await
+        .unwrap();
+    s.release_lease("running", "tok-b").await.unwrap();
+    assert_eq!(
+        s.start("running", "tok-c", lease, 3, &[]).await.unwrap(),
+        Start::Cancelled
+    );
+    assert_eq!(s.state("running").await.unwrap(), Some(JobState::Cancelled));
+
+    // Cancelled while its attempt ran (the attempt saw the request and
+    // recorded it): a hand-back of that attempt is refused.
+    let g = match s.start("revived", "tok-d", lease, 3, &[]).await.unwrap() {
+        Start::Started { generation } => generation,
+        other => panic!("{other:?}"),
+    };
+    s.transition_fenced("revived", Event::Cancel, Some(g), &[])
+        .await
+        .unwrap();
+    let e = s
+        .transition_fenced("revived", Event::HandBack, Some(g), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::Refused { .. }), "{e}");
+    assert_eq!(s.state("revived").await.unwrap(), Some(JobState::Cancelled));
+    // A producer's retry is what brings a cancelled job back.
+    s.transition("revived", Event::Requeue, &[]).await.unwrap();
+    assert_eq!(s.state("revived").await.unwrap(), Some(JobState::Queued));
+
+    // The reconciler's dead letter leaves a running job to its attempt.
+    s.start("dead-letter", "tok-e", lease, 3, &[])
+        .await
+        .unwrap();
+    assert!(!s.dead_letter("dead-letter", &[]).await.unwrap());
+    assert_eq!(
+        s.state("dead-letter").await.unwrap(),
+        Some(JobState::Running)
+    );
+    assert!(matches!(
+        s.cancel("nosuchjob").await,
+        Err(StateError::UnknownJob(_))
+    ));
+    s.delete_namespace().await.unwrap();
+}
+
+/// Redis loses an attempt's START (a crash within its fsync second): the
+/// next start gets the same generation. The fence still tells the two
+/// attempts apart by their lease tokens: the first cannot record its
+/// outcome, the second can, and the record names the second's token.
+#[tokio::test]
+async fn a_lost_start_does_not_let_two_attempts_share_the_fence() {
+    let s = StateStore::connect(REDIS, &unique("lost-start"))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    registered(&s, "j").await;
+    assert_eq!(
+        s.start("j", "tok-a", lease, 3, &[]).await.unwrap(),
+        Start::Started { generation: 1 }
+    );
+    // What Redis holds after losing that write.
+    s.set_fields(
+        "j",
+        &[
+            ("state", "queued".into()),
+            ("generation", "0".into()),
+            ("lease_token", String::new()),
+        ],
+    )
+    .await
+    .unwrap();
+    s.release_lease("j", "tok-a").await.unwrap();
+    assert_eq!(
+        s.start("j", "tok-b", lease, 3, &[]).await.unwrap(),
+        Start::Started { generation: 1 }
+    );
+    let e = s
+        .transition_attempt("j", Event::Succeed, 1, "tok-a", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::Superseded { .. }), "{e}");
+    assert_eq!(s.state("j").await.unwrap(), Some(JobState::Running));
+    s.transition_attempt("j", Event::Succeed, 1, "tok-b", &[])
+        .await
+        .unwrap();
+    let r = s.record("j").await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.generation, r.lease_token.as_str()),
+        (Some(JobState::Succeeded), 1, "tok-b")
+    );
+    s.delete_namespace().await.unwrap();
+}
+
+/// A lease that expired while its attempt lived (Redis unreachable for
+/// longer than the lease) is taken again by that attempt, unless a later
+/// attempt has started meanwhile.
+#[tokio::test]
+async fn an_expired_lease_is_reclaimed_only_by_the_attempt_that_still_owns_the_job() {
+    use services::state::Renewal;
+    let s = StateStore::connect(REDIS, &unique("reclaim"))
+        .await
+        .unwrap();
+    let short = Duration::from_millis(200);
+    registered(&s, "j").await;
+    s.start("j", "tok-a", short, 3, &[]).await.unwrap();
+    assert_eq!(
+        s.renew_or_reclaim("j", "tok-a", 1, short).await.unwrap(),
+        Renewal::Renewed
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!s.leased("j").await.unwrap(), "the lease expired");
+    assert_eq!(
+        s.renew_or_reclaim("j", "tok-a", 1, short).await.unwrap(),
+        Renewal::Reclaimed
+    );
+    assert_eq!(s.lease_holder("j").await.unwrap().as_deref(), Some("tok-a"));
+    // Expired again, and another attempt took the job over: lost.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.start("j", "tok-b", short, 3, &[]).await.unwrap(),
+        Start::Started { generation: 2 }
+    );
+    s.release_lease("j", "tok-b").await.unwrap();
+    assert_eq!(
+        s.renew_or_reclaim("j", "tok-a", 1, short).await.unwrap(),
+        Renewal::Lost
+    );
+    assert!(!s.leased("j").await.unwrap());
+    s.delete_namespace().await.unwrap();
+}
+
+/// A dead letter in a format this version does not read (a newer
+/// message version) still names its job: the reconciler records that job
+/// dead instead of leaving it queued for a message that is gone; a letter
+/// naming no known job is kept in Redis.
+#[tokio::test]
+async fn dead_letters_of_another_format_still_find_their_job() {
+    let s = StateStore::connect(REDIS, &unique("lenient"))
+        .await
+        .unwrap();
+    let b = Broker::connect(AMQP, Topology::new(&unique("lenient")), 3)
+        .await
+        .unwrap();
+    registered(&s, "future").await;
+    b.dead_letter(
+        br#"{"version": 99, "job_id": "future"}"#,
+        "rejected by worker w: version 99",
+    )
+    .await
+    .unwrap();
+    b.dead_letter(
+        br#"{"version": 99, "job_id": "nobody"}"#,
+        "rejected by worker w: version 99",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.queue_counts(&b.topology.dead_queue()).await.unwrap().0 < 2 {
+        assert!(Instant::now() < deadline, "dead letters did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = Reconciler {
+        state: &s,
+        broker: &b,
+        grace: Duration::from_secs(60),
+    };
+    let report = r.pass().await.unwrap();
+    assert_eq!(report.dead.len(), 1, "{report:?}");
+    assert_eq!(report.dead[0].0, "future");
+    assert_eq!(report.unreadable, 1, "{report:?}");
+    let rec = s.record("future").await.unwrap().unwrap();
+    assert_eq!(rec.state, Some(JobState::Dead));
+    assert!(rec.error.contains("version 99"), "{rec:?}");
+    assert_eq!(s.dead_letters().await.unwrap().len(), 1);
+    assert_eq!(b.queue_counts(&b.topology.dead_queue()).await.unwrap().0, 0);
+    b.delete_topology().await.unwrap();
+    s.delete_namespace().await.unwrap();
+}
+
 /// A message of job `id`, and the job registered from it.
 async fn registered(s: &StateStore, id: &str) -> JobMessage {
     let mut m = job_message();

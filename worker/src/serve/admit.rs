@@ -6,7 +6,7 @@
 //! dead-letter limit.
 
 use backon::Retryable;
-use common::job::JobMessage;
+use common::job::{JobMessage, MessageError, MESSAGE_VERSION};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use services::broker::Broker;
@@ -39,6 +39,25 @@ pub(super) async fn admit(
 ) -> anyhow::Result<Admission> {
     let msg = match JobMessage::decode(&d.data) {
         Ok(m) => m,
+        // A newer format (a rolling update under way): parked for a worker
+        // that reads it, not dead-lettered.
+        Err(MessageError::Version { found }) if found > MESSAGE_VERSION => {
+            tracing::warn!(
+                found,
+                "a message of a newer version; parking it for a worker that reads it"
+            );
+            let park = ctx.args.policy().park;
+            broker
+                .publish_later(
+                    super::device_class(device),
+                    &d.data,
+                    delivered_attempt,
+                    park,
+                )
+                .await?;
+            d.ack(BasicAckOptions::default()).await?;
+            return Ok(Admission::Done);
+        }
         Err(e) => {
             // A message that does not decode is not trusted to name a job:
             // it goes to the dead letters with its reason and records
@@ -122,7 +141,13 @@ async fn start(
 ) -> Result<Start, StateError> {
     let job = &msg.job_id;
     ctx.state
-        .register_message(msg, &[("published_at", now_ms().to_string())])
+        .register_message(
+            msg,
+            &[
+                ("published_at", now_ms().to_string()),
+                ("seen_at", now_ms().to_string()),
+            ],
+        )
         .await?;
     ctx.state
         .start(

@@ -134,13 +134,34 @@ impl Progress for Reporter {
 }
 
 /// Runs the job and stores its files; what happened, for [`super::settle`].
+/// A finished run: how it ended, its watcher (still renewing the lease,
+/// so that it holds until the outcome is recorded and acknowledged) and
+/// its tracker run (still open, so that a slow tracker cannot hold the
+/// lease hostage: it is closed after the acknowledgement).
+pub(super) struct Executed {
+    pub end: RunEnd,
+    watcher: tokio::task::JoinHandle<()>,
+    tracker: Option<(JobTracker, End)>,
+}
+
+impl Executed {
+    /// After the delivery is settled: stops renewing, then ends the
+    /// tracker's run (flushing what it has, within its flush bound).
+    pub async fn close(self) {
+        self.watcher.abort();
+        if let Some((t, end)) = self.tracker {
+            t.finish(end).await;
+        }
+    }
+}
+
 pub(super) async fn execute(
     ctx: &Ctx,
     device: &str,
     msg: &JobMessage,
     at: Attempt,
     token: &str,
-) -> RunEnd {
+) -> Executed {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         reason: AtomicU8::new(0),
@@ -154,6 +175,7 @@ pub(super) async fn execute(
             job: msg.job_id.clone(),
             sweep: msg.sweep.clone(),
             token: token.to_string(),
+            generation: at.generation,
             lease: ctx.args.lease(),
             stall: Duration::from_secs(ctx.args.stall_secs.max(1)),
             metrics: ctx.metrics.clone(),
@@ -216,7 +238,6 @@ pub(super) async fn execute(
         Err(e) if e.is_permanent() => RunEnd::Permanent(e.to_string()),
         Err(e) => RunEnd::Transient(e.to_string()),
     };
-    watcher.abort();
     // A lease lost during the upload: a later attempt owns the job.
     let end = if shared.reason() == StopReason::LeaseLost {
         RunEnd::LeaseLost
@@ -226,11 +247,12 @@ pub(super) async fn execute(
     let last_attempt = at.attempt >= ctx.args.policy().max_attempts;
     ctx.metrics
         .job_ended(super::metrics::outcome_label(&end, last_attempt));
-    if let Some(t) = tracker {
-        t.finish(tracking_end(ctx, &end, last_attempt, tracked_files))
-            .await;
+    let tracker = tracker.map(|t| (t, tracking_end(ctx, &end, last_attempt, tracked_files)));
+    Executed {
+        end,
+        watcher,
+        tracker,
     }
-    end
 }
 
 /// Starts the job's MLflow run, when a tracker is configured.
@@ -435,6 +457,7 @@ struct WatchCtx {
     job: String,
     sweep: String,
     token: String,
+    generation: u64,
     lease: Duration,
     stall: Duration,
     deadline: Duration,
@@ -477,15 +500,23 @@ async fn watch(
                 } else if !shared.uploading.load(Ordering::SeqCst) && idle > w.stall {
                     tracing::warn!(job = %w.job, ?idle, "no training progress; the lease is left to expire");
                 } else {
-                    let renewed = w.state.renew_lease(&w.job, &w.token, w.lease).await;
+                    use services::state::Renewal;
+                    let renewed = w
+                        .state
+                        .renew_or_reclaim(&w.job, &w.token, w.generation, w.lease)
+                        .await;
                     w.metrics.renewal(match renewed {
-                        Ok(true) => "renewed",
-                        Ok(false) => "lost",
+                        Ok(Renewal::Renewed) => "renewed",
+                        Ok(Renewal::Reclaimed) => "reclaimed",
+                        Ok(Renewal::Lost) => "lost",
                         Err(_) => "error",
                     });
                     match renewed {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(Renewal::Renewed) => {}
+                        Ok(Renewal::Reclaimed) => {
+                            tracing::info!(job = %w.job, "lease expired while Redis was unreachable; taken again");
+                        }
+                        Ok(Renewal::Lost) => {
                             tracing::warn!(job = %w.job, "lease lost to another attempt; stopping");
                             shared.stop(StopReason::LeaseLost);
                         }

@@ -10,7 +10,7 @@
 //! | `fpb_worker_training_samples_per_second` | gauge | `device` (the current epoch so far) |
 //! | `fpb_worker_epoch_seconds` | histogram | |
 //! | `fpb_worker_upload_retries_total` | counter | |
-//! | `fpb_worker_lease_renewals_total` | counter | `result` (`renewed`, `lost`, `error`) |
+//! | `fpb_worker_lease_renewals_total` | counter | `result` (`renewed`, `reclaimed`, `lost`, `error`) |
 //! | `fpb_worker_device_memory_bytes` | gauge | `device`, `kind` (`used`, `total`) |
 //!
 //! Device memory is read at scrape time: a CUDA device's used and total

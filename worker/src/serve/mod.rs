@@ -192,7 +192,7 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("fpb-worker-spool"));
     let spool = spool::Spool::new(&spool_base, &services.namespace);
-    spool.prune(Duration::from_secs(7 * 24 * 3600));
+    spool.prune(SPOOL_KEEP);
     let tracking = crate::tracking::Sink::from_args(&args.tracking)?;
     let devices: Vec<String> = args
         .devices
@@ -221,6 +221,7 @@ pub async fn serve(
         current: Mutex::default(),
     });
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
+    let pruner = tokio::spawn(prune_spool(ctx.clone()));
     let reconciler = tokio::spawn(reconcile(ctx.clone()));
     tracing::info!(worker = %worker_id, devices = %args.devices, "serving");
     let slots: Vec<_> = args
@@ -236,7 +237,27 @@ pub async fn serve(
     }
     heartbeat.abort();
     reconciler.abort();
+    pruner.abort();
     Ok(())
+}
+
+/// How long a spooled run waits for its upload before it is removed (its
+/// job ran elsewhere), and how often the spool is pruned while serving.
+const SPOOL_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+const SPOOL_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+async fn prune_spool(ctx: Arc<Ctx>) {
+    let mut stop = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SPOOL_PRUNE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let c = ctx.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || c.spool.prune(SPOOL_KEEP)).await {
+            tracing::warn!(error = %e, "pruning the spool failed");
+        }
+    }
 }
 
 async fn heartbeat(ctx: Arc<Ctx>) {

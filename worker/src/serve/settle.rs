@@ -66,11 +66,27 @@ pub(super) async fn carry_out(
                 tracing::warn!(%job, %from, event = ?r.event, "transition refused; the job's state stands");
             }
             Err(e) => {
-                // Shutting down while Redis is unreachable: leave the
-                // delivery to the broker (it comes back with the channel).
-                tracing::warn!(%job, error = %e, "cannot record the outcome; the delivery is left unacknowledged");
-                return Ok(());
+                // Redis unreachable at shutdown, or it no longer knows the
+                // job (restarted empty): the delivery goes back to the
+                // broker with this slot's connection, closed here, so that
+                // it is delivered again (and the job registered again from
+                // it) instead of holding the slot's one unacked delivery.
+                tracing::warn!(%job, error = %e, "cannot record the outcome; returning the delivery with the connection");
+                if let Err(close) = broker
+                    .connection()
+                    .close(200, "outcome not recorded".into())
+                    .await
+                {
+                    tracing::warn!(%job, error = %close, "closing the broker connection failed");
+                }
+                anyhow::bail!("job {job}: the outcome could not be recorded: {e}");
             }
+        }
+    }
+    if decision.publish.is_some() && decision.record.is_none() {
+        // A parked copy is on its way back: the reconciler waits for it.
+        if let Err(e) = ctx.state.mark_published(job).await {
+            tracing::warn!(%job, error = %e, "cannot stamp the parked copy's publish time");
         }
     }
     if decision.publish.is_some() || decision.record.is_some() {
@@ -130,7 +146,7 @@ async fn record(ctx: &Ctx, s: &Settling<'_>, r: &Record) -> Result<(), RecordErr
         // reading the job back tells.
         match ctx
             .state
-            .transition_fenced(job, r.event, Some(s.at.generation), &r.fields)
+            .transition_attempt(job, r.event, s.at.generation, s.token, &r.fields)
             .await
         {
             Ok(_) | Err(StateError::Refused { .. }) => {}
@@ -186,17 +202,24 @@ enum RecordError {
     GaveUp,
 }
 
-/// Reads the job back: the transition must be there, under our generation.
+/// Reads the job back: the transition must be there, under our generation
+/// and our lease token (another attempt's success is not ours).
 async fn verify(ctx: &Ctx, s: &Settling<'_>, r: &Record) -> Result<(), StateError> {
     let job = &s.msg.job_id;
     let want = common::state::next(common::state::JobState::Running, r.event).ok();
     let got = ctx.state.record(job).await?;
     match got {
-        Some(g) if g.generation == s.at.generation && g.state == want => Ok(()),
-        Some(g) if g.generation != s.at.generation => Err(StateError::Superseded {
-            job: job.clone(),
-            generation: s.at.generation,
-        }),
+        Some(g)
+            if g.generation == s.at.generation && g.lease_token == s.token && g.state == want =>
+        {
+            Ok(())
+        }
+        Some(g) if g.generation != s.at.generation || g.lease_token != s.token => {
+            Err(StateError::Superseded {
+                job: job.clone(),
+                generation: s.at.generation,
+            })
+        }
         other => Err(StateError::Refused {
             job: job.clone(),
             from: other

@@ -80,7 +80,7 @@ async fn handle(
         rand::random::<u64>()
     );
     let admission = admit(ctx, broker, &d, device, delivered_attempt, &token).await?;
-    let (msg, attempt, decision) = match admission {
+    let (msg, attempt, decision, run) = match admission {
         Admission::Done => return Ok(()),
         Admission::Park { msg, attempt } => {
             let decision = park(attempt, &ctx.args.policy());
@@ -91,6 +91,7 @@ async fn handle(
                     generation: 0,
                 },
                 decision,
+                None,
             )
         }
         Admission::Run {
@@ -105,16 +106,18 @@ async fn handle(
                 attempt,
                 generation,
             };
-            let end = execute(ctx, device, &msg, at, &token).await;
+            let run = execute(ctx, device, &msg, at, &token).await;
             if let Ok(mut c) = ctx.current.lock() {
                 c.remove(&msg.job_id);
             }
-            tracing::info!(job = %msg.job_id, ?end, "run ended");
-            let decision = settle(&end, at, &ctx.args.policy(), now_ms());
-            (msg, at, decision)
+            tracing::info!(job = %msg.job_id, end = ?run.end, "run ended");
+            let decision = settle(&run.end, at, &ctx.args.policy(), now_ms());
+            (msg, at, decision, Some(run))
         }
     };
-    carry_out(
+    // The run's lease is renewed until the outcome is settled; its tracker
+    // run is closed after that, whatever the settle did.
+    let settled = carry_out(
         ctx,
         broker,
         Settling {
@@ -126,5 +129,9 @@ async fn handle(
         },
         decision,
     )
-    .await
+    .await;
+    if let Some(run) = run {
+        run.close().await;
+    }
+    settled
 }

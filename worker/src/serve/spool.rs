@@ -2,8 +2,9 @@
 //! stream from here (in parts when large), and an S3 outage longer than the
 //! upload retries sends the job to a retry that, on this worker, uploads
 //! the spooled files instead of training again. One folder per job and
-//! config hash under `<spool>/<namespace>/`, written whole (a `.partial`
-//! folder renamed into place) and removed once stored.
+//! config hash under `<spool>/<namespace>/`, written whole (a temporary
+//! folder of its own per save, synced, renamed into place), removed once
+//! stored, and pruned while serving when its job ran elsewhere.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,25 +29,34 @@ impl Spool {
             .join(format!("{}-{}", sanitize(&msg.job_id), msg.config_hash))
     }
 
-    /// Writes the run's files; their folder.
+    /// Writes the run's files; their folder. Each save writes a fresh
+    /// temporary folder of its own (so that saves of different jobs, or of
+    /// the same job, never share one), syncs every file to disk, then
+    /// renames the folder into place and syncs the namespace folder: after a
+    /// crash the job's folder is either absent or whole.
     pub fn save(&self, msg: &JobMessage, files: &[(String, Vec<u8>)]) -> std::io::Result<PathBuf> {
+        use std::io::Write;
         let dir = self.dir(msg);
-        let partial = dir.with_extension("partial");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial)?;
-        }
+        std::fs::create_dir_all(&self.root)?;
+        let partial = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempdir_in(&self.root)?;
         for (name, bytes) in files {
-            let path = partial.join(name);
+            let path = partial.path().join(name);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(&path, bytes)?;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
         }
-        std::fs::create_dir_all(&partial)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        std::fs::rename(&partial, &dir)?;
+        std::fs::rename(partial.path(), &dir)?;
+        // Renamed away: nothing left for the guard to delete.
+        drop(partial.keep());
+        std::fs::File::open(&self.root)?.sync_all()?;
         Ok(dir)
     }
 
@@ -126,5 +136,53 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         spool.prune(Duration::from_millis(10));
         assert!(spool.find(&b).is_none());
+    }
+
+    /// Jobs of a sweep whose name holds a dot, saved from two threads at
+    /// once, many times: each folder holds exactly its own files.
+    #[test]
+    fn concurrent_saves_of_a_dotted_sweep_keep_their_own_files() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::new(base.path(), "ns"));
+        let threads: Vec<_> = ["a.b/000", "a.b/001"]
+            .into_iter()
+            .map(|job| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    let msg = message(job);
+                    for round in 0..200u32 {
+                        let own = format!("{job} {round}").into_bytes();
+                        let dir = spool
+                            .save(
+                                &msg,
+                                &[
+                                    ("metrics.json".into(), own.clone()),
+                                    ("PAI/PAI.png".into(), own.clone()),
+                                ],
+                            )
+                            .unwrap_or_else(|e| panic!("{job} round {round}: {e}"));
+                        for f in ["metrics.json", "PAI/PAI.png"] {
+                            assert_eq!(
+                                std::fs::read(dir.join(f)).ok(),
+                                Some(own.clone()),
+                                "{job} round {round}: {f}"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let names: Vec<String> = std::fs::read_dir(base.path().join("ns"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "only the two jobs' folders are left: {names:?}"
+        );
     }
 }
