@@ -17,5 +17,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/worker /src/target/release/producer /usr/local/bin/
 COPY sweeps /sweeps
+# An unprivileged user (uid 10001): the Kubernetes manifest runs it with a
+# read-only root filesystem, its spool and temporary files on volumes.
+RUN useradd --system --uid 10001 --user-group --home-dir /tmp --no-create-home worker
+USER 10001:10001
 ENTRYPOINT ["worker"]
 CMD ["serve", "--devices", "cuda:0"]

@@ -934,3 +934,117 @@ fn grace_period_covers_the_hand_back() {
     }
     found.assert_none("grace periods");
 }
+
+/// The worker runs unprivileged: the image's last stage switches to a
+/// numeric non-root user, and every worker Deployment runs as that user
+/// (`runAsNonRoot`), with a read-only root filesystem, its temporary files
+/// and spool on volumes that have a size limit.
+#[test]
+fn workers_run_unprivileged_with_a_read_only_root() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let user = last_stage
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("USER "))
+        .last()
+        .map(|u| u.split(':').next().unwrap_or("").trim().to_string());
+    let uid = user.as_deref().and_then(|u| u.parse::<u64>().ok());
+    assert!(
+        uid.is_some_and(|u| u != 0),
+        "Dockerfile: the last stage must end as a numeric non-root USER, found {user:?}"
+    );
+    let docs = documents();
+    let mut found = Findings::default();
+    for d in of_kind(&docs, "Deployment") {
+        let Some((i, c)) = worker_container(d) else {
+            continue;
+        };
+        let pod = "/spec/template/spec/securityContext";
+        found.check(
+            d.value.pointer(&format!("{pod}/runAsNonRoot")) == Some(&json!(true)),
+            d,
+            &format!("{pod}/runAsNonRoot"),
+            "must be true",
+        );
+        found.check(
+            d.value.pointer(&format!("{pod}/runAsUser")).and_then(Value::as_u64) == uid,
+            d,
+            &format!("{pod}/runAsUser"),
+            format!("must be the image's user {uid:?}"),
+        );
+        let sc = format!("/spec/template/spec/containers/{i}/securityContext");
+        found.check(
+            c.pointer("/securityContext/readOnlyRootFilesystem") == Some(&json!(true)),
+            d,
+            &format!("{sc}/readOnlyRootFilesystem"),
+            "must be true",
+        );
+        let mounts: Vec<&str> = c
+            .pointer("/volumeMounts")
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(|v| v["mountPath"].as_str()).collect())
+            .unwrap_or_default();
+        found.check(
+            mounts.contains(&"/tmp"),
+            d,
+            &format!("/spec/template/spec/containers/{i}/volumeMounts"),
+            "/tmp must be a volume (the root filesystem is read-only)",
+        );
+        let volumes = d
+            .value
+            .pointer("/spec/template/spec/volumes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (j, v) in volumes.iter().enumerate() {
+            if let Some(e) = v.get("emptyDir") {
+                found.check(
+                    e.get("sizeLimit").is_some(),
+                    d,
+                    &format!("/spec/template/spec/volumes/{j}/emptyDir"),
+                    "an emptyDir needs a sizeLimit",
+                );
+            }
+        }
+    }
+    found.assert_none("unprivileged workers");
+}
+
+/// `docker compose stop` gives a worker as long as the longest hand-back
+/// (common::settle::hand_back_bound) plus the MLflow flush, like the
+/// Kubernetes grace period.
+#[test]
+fn compose_grace_period_covers_the_hand_back() {
+    let hand_back = common::settle::hand_back_bound(services::broker::CONFIRM_TIMEOUT).as_secs();
+    let text = std::fs::read_to_string(repo_root().join("compose.yaml")).unwrap();
+    let compose: Value = serde_saphyr::from_str(&text).expect("compose.yaml is YAML");
+    let worker = &compose["x-worker"];
+    let command: Vec<&str> = worker["command"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    // The worker's default when the command does not set it.
+    let flush = flag(&command, "--mlflow-flush-secs")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(60);
+    let grace = worker["stop_grace_period"]
+        .as_str()
+        .and_then(|g| g.strip_suffix('s'))
+        .and_then(|g| g.parse::<u64>().ok());
+    assert!(
+        grace.is_some_and(|g| g >= hand_back + flush),
+        "compose.yaml x-worker.stop_grace_period {:?}: at least {} s (hand-back {hand_back} s + MLflow flush {flush} s)",
+        worker["stop_grace_period"],
+        hand_back + flush
+    );
+    // No worker service shortens it.
+    for (name, svc) in compose["services"].as_object().unwrap() {
+        if let Some(g) = svc.get("stop_grace_period") {
+            let secs = g.as_str().and_then(|g| g.strip_suffix('s')).and_then(|g| g.parse::<u64>().ok());
+            assert!(
+                secs.is_some_and(|s| s >= hand_back + flush) || !name.starts_with("worker"),
+                "compose.yaml services.{name}.stop_grace_period {g:?} is shorter than the hand-back"
+            );
+        }
+    }
+}
