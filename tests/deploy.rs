@@ -967,7 +967,10 @@ fn workers_run_unprivileged_with_a_read_only_root() {
             "must be true",
         );
         found.check(
-            d.value.pointer(&format!("{pod}/runAsUser")).and_then(Value::as_u64) == uid,
+            d.value
+                .pointer(&format!("{pod}/runAsUser"))
+                .and_then(Value::as_u64)
+                == uid,
             d,
             &format!("{pod}/runAsUser"),
             format!("must be the image's user {uid:?}"),
@@ -1040,7 +1043,10 @@ fn compose_grace_period_covers_the_hand_back() {
     // No worker service shortens it.
     for (name, svc) in compose["services"].as_object().unwrap() {
         if let Some(g) = svc.get("stop_grace_period") {
-            let secs = g.as_str().and_then(|g| g.strip_suffix('s')).and_then(|g| g.parse::<u64>().ok());
+            let secs = g
+                .as_str()
+                .and_then(|g| g.strip_suffix('s'))
+                .and_then(|g| g.parse::<u64>().ok());
             assert!(
                 secs.is_some_and(|s| s >= hand_back + flush) || !name.starts_with("worker"),
                 "compose.yaml services.{name}.stop_grace_period {g:?} is shorter than the hand-back"

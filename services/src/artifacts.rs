@@ -185,8 +185,10 @@ impl Artifacts {
 
     /// Uploads every `(name, bytes)` under `folder`; stops at the first
     /// object that cannot be stored.
+    /// The folder's `manifest.json` goes last: a reader that lists the
+    /// folder and finds the manifest finds every file it names.
     pub async fn put_all(&self, folder: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
-        for (name, bytes) in files {
+        for (name, bytes) in manifest_last(files.iter().map(|(n, b)| (n.as_str(), b))) {
             self.put(&format!("{folder}/{name}"), Bytes::from(bytes.clone()))
                 .await?;
         }
@@ -196,9 +198,11 @@ impl Artifacts {
     /// Uploads every file under the local directory `dir` to `folder`
     /// (same relative names), streaming each from disk, retried with
     /// backoff per file; stops at the first file that cannot be stored.
+    /// The manifest goes last, as in [`Artifacts::put_all`].
     pub async fn put_dir(&self, folder: &str, dir: &std::path::Path) -> Result<()> {
-        for (name, path) in files_under(dir)? {
-            self.put_file(&format!("{folder}/{name}"), &path).await?;
+        let files = files_under(dir)?;
+        for (name, path) in manifest_last(files.iter().map(|(n, p)| (n.as_str(), p))) {
+            self.put_file(&format!("{folder}/{name}"), path).await?;
         }
         Ok(())
     }
@@ -301,6 +305,13 @@ impl Artifacts {
 
 /// Every file under `dir` with its name relative to it (`/`-separated),
 /// sorted.
+/// `files` in their order, with the folder's manifest (if any) moved last.
+fn manifest_last<'a, T>(files: impl Iterator<Item = (&'a str, T)>) -> Vec<(&'a str, T)> {
+    let mut v: Vec<_> = files.collect();
+    v.sort_by_key(|(name, _)| *name == common::artifacts::files::MANIFEST_JSON);
+    v
+}
+
 pub fn files_under(dir: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf)>> {
     let read = |source, p: &std::path::Path| ArtifactError::Read {
         path: p.display().to_string(),
@@ -345,6 +356,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// Whatever order the files come in, the manifest is stored last and
+    /// the others keep their order.
+    #[test]
+    fn the_manifest_is_stored_last() {
+        let files = [
+            "Results.csv",
+            "manifest.json",
+            "metrics.json",
+            "PAI/PAI.png",
+        ];
+        let got: Vec<&str> = manifest_last(files.iter().map(|f| (*f, ())))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "Results.csv",
+                "metrics.json",
+                "PAI/PAI.png",
+                "manifest.json"
+            ]
+        );
+    }
+
     use super::*;
     use backon::BackoffBuilder;
 
