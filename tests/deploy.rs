@@ -946,7 +946,7 @@ fn workers_run_unprivileged_with_a_read_only_root() {
     let user = last_stage
         .lines()
         .filter_map(|l| l.trim().strip_prefix("USER "))
-        .last()
+        .next_back()
         .map(|u| u.split(':').next().unwrap_or("").trim().to_string());
     let uid = user.as_deref().and_then(|u| u.parse::<u64>().ok());
     assert!(
