@@ -168,7 +168,12 @@ pub fn settle(end: &RunEnd, at: Attempt, policy: &Policy, now_ms: u64) -> Decisi
                             "error",
                             format!("attempt {}: {e}; retrying in {delay:?}", at.attempt),
                         ),
-                        ("published_at", now_ms.to_string()),
+                        // When the copy leaves its delay queue: the
+                        // reconciler counts a copy as unseen from then on.
+                        (
+                            "published_at",
+                            (now_ms + delay.as_millis() as u64).to_string(),
+                        ),
                         ("takeovers", "0".into()),
                     ],
                 ),
@@ -257,6 +262,8 @@ mod tests {
         );
         assert_eq!(d.record.as_ref().unwrap().event, Event::HandBack);
         assert!(fields(&d).contains(&("attempt", "2".into())));
+        // Published, as far as a worker can see it, once the delay is over.
+        assert!(fields(&d).contains(&("published_at", "10000".into())));
         let a2 = Attempt {
             attempt: 2,
             generation: 9,
