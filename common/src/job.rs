@@ -54,6 +54,15 @@ impl DeviceClass {
             DeviceClass::Cpu => "cpu",
         }
     }
+
+    /// The class [`DeviceClass::as_str`] names, if `s` is one.
+    pub fn parse(s: &str) -> Option<DeviceClass> {
+        match s {
+            "gpu" => Some(DeviceClass::Gpu),
+            "cpu" => Some(DeviceClass::Cpu),
+            _ => None,
+        }
+    }
 }
 
 /// One job on the queue. (Unknown top-level fields are ignored so that

@@ -150,10 +150,7 @@ impl Reconciler<'_> {
         r: &JobRecord,
         waiting: &mut std::collections::HashMap<String, u32>,
     ) -> Result<bool, ReconcileError> {
-        let class = match r.device_class.as_str() {
-            "gpu" => DeviceClass::Gpu,
-            _ => DeviceClass::Cpu,
-        };
+        let class = DeviceClass::parse(&r.device_class).unwrap_or(DeviceClass::Cpu);
         let queue = self.broker.topology.jobs_queue(class);
         if let Some(n) = waiting.get(&queue) {
             return Ok(*n == 0);
@@ -170,11 +167,7 @@ impl Reconciler<'_> {
             tracing::warn!(job = %r.id, "no readable stored message; submit its sweep again");
             return Ok(false);
         };
-        let class = match r.device_class.as_str() {
-            "cpu" => DeviceClass::Cpu,
-            "gpu" => DeviceClass::Gpu,
-            _ => msg.device,
-        };
+        let class = DeviceClass::parse(&r.device_class).unwrap_or(msg.device);
         self.broker
             .publish_body(class, r.message.as_bytes(), r.attempt)
             .await?;
@@ -241,17 +234,29 @@ impl Reconciler<'_> {
         let Some(r) = self.state.record(&job).await? else {
             return Ok(None);
         };
+        let dead = self.mark_dead(&job, &r.sweep, reason).await?;
+        Ok(Some((job, dead)))
+    }
+
+    /// Records `job` dead with `reason` unless an attempt holds it or it has
+    /// finished (one step), with its event: whether it was.
+    async fn mark_dead(
+        &self,
+        job: &str,
+        sweep: &str,
+        reason: &str,
+    ) -> Result<bool, ReconcileError> {
         let fields = [
             ("finished_at", now_ms().to_string()),
             ("error", reason.to_string()),
         ];
-        let dead = self.state.dead_letter(&job, &fields).await?;
+        let dead = self.state.dead_letter(job, &fields).await?;
         if dead {
             self.state
-                .event(&r.sweep, &[("job", job.clone()), ("state", "dead".into())])
+                .event(sweep, &[("job", job.to_string()), ("state", "dead".into())])
                 .await?;
         }
-        Ok(Some((job, dead)))
+        Ok(dead)
     }
 
     async fn record_dead(&self, msg: &JobMessage, reason: &str) -> Result<bool, ReconcileError> {
@@ -259,25 +264,7 @@ impl Reconciler<'_> {
         self.state.register_message(msg, &[]).await?;
         // One step: a running attempt with a live lease (or one that starts
         // meanwhile) records its own outcome under its fence.
-        let dead = self
-            .state
-            .dead_letter(
-                job,
-                &[
-                    ("finished_at", now_ms().to_string()),
-                    ("error", reason.to_string()),
-                ],
-            )
-            .await?;
-        if dead {
-            self.state
-                .event(
-                    &msg.sweep,
-                    &[("job", job.clone()), ("state", "dead".into())],
-                )
-                .await?;
-        }
-        Ok(dead)
+        self.mark_dead(job, &msg.sweep, reason).await
     }
 }
 

@@ -140,14 +140,10 @@ async fn start(
     token: &str,
 ) -> Result<Start, StateError> {
     let job = &msg.job_id;
+    // Received now: published, and seen by a worker, at the same instant.
+    let now = now_ms().to_string();
     ctx.state
-        .register_message(
-            msg,
-            &[
-                ("published_at", now_ms().to_string()),
-                ("seen_at", now_ms().to_string()),
-            ],
-        )
+        .register_message(msg, &[("published_at", now.clone()), ("seen_at", now)])
         .await?;
     ctx.state
         .start(

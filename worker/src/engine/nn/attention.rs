@@ -74,33 +74,37 @@ pub fn attend(
         .for_each(|(bi, o)| {
             let per_head: Vec<Vec<f32>> = (0..heads)
                 .into_par_iter()
-                .map(|h| {
-                    let i = bi * heads + h;
-                    let mut scores = vec![0f32; sq * sk];
-                    let mut probs = vec![0f32; sq * sk];
-                    let mut head = vec![0f32; sq * d];
-                    single_threaded(|| {
-                        sgemm_ld(
-                            (&qd[qo.offsets[i]..], qo.transposed, qo.ld),
-                            (&kd[ko.offsets[i]..], !ko.transposed, ko.ld),
-                            (sq, sk, d),
-                            0.0,
-                            (uninit(&mut scores), sk),
-                        );
-                        for (r, (p, s)) in probs.chunks_mut(sk).zip(scores.chunks(sk)).enumerate() {
-                            let m0 = (bi * mq + if mq == 1 { 0 } else { r }) * sk;
-                            rows::softmax_row(p, s, &m[m0..m0 + sk], scale);
-                        }
-                        sgemm_ld(
-                            (&probs, false, sk),
-                            (&vd[vo.offsets[i]..], vo.transposed, vo.ld),
-                            (sq, d, sk),
-                            0.0,
-                            (uninit(&mut head), d),
-                        );
-                    });
-                    head
-                })
+                .map_init(
+                    // Score and probability scratch, one pair per thread.
+                    || (vec![0f32; sq * sk], vec![0f32; sq * sk]),
+                    |(scores, probs), h| {
+                        let i = bi * heads + h;
+                        let mut head = vec![0f32; sq * d];
+                        single_threaded(|| {
+                            sgemm_ld(
+                                (&qd[qo.offsets[i]..], qo.transposed, qo.ld),
+                                (&kd[ko.offsets[i]..], !ko.transposed, ko.ld),
+                                (sq, sk, d),
+                                0.0,
+                                (uninit(scores), sk),
+                            );
+                            for (r, (p, s)) in
+                                probs.chunks_mut(sk).zip(scores.chunks(sk)).enumerate()
+                            {
+                                let m0 = (bi * mq + if mq == 1 { 0 } else { r }) * sk;
+                                rows::softmax_row(p, s, &m[m0..m0 + sk], scale);
+                            }
+                            sgemm_ld(
+                                (probs, false, sk),
+                                (&vd[vo.offsets[i]..], vo.transposed, vo.ld),
+                                (sq, d, sk),
+                                0.0,
+                                (uninit(&mut head), d),
+                            );
+                        });
+                        head
+                    },
+                )
                 .collect();
             for (h, head) in per_head.iter().enumerate() {
                 for (row, src) in o.chunks_mut(width).zip(head.chunks(d)) {

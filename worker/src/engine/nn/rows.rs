@@ -308,16 +308,30 @@ fn elementwise(
 /// holds (an activation under inference): no new buffer. Otherwise `x` is
 /// handed back unchanged.
 pub fn in_place(x: Tensor, f: fn(&mut [f32])) -> Result<std::result::Result<Tensor, Tensor>> {
-    if x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+    if x.track_op() {
+        return Ok(Err(x));
+    }
+    Ok(match owned(x)? {
+        Ok((mut v, shape)) => {
+            v.par_chunks_mut(CHUNK).for_each(f);
+            Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?)
+        }
+        Err(x) => Err(x),
+    })
+}
+
+/// The f32 buffer of a CPU tensor that nothing else holds, moved out with
+/// its shape (cut to the shape's elements); otherwise the tensor back.
+fn owned(x: Tensor) -> Result<std::result::Result<(Vec<f32>, candle_core::Shape), Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return Ok(Err(x));
     }
     match x.into_storage() {
         Ok((Storage::Cpu(CpuStorage::F32(mut v)), shape)) => {
             v.truncate(shape.elem_count());
-            v.par_chunks_mut(CHUNK).for_each(f);
-            Ok(Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?))
+            Ok(Ok((v, shape)))
         }
-        Ok(_) => candle_core::bail!("in_place: the buffer of an f32 CPU tensor is not f32"),
+        Ok(_) => candle_core::bail!("the buffer of an f32 CPU tensor is not f32"),
         Err(x) => Ok(Err(x)),
     }
 }
@@ -345,12 +359,8 @@ pub fn add_layer_norm_in_place(
     let (Some(rv), Some(wv), Some(bv)) = (data(r)?, data(w)?, data(b)?) else {
         return Ok(Err(a));
     };
-    if !a.device().is_cpu() || a.dtype() != DType::F32 {
-        return Ok(Err(a));
-    }
-    match a.into_storage() {
-        Ok((Storage::Cpu(CpuStorage::F32(mut v)), shape)) => {
-            v.truncate(shape.elem_count());
+    Ok(match owned(a)? {
+        Ok((mut v, shape)) => {
             let rows = rows_per_chunk(n);
             v.par_chunks_mut(n * rows)
                 .zip(rv.par_chunks(n * rows))
@@ -359,11 +369,10 @@ pub fn add_layer_norm_in_place(
                         add_layer_norm_row(o, r, &wv, &bv, eps as f32);
                     }
                 });
-            Ok(Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?))
+            Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?)
         }
-        Ok(_) => candle_core::bail!("add_layer_norm: the buffer of an f32 CPU tensor is not f32"),
-        Err(a) => Ok(Err(a)),
-    }
+        Err(a) => Err(a),
+    })
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
@@ -422,9 +431,7 @@ pub fn gelu_erf_in_place(o: &mut [f32]) {
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
 pub fn gelu_tanh_in_place(o: &mut [f32]) {
     for o in o.iter_mut() {
-        let x = *o;
-        let t = tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
-        *o = 0.5 * x * (1.0 + t);
+        *o = gelu_tanh_of(*o);
     }
 }
 
@@ -446,9 +453,15 @@ fn tanh(u: f32) -> f32 {
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
 fn gelu_tanh_chunk(o: &mut [f32], x: &[f32]) {
     for (o, &x) in o.iter_mut().zip(x) {
-        let t = tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
-        *o = 0.5 * x * (1.0 + t);
+        *o = gelu_tanh_of(x);
     }
+}
+
+/// `0.5 x (1 + tanh(c (x + 0.044715 x^3)))`, one element.
+#[inline(always)]
+fn gelu_tanh_of(x: f32) -> f32 {
+    let t = tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
+    0.5 * x * (1.0 + t)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
