@@ -27,6 +27,17 @@ pub fn job_prefix(sweep: &str, job: &str) -> String {
     format!("sweeps/{}/jobs/{}", sanitize(sweep), sanitize(job))
 }
 
+/// `sweeps/<sweep>/jobs/<job>/checkpoint/<config_hash>.safetensors`: where
+/// a training job's latest end-of-epoch checkpoint waits for the attempt
+/// that resumes it.
+pub fn checkpoint_key(sweep: &str, job: &str, config_hash: &str) -> String {
+    format!(
+        "{}/checkpoint/{}.safetensors",
+        job_prefix(sweep, job),
+        sanitize(config_hash)
+    )
+}
+
 /// `sweeps/<sweep>`: the folder of a sweep's aggregates.
 pub fn sweep_prefix(sweep: &str) -> String {
     format!("sweeps/{}", sanitize(sweep))

@@ -110,6 +110,10 @@ pub struct RunSummary {
     /// have dendrites: what the dendrites themselves contribute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knockout: Option<Knockout>,
+    /// The epoch of the checkpoint this run resumed from (an earlier
+    /// attempt trained the epochs up to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_after: Option<usize>,
 }
 
 /// A run's parameters scored without their dendrite (or branch) terms.

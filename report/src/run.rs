@@ -441,6 +441,7 @@ pub(crate) mod tests {
             test_labels: vec![0, 1, 2, 1],
             test_predictions: vec![0, 1, 2, 2],
             knockout: None,
+            resumed_after: None,
         }
     }
 

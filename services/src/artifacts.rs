@@ -271,6 +271,23 @@ impl Artifacts {
         Ok(())
     }
 
+    /// Removes one object; an absent one is no error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One object, or `None` when there is none under `key`.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         Ok(self.store.get(&self.path(key)).await?.bytes().await?)
     }

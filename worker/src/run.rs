@@ -52,13 +52,15 @@ pub struct RunArgs {
     pub tracking: TrackingArgs,
 }
 
-struct Bars {
+struct Bars<'a> {
     bar: ProgressBar,
     job: String,
     tracked: Option<EpochSender>,
+    /// Where end-of-epoch checkpoints go.
+    checkpoints: (&'a Store, String),
 }
 
-impl Progress for Bars {
+impl Progress for Bars<'_> {
     fn start_epoch(&mut self, epoch: usize, steps: usize) {
         self.bar.set_length(steps as u64);
         self.bar.set_position(0);
@@ -87,6 +89,16 @@ impl Progress for Bars {
             eprintln!("{line}");
         } else {
             self.bar.println(line);
+        }
+    }
+    fn checkpoint(&mut self, epoch: usize, save: &mut dyn FnMut() -> candle_core::Result<Vec<u8>>) {
+        let (store, key) = &self.checkpoints;
+        let stored = save()
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| store.put(key, bytes));
+        if let Err(e) = stored {
+            self.bar
+                .println(format!("{} epoch {epoch}: no checkpoint: {e:#}", self.job));
         }
     }
 }
@@ -122,6 +134,25 @@ impl Store {
             .is_ok()
     }
 
+    /// Stores one object (written to a temporary file, then renamed).
+    fn put(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.rt
+            .block_on(
+                self.store
+                    .put(&StorePath::from(key), PutPayload::from(bytes)),
+            )
+            .with_context(|| format!("cannot store {key}"))?;
+        Ok(())
+    }
+
+    /// Removes one object; an absent one is no error.
+    fn delete(&self, key: &str) -> anyhow::Result<()> {
+        match self.rt.block_on(self.store.delete(&StorePath::from(key))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {key}")),
+        }
+    }
+
     fn put_all(&self, folder: &str, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
         self.rt.block_on(async {
             for (name, bytes) in files {
@@ -134,6 +165,11 @@ impl Store {
             anyhow::Ok(())
         })
     }
+}
+
+/// The epoch a checkpoint was written after, when it can be read.
+fn checkpoint_epoch(bytes: &[u8]) -> Option<usize> {
+    crate::engine::train::checkpoint::Checkpoint::epoch_of(bytes).ok()
 }
 
 /// The files of a finished run in `folder`, when all of them are there.
@@ -231,17 +267,25 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             };
             sink.start(job, rt.handle())
         });
+        let checkpoint = artifacts::checkpoint_key(&sweep.name, &j.id, &j.config_hash);
+        // An earlier run of this job that stopped part-way goes on from its
+        // last finished epoch.
+        let resume = store.get(&checkpoint);
+        if let Some(epoch) = resume.as_deref().and_then(checkpoint_epoch) {
+            println!("{}: resuming after epoch {epoch}", j.id);
+        }
         let mut bars = Bars {
             bar: bar.clone(),
             job: j.id.clone(),
             tracked: tracker.as_ref().map(|t| t.epochs()),
+            checkpoints: (&store, checkpoint.clone()),
         };
         let ids = RunIds {
             sweep: &sweep.name,
             job_id: &j.id,
             config_hash: &j.config_hash,
         };
-        let outcome = pipeline::run(&j.spec, &ids, &device, &mut bars);
+        let outcome = pipeline::run(&j.spec, &ids, &device, &mut bars, resume.as_deref());
         bar.finish_and_clear();
         if let (Some(t), Some((_, rt))) = (tracker, &tracking) {
             let end = match &outcome {
@@ -256,6 +300,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         match outcome {
             Ok(out) => {
                 store.put_all(&prefix, &out.files)?;
+                store.delete(&checkpoint)?;
                 let s = &out.summary;
                 println!(
                     "{}: test accuracy {:.4}, macro-F1 {:.4}, weighted-F1 {:.4}, best epoch {}/{}, {:.0}s training, latency p50 {:.1} ms -> {}/{}",

@@ -86,7 +86,7 @@ fn train(spec: &JobSpec, dir: &Path) -> (PathBuf, pipeline::RunOutput) {
         job_id: "j",
         config_hash: "h",
     };
-    let out = pipeline::run(spec, &ids, &Device::Cpu, &mut Quiet).unwrap();
+    let out = pipeline::run(spec, &ids, &Device::Cpu, &mut Quiet, None).unwrap();
     let bytes = &out
         .files
         .iter()

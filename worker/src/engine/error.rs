@@ -26,6 +26,9 @@ pub enum JobError {
     Artifacts(String),
     #[error("stopped on request")]
     Stopped,
+    /// A checkpoint of this configuration that does not fit its model.
+    #[error("cannot resume: {0}")]
+    Resume(String),
     /// Anything else that may pass on a retry (a store out of reach, a
     /// training thread that panicked).
     #[error("{0}")]
@@ -41,6 +44,7 @@ impl JobError {
                 | JobError::Diverged(_)
                 | JobError::Artifacts(_)
                 | JobError::Stopped
+                | JobError::Resume(_)
                 | JobError::Transient(_)
         )
     }
@@ -51,6 +55,7 @@ impl From<TrainError> for JobError {
         match e {
             TrainError::Stopped => JobError::Stopped,
             TrainError::Candle(e) => JobError::Candle(e),
+            TrainError::Checkpoint(e) => JobError::Resume(e.to_string()),
             e @ TrainError::NonFinite { .. } => JobError::Diverged(e.to_string()),
         }
     }

@@ -21,6 +21,7 @@ use super::expand_env;
 use super::load::{head_prefixes, load_model, load_splits};
 use super::nn::Ctx;
 use super::speed::measure_speed;
+use super::train::checkpoint::Checkpoint;
 use super::train::{self, evaluate, evaluate_with, Progress, RunConfig, Sets};
 use super::trained::{trained_safetensors, RunIds};
 
@@ -51,15 +52,29 @@ pub fn model_name(m: &ModelSpec) -> String {
     }
 }
 
-/// Runs one job to completion.
+/// Runs one job to completion; `resume`: the bytes of a checkpoint an
+/// earlier attempt of the job wrote ([`Progress::checkpoint`]), used when
+/// it is one of this configuration (otherwise the run starts afresh).
 pub fn run(
     spec: &JobSpec,
     ids: &RunIds,
     device: &Device,
     progress: &mut dyn Progress,
+    resume: Option<&[u8]>,
 ) -> Result<RunOutput, JobError> {
     let started = Instant::now();
     spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
+    let resume = resume.and_then(|bytes| match Checkpoint::decode(bytes) {
+        Ok(c) if c.key() == ids.config_hash => Some(c),
+        Ok(c) => {
+            tracing::warn!(job = %ids.job_id, theirs = %c.key(), "a checkpoint of another configuration: starting afresh");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job = %ids.job_id, error = %e, "an unreadable checkpoint: starting afresh");
+            None
+        }
+    });
     let (split, stats) = load_splits(spec)?;
     let labels: Vec<&str> = LABELS.to_vec();
     let loaded = load_model(spec, labels.len(), device, &[])?;
@@ -95,6 +110,7 @@ pub fn run(
             labels: &labels,
             seed: spec.seed,
             frozen_params: loaded.frozen_params,
+            key: ids.config_hash,
         },
         &Sets {
             train: &tr,
@@ -103,6 +119,7 @@ pub fn run(
         },
         device,
         progress,
+        resume.as_ref(),
     )?;
     let weights = spec
         .train
@@ -163,6 +180,7 @@ pub fn run(
         test_labels: te.labels.clone(),
         test_predictions: test_pred,
         knockout,
+        resumed_after: resume.as_ref().map(Checkpoint::epoch),
         speed,
         total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
         trainable_params: loaded.trainable_params + dendrite_params - constant_dendrite_params,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::artifacts::job_prefix;
+use common::artifacts::{checkpoint_key, job_prefix};
 use common::job::{EvalSplit, JobKind, JobMessage};
 use common::settle::{Attempt, RunEnd};
 use common::summary::EpochRecord;
@@ -79,6 +79,16 @@ struct Reporter {
     /// When the current epoch started, and its steps so far.
     epoch_started: Instant,
     epoch_steps: u64,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Where a training job's checkpoints go: the spool at once, then S3 by
+/// [`upload_checkpoints`] (the latest one; one still uploading when the
+/// next comes is replaced).
+struct Checkpoints {
+    spool: super::spool::Spool,
+    msg: JobMessage,
+    latest: tokio::sync::watch::Sender<Option<bytes::Bytes>>,
 }
 
 impl Reporter {
@@ -128,8 +138,60 @@ impl Progress for Reporter {
             ("epoch_done", "1".into()),
         ]);
     }
+    fn checkpoint(&mut self, epoch: usize, save: &mut dyn FnMut() -> candle_core::Result<Vec<u8>>) {
+        let Some(c) = &self.checkpoints else {
+            return;
+        };
+        let bytes = match save() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(job = %c.msg.job_id, epoch, error = %e, "cannot write a checkpoint");
+                return;
+            }
+        };
+        if let Err(e) = c.spool.save_checkpoint(&c.msg, &bytes) {
+            tracing::warn!(job = %c.msg.job_id, epoch, error = %e, "cannot spool the checkpoint");
+        }
+        c.latest.send_replace(Some(bytes.into()));
+        self.progressed();
+    }
     fn should_stop(&self) -> bool {
         self.shared.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// How long a finished run waits for its last checkpoint's upload.
+const CHECKPOINT_UPLOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// Uploads each checkpoint the training thread hands over, until it is done.
+async fn upload_checkpoints(
+    artifacts: services::artifacts::Artifacts,
+    key: String,
+    mut latest: tokio::sync::watch::Receiver<Option<bytes::Bytes>>,
+) {
+    while latest.changed().await.is_ok() {
+        let Some(bytes) = latest.borrow_and_update().clone() else {
+            continue;
+        };
+        if let Err(e) = artifacts.put(&key, bytes).await {
+            tracing::warn!(key, error = %e, "cannot store the checkpoint; it waits in the spool");
+        }
+    }
+}
+
+/// The newest checkpoint of this job and configuration: this worker's
+/// spool, else the store.
+async fn resume_from(ctx: &Ctx, msg: &JobMessage) -> Option<Vec<u8>> {
+    if let Some(b) = ctx.spool.checkpoint(msg) {
+        return Some(b);
+    }
+    let key = checkpoint_key(&msg.sweep, &msg.job_id, &msg.config_hash);
+    match ctx.artifacts.get_opt(&key).await {
+        Ok(b) => b.map(|b| b.to_vec()),
+        Err(e) => {
+            tracing::warn!(job = %msg.job_id, error = %e, "cannot read the job's checkpoint; training from the start");
+            None
+        }
     }
 }
 
@@ -186,6 +248,12 @@ pub(super) async fn execute(
         rx,
     ));
     let tracker = track(ctx, msg, at);
+    let (latest, uploads) = tokio::sync::watch::channel(None);
+    let uploader = tokio::spawn(upload_checkpoints(
+        ctx.artifacts.clone(),
+        checkpoint_key(&msg.sweep, &msg.job_id, &msg.config_hash),
+        uploads,
+    ));
     let reporter = Reporter {
         tx,
         shared: shared.clone(),
@@ -196,6 +264,11 @@ pub(super) async fn execute(
         batch: msg.spec.train.batch_size as u64,
         epoch_started: Instant::now(),
         epoch_steps: 0,
+        checkpoints: Some(Checkpoints {
+            spool: ctx.spool.clone(),
+            msg: msg.clone(),
+            latest,
+        }),
     };
     ctx.metrics.job_started();
     let spooled = ctx.spool.find(msg);
@@ -205,7 +278,10 @@ pub(super) async fn execute(
             drop(reporter);
             Ok(Vec::new())
         }
-        JobKind::Train => train(device, msg, reporter).await,
+        JobKind::Train => {
+            let resume = resume_from(ctx, msg).await;
+            train(device, msg, reporter, resume).await
+        }
         JobKind::Validate {
             source,
             split,
@@ -216,6 +292,17 @@ pub(super) async fn execute(
         }
     };
     shared.uploading.store(true, Ordering::SeqCst);
+    // Training is over (its sender is gone): the last checkpoint's upload
+    // ends before anything else, so that a hand-back leaves it for the
+    // next attempt and a success removes it after it is stored.
+    let mut uploader = uploader;
+    if tokio::time::timeout(CHECKPOINT_UPLOAD_WAIT, &mut uploader)
+        .await
+        .is_err()
+    {
+        tracing::warn!(job = %msg.job_id, "the last checkpoint is still uploading: left to the spool");
+        uploader.abort();
+    }
     // What MLflow gets: the files as they are about to be stored.
     let tracked_files = match (&tracker, &result, &spooled) {
         (Some(_), Ok(files), None) => files.clone(),
@@ -321,6 +408,7 @@ async fn train(
     device: &str,
     msg: &JobMessage,
     mut reporter: Reporter,
+    resume: Option<Vec<u8>>,
 ) -> Result<Vec<(String, Vec<u8>)>, JobError> {
     let spec = msg.spec.clone();
     let (sweep, job_id, hash) = (
@@ -337,7 +425,7 @@ async fn train(
             job_id: &job_id,
             config_hash: &hash,
         };
-        pipeline::run(&spec, &ids, &device, &mut reporter)
+        pipeline::run(&spec, &ids, &device, &mut reporter, resume.as_deref())
     })
     .await
     .map_err(join_error)??;
@@ -383,7 +471,10 @@ async fn upload(
                     .put_all(&folder, &with_manifest(msg, at, ctx, files))
                     .await
                 {
-                    Ok(()) => RunEnd::Succeeded { artifacts: folder },
+                    Ok(()) => {
+                        forget_checkpoint(ctx, msg).await;
+                        RunEnd::Succeeded { artifacts: folder }
+                    }
                     Err(e) => RunEnd::Transient(e.to_string()),
                 };
             }
@@ -409,9 +500,19 @@ async fn upload(
     match ctx.artifacts.put_dir(&folder, &dir).await {
         Ok(()) => {
             ctx.spool.remove(msg);
+            forget_checkpoint(ctx, msg).await;
             RunEnd::Succeeded { artifacts: folder }
         }
         Err(e) => RunEnd::Transient(format!("{e} (the run's files wait in the spool)")),
+    }
+}
+
+/// The job's files are stored: its checkpoints are of no further use.
+async fn forget_checkpoint(ctx: &Ctx, msg: &JobMessage) {
+    ctx.spool.remove_checkpoint(msg);
+    let key = checkpoint_key(&msg.sweep, &msg.job_id, &msg.config_hash);
+    if let Err(e) = ctx.artifacts.delete(&key).await {
+        tracing::warn!(key, error = %e, "cannot remove the job's checkpoint");
     }
 }
 

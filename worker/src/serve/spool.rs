@@ -4,7 +4,10 @@
 //! the spooled files instead of training again. One folder per job and
 //! config hash under `<spool>/<namespace>/`, written whole (a temporary
 //! folder of its own per save, synced, renamed into place), removed once
-//! stored, and pruned while serving when its job ran elsewhere.
+//! stored, and pruned while serving when its job ran elsewhere. Beside
+//! them, each training job's latest end-of-epoch checkpoint
+//! (`<job>-<hash>.checkpoint`, replaced whole), kept until the job's files
+//! are stored.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +16,7 @@ use common::artifacts::sanitize;
 use common::job::JobMessage;
 
 /// The spool of one namespace.
+#[derive(Clone)]
 pub(super) struct Spool {
     root: PathBuf,
 }
@@ -71,6 +75,38 @@ impl Spool {
         let _ = std::fs::remove_dir_all(self.dir(msg));
     }
 
+    fn checkpoint_path(&self, msg: &JobMessage) -> PathBuf {
+        self.root.join(format!(
+            "{}-{}.checkpoint",
+            sanitize(&msg.job_id),
+            msg.config_hash
+        ))
+    }
+
+    /// Replaces the job's checkpoint with `bytes`: a temporary file of its
+    /// own, synced, renamed into place, the folder synced.
+    pub fn save_checkpoint(&self, msg: &JobMessage, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(&self.root)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(&self.root)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(self.checkpoint_path(msg))
+            .map_err(|e| e.error)?;
+        std::fs::File::open(&self.root)?.sync_all()
+    }
+
+    /// The job's latest checkpoint, when this worker wrote one.
+    pub fn checkpoint(&self, msg: &JobMessage) -> Option<Vec<u8>> {
+        std::fs::read(self.checkpoint_path(msg)).ok()
+    }
+
+    pub fn remove_checkpoint(&self, msg: &JobMessage) {
+        let _ = std::fs::remove_file(self.checkpoint_path(msg));
+    }
+
     /// Removes what has waited longer than `age` (its job ran elsewhere).
     pub fn prune(&self, age: Duration) {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
@@ -84,7 +120,12 @@ impl Spool {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|a| a > age);
             if old {
-                let _ = std::fs::remove_dir_all(e.path());
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(path)
+                } else {
+                    std::fs::remove_file(path)
+                };
             }
         }
     }
@@ -131,11 +172,24 @@ mod tests {
         spool.remove(&a);
         assert!(spool.find(&a).is_none());
         spool.save(&b, &[]).unwrap();
+        spool.save_checkpoint(&b, b"epoch 1").unwrap();
+        spool.save_checkpoint(&b, b"epoch 2").unwrap();
+        assert_eq!(spool.checkpoint(&b).as_deref(), Some(&b"epoch 2"[..]));
+        assert!(spool.checkpoint(&a).is_none(), "another job's checkpoint");
         spool.prune(Duration::from_secs(3600));
         assert!(spool.find(&b).is_some(), "recent runs are kept");
+        assert!(
+            spool.checkpoint(&b).is_some(),
+            "recent checkpoints are kept"
+        );
         std::thread::sleep(Duration::from_millis(20));
         spool.prune(Duration::from_millis(10));
         assert!(spool.find(&b).is_none());
+        assert!(spool.checkpoint(&b).is_none());
+        assert_eq!(
+            std::fs::read_dir(base.path().join("ns")).unwrap().count(),
+            0
+        );
     }
 
     /// Jobs of a sweep whose name holds a dot, saved from two threads at

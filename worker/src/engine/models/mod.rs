@@ -265,6 +265,36 @@ impl Model {
         Ok(())
     }
 
+    /// The tensors of dendrites taken with [`Model::dendrite_snapshot`],
+    /// named as in [`Model::dendrite_tensors`].
+    pub fn dendrite_tensors_of(&mut self, snap: &[Option<Dendrites>]) -> Vec<(String, Param)> {
+        let mut v = Vec::new();
+        for (l, s) in self.linears_mut().into_iter().zip(snap) {
+            if let Some(d) = s {
+                v.extend(d.named(&l.name));
+            }
+        }
+        v
+    }
+
+    /// Dendrites rebuilt from tensors named as in
+    /// [`Model::dendrite_tensors`] (`get` returns one by name), shaped as
+    /// this model's wrapped layers, for [`Model::restore_dendrites`].
+    pub fn dendrites_from(
+        &mut self,
+        mut get: impl FnMut(&str) -> Option<Tensor>,
+    ) -> candle_core::Result<Vec<Option<Dendrites>>> {
+        self.linears_mut()
+            .into_iter()
+            .map(|l| {
+                l.dendrites
+                    .as_ref()
+                    .map(|d| d.emptied().from_saved(&l.name, &mut get))
+                    .transpose()
+            })
+            .collect()
+    }
+
     /// The token that pads batches.
     pub fn pad_id(&self) -> u32 {
         match self {

@@ -162,6 +162,16 @@ impl Dendrites {
         self
     }
 
+    /// The same layer's dendrites with no set added yet.
+    pub fn emptied(&self) -> Dendrites {
+        Dendrites {
+            modules: Vec::new(),
+            t: Vec::new(),
+            d: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.modules.len()
     }
@@ -353,7 +363,12 @@ impl Dendrites {
                 var(t)?
             });
             if j >= 1 {
-                self.d.push(var(p(&mut get, "D")?)?);
+                let d = p(&mut get, "D")?;
+                self.d.push(if self.branch {
+                    Param::Frozen(d)
+                } else {
+                    var(d)?
+                });
             }
             j += 1;
         }

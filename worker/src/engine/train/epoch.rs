@@ -23,6 +23,8 @@ use crate::engine::nn::Ctx;
 /// The parameters being trained and their optimiser; rebuilt whenever
 /// dendrites are added.
 pub struct Optimised {
+    /// The parameters' names, in the optimiser's order.
+    pub names: Vec<String>,
     pub vars: Vec<Var>,
     pub opt: AdamW,
 }
@@ -44,6 +46,7 @@ impl Optimised {
             })
             .collect();
         Ok(Optimised {
+            names: trainable.iter().map(|(n, _)| n.clone()).collect(),
             vars: trainable.iter().map(|(_, v)| v.clone()).collect(),
             opt: AdamW::with_groups(&groups)?,
         })

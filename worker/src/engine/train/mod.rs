@@ -5,6 +5,7 @@
 //! Progress goes to an injected [`Progress`] sink; the loop does no IO.
 
 pub mod accumulate;
+pub mod checkpoint;
 pub mod epoch;
 pub mod loss;
 pub mod optim;
@@ -40,6 +41,8 @@ pub enum TrainError {
         batch: usize,
     },
     #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
@@ -59,6 +62,15 @@ pub trait Progress {
     fn start_epoch(&mut self, _epoch: usize, _steps: usize) {}
     fn step(&mut self, _epoch: usize, _step: usize, _loss: f64) {}
     fn end_epoch(&mut self, _record: &EpochRecord) {}
+    /// After every epoch that training goes on from: `save` returns the
+    /// run's resumable state as checkpoint bytes ([`checkpoint`]). Call it
+    /// here or never: training goes on changing the tensors it reads.
+    fn checkpoint(
+        &mut self,
+        _epoch: usize,
+        _save: &mut dyn FnMut() -> candle_core::Result<Vec<u8>>,
+    ) {
+    }
     /// Polled before every batch: `true` ends training with [`TrainError::Stopped`].
     fn should_stop(&self) -> bool {
         false
@@ -93,6 +105,28 @@ pub struct RunConfig<'a> {
     pub seed: u64,
     /// Base parameters that never train (frozen or quantized), for counts.
     pub frozen_params: usize,
+    /// The run's configuration hash, written into its checkpoints.
+    pub key: &'a str,
+}
+
+/// What the loop carries from one epoch to the next besides the model:
+/// with the model's tensors, what a checkpoint holds.
+pub(crate) struct LoopState {
+    params: Optimised,
+    schedule: LrSchedule,
+    rng: ChaCha8Rng,
+    dendrite_rng: ChaCha8Rng,
+    state: TrackerState,
+    best: Option<Snapshot>,
+    history: Vec<EpochRecord>,
+    switches: Vec<usize>,
+    /// Epochs finished.
+    epoch: usize,
+}
+
+/// The seed of the stream new dendrite sets are drawn from.
+fn dendrite_seed(seed: u64) -> u64 {
+    seed ^ 0x00de_4d21_7e00
 }
 
 /// The splits of a run.
@@ -106,7 +140,9 @@ pub struct Sets<'a> {
 /// Trains `model` in place under the tracker's rules and leaves it holding
 /// the best snapshot's weights and dendrites. `base_trainable`: every
 /// trained tensor of the base network, adapters and head (dendrite tensors
-/// are taken from the model as they are added).
+/// are taken from the model as they are added). `resume`: a checkpoint of
+/// the same run to go on from (the model freshly loaded, as for a start).
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &mut Model,
     base_trainable: &[(String, Var)],
@@ -114,6 +150,7 @@ pub fn train(
     sets: &Sets,
     device: &Device,
     progress: &mut dyn Progress,
+    resume: Option<&checkpoint::Checkpoint>,
 ) -> Result<Trained, TrainError> {
     let spec = cfg.train;
     let weights = spec
@@ -127,53 +164,64 @@ pub fn train(
     );
     let base_vars: Vec<Var> = base_trainable.iter().map(|(_, v)| v.clone()).collect();
     let base_count: usize = base_vars.iter().map(|v| v.elem_count()).sum();
-    let mut params = Optimised::new(base_trainable, model, cfg)?;
-    let steps_per_epoch = sets
-        .train
-        .ids
-        .len()
-        .div_ceil(spec.batch_size)
-        .div_ceil(spec.grad_accum);
-    let mut schedule = LrSchedule::new(spec, steps_per_epoch);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut dendrite_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x00de_4d21_7e00);
-    let mut state = TrackerState::default();
-    let mut best: Option<Snapshot> = None;
-    let mut history: Vec<EpochRecord> = Vec::new();
-    let mut switches = Vec::new();
+    let (mut lp, earlier_seconds) = match resume {
+        Some(ck) => checkpoint::restore(ck, model, base_trainable, cfg, device)?,
+        None => {
+            let steps_per_epoch = sets
+                .train
+                .ids
+                .len()
+                .div_ceil(spec.batch_size)
+                .div_ceil(spec.grad_accum);
+            let lp = LoopState {
+                params: Optimised::new(base_trainable, model, cfg)?,
+                schedule: LrSchedule::new(spec, steps_per_epoch),
+                rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+                dendrite_rng: ChaCha8Rng::seed_from_u64(dendrite_seed(cfg.seed)),
+                state: TrackerState::default(),
+                best: None,
+                history: Vec::new(),
+                switches: Vec::new(),
+                epoch: 0,
+            };
+            (lp, 0.0)
+        }
+    };
     let started = Instant::now();
-    for epoch in 1..=spec.epochs {
+    for epoch in lp.epoch + 1..=spec.epochs {
         let fit = train_epoch(
             model,
-            &mut params,
-            &mut schedule,
+            &mut lp.params,
+            &mut lp.schedule,
             sets.train,
             cfg,
             weights.as_deref(),
             epoch,
-            &mut rng,
+            &mut lp.rng,
             device,
             progress,
         )?;
         let checked = validate_epoch(model, sets, cfg, weights.as_deref(), device)?;
         let step = tracker::add_validation_score(
             &tcfg,
-            &state,
-            best.as_ref().map(|b| &b.state),
+            &lp.state,
+            lp.best.as_ref().map(|b| &b.state),
             checked.score,
         );
         if let Some(snap_state) = step.snapshot.clone() {
-            best = Some(Snapshot::take(model, &base_vars, snap_state, epoch)?);
+            lp.best = Some(Snapshot::take(model, &base_vars, snap_state, epoch)?);
         }
-        let dendrite_params = params.param_count() - base_count + model.constant_dendrite_params();
+        let dendrite_params =
+            lp.params.param_count() - base_count + model.constant_dendrite_params();
         let counts = Counts {
             dendrite_params,
             total_params: cfg.frozen_params + base_count + dendrite_params,
         };
         let record = epoch_record(model, epoch, &fit, &checked, &step, counts)?;
         progress.end_epoch(&record);
-        history.push(record);
-        state = step.state;
+        lp.history.push(record);
+        lp.state = step.state;
+        lp.epoch = epoch;
         // The budget is spent: nothing more is added, the best snapshot wins.
         let decision = if epoch == spec.epochs {
             Decision::Complete
@@ -182,38 +230,43 @@ pub fn train(
         };
         // The smoke mode keeps what it grew; real runs restore the best.
         if decision != Decision::Continue && !tcfg.testing_capacity {
-            if let Some(b) = &best {
+            if let Some(b) = &lp.best {
                 b.restore(model, &base_vars)?;
-                for r in history.iter_mut().filter(|r| r.epoch > b.epoch) {
+                for r in lp.history.iter_mut().filter(|r| r.epoch > b.epoch) {
                     r.discarded = true;
                 }
             }
         }
         match decision {
             Decision::Continue => {
+                let state = &lp.state;
                 let since_improved =
                     state.epoch - 1 - state.epoch_last_improved.min(state.epoch - 1);
-                schedule.end_epoch(epoch, since_improved);
+                lp.schedule.end_epoch(epoch, since_improved);
             }
             Decision::Restructure => {
                 if cfg.add_sets {
                     let scale = cfg.dendrites.map_or(0.01, |d| d.init_scale);
-                    model.add_dendrite_set(&mut dendrite_rng, scale)?;
+                    model.add_dendrite_set(&mut lp.dendrite_rng, scale)?;
                 }
-                switches.push(epoch);
-                params = Optimised::new(base_trainable, model, cfg)?;
-                schedule.restart(epoch);
+                lp.switches.push(epoch);
+                lp.params = Optimised::new(base_trainable, model, cfg)?;
+                lp.schedule.restart(epoch);
             }
             Decision::Complete => break,
         }
+        let seconds = earlier_seconds + started.elapsed().as_secs_f64();
+        progress.checkpoint(epoch, &mut || {
+            checkpoint::encode(cfg.key, epoch, model, base_trainable, &lp, seconds)
+        });
     }
     Ok(Trained {
-        best_epoch: best.as_ref().map_or(history.len(), |b| b.epoch),
-        tracker: best.map(|b| b.state).unwrap_or(state),
-        history,
-        switch_epochs: switches,
-        train_seconds: started.elapsed().as_secs_f64(),
-        steps: schedule.steps(),
+        best_epoch: lp.best.as_ref().map_or(lp.history.len(), |b| b.epoch),
+        tracker: lp.best.map(|b| b.state).unwrap_or(lp.state),
+        history: lp.history,
+        switch_epochs: lp.switches,
+        train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+        steps: lp.schedule.steps(),
     })
 }
 

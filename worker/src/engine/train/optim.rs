@@ -57,6 +57,55 @@ struct Slot {
     lr_mult: f64,
 }
 
+impl Slot {
+    fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let host = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let Some(fused) = &self.fused else {
+            return Ok((host(&self.m)?, host(&self.v)?));
+        };
+        let fused = fused
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        match (&*fused, self.var.device()) {
+            (Moments::Cpu(m, v), _) => Ok((m.clone(), v.clone())),
+            #[cfg(feature = "cuda")]
+            (Moments::Cuda(m, v), candle_core::Device::Cuda(dev)) => {
+                Ok((dev.clone_dtoh(m)?, dev.clone_dtoh(v)?))
+            }
+            #[cfg(feature = "cuda")]
+            _ => candle_core::bail!("CUDA moments of a variable off the GPU"),
+        }
+    }
+
+    fn load(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        let n = self.var.elem_count();
+        if m.len() != n || v.len() != n {
+            candle_core::bail!("optimiser moments of {} values, {n} expected", m.len());
+        }
+        let Some(fused) = &self.fused else {
+            let back = |x: Vec<f32>| {
+                Tensor::from_vec(x, self.var.shape(), &candle_core::Device::Cpu)?
+                    .to_dtype(self.var.dtype())?
+                    .to_device(self.var.device())
+            };
+            self.m = back(m)?;
+            self.v = back(v)?;
+            return Ok(());
+        };
+        let mut fused = fused
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        *fused = match self.var.device() {
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(dev) => {
+                Moments::Cuda(dev.clone_htod(&m)?, dev.clone_htod(&v)?)
+            }
+            _ => Moments::Cpu(m, v),
+        };
+        Ok(())
+    }
+}
+
 /// AdamW (decoupled weight decay, bias-corrected), as PyTorch's `AdamW`.
 pub struct AdamW {
     slots: Vec<Slot>,
@@ -105,6 +154,34 @@ impl AdamW {
             eps: 1e-8,
             step: 0,
         })
+    }
+
+    /// Updates taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Every parameter's first and second moments, in f32, in the order
+    /// the parameters were given.
+    pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        self.slots.iter().map(Slot::moments).collect()
+    }
+
+    /// Puts back what [`AdamW::moments`] and [`AdamW::steps`] returned for
+    /// the same parameters.
+    pub fn load(&mut self, steps: u64, moments: Vec<(Vec<f32>, Vec<f32>)>) -> Result<()> {
+        if moments.len() != self.slots.len() {
+            candle_core::bail!(
+                "optimiser state for {} parameters, {} expected",
+                moments.len(),
+                self.slots.len()
+            );
+        }
+        for (s, (m, v)) in self.slots.iter_mut().zip(moments) {
+            s.load(m, v)?;
+        }
+        self.step = steps;
+        Ok(())
     }
 
     /// One update with learning rate `lr` from the gradients in `grads`

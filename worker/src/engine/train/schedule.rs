@@ -23,7 +23,7 @@ pub fn scheduled_lr(base: f64, step: usize, total: usize, warmup: usize, kind: S
 }
 
 /// Where the schedule stands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LrSchedule {
     base: f64,
     kind: Schedule,

@@ -35,6 +35,31 @@ impl Snapshot {
         })
     }
 
+    /// A snapshot from its parts (a checkpoint read back).
+    pub fn from_parts(
+        vars: Vec<Tensor>,
+        dendrites: Vec<Option<Dendrites>>,
+        state: TrackerState,
+        epoch: usize,
+    ) -> Self {
+        Snapshot {
+            vars,
+            dendrites,
+            state,
+            epoch,
+        }
+    }
+
+    /// The saved copies of the base trainable tensors, in their order.
+    pub fn vars(&self) -> &[Tensor] {
+        &self.vars
+    }
+
+    /// The saved dendrites, one entry per linear layer of the model.
+    pub fn dendrites(&self) -> &[Option<Dendrites>] {
+        &self.dendrites
+    }
+
     /// Puts the saved weights and dendrites back.
     pub fn restore(&self, model: &mut Model, base_vars: &[Var]) -> Result<()> {
         for (v, t) in base_vars.iter().zip(&self.vars) {
