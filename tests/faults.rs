@@ -451,3 +451,85 @@ async fn redis_unreachable_past_the_lease_does_not_stop_the_job() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// A worker SIGKILLed while it trains epoch 3 of 4: the next attempt, on
+/// another worker, resumes from the checkpoint stored after epoch 2 (it
+/// trains epochs 3 and 4 only) and ends with the metrics of a run that
+/// never stopped (`worker run` of the same sweep, same threads); the
+/// checkpoint is gone once the job's files are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_run_resumes_after_its_last_epoch() {
+    let s = setup("resume");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let file = sweep(&s, "resume", 4, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("resume").await.unwrap().remove(0);
+    let hash = common::sweep::Sweep::load(&file).unwrap().jobs[0]
+        .config_hash
+        .clone();
+    let services = common::config::Services::from_lookup(|k| s.env.get(k).cloned()).unwrap();
+    let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
+    let checkpoint = common::artifacts::checkpoint_key("resume", &job, &hash);
+    let mut a = worker(&s, "ka");
+    wait_for(&state, &job, 600, |h| {
+        h.get("epoch").map(String::as_str) == Some("3")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s3.exists(&checkpoint).await.unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint stored after epoch 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&a.0, "KILL");
+    a.0.wait().unwrap();
+    let _b = worker(&s, "kb");
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["generation"], "2", "{h:?}");
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    // The audit also finds no file outside the attempt folder: the
+    // checkpoint was removed.
+    audit(&s.env, &state, &broker, "resume", &job, "kb", 1).await;
+    assert!(!s3.exists(&checkpoint).await.unwrap());
+    let resumed: common::summary::RunSummary = serde_json::from_slice(
+        &s3.get(&format!("{}/metrics.json", h["artifacts"]))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resumed.resumed_after, Some(2));
+    assert_eq!(resumed.epochs_run, 4);
+    // The same sweep, never stopped.
+    let out = s.dir.path().join("whole");
+    let o = Command::new(binary("worker"))
+        .args(["run", file.to_str().unwrap(), "--threads", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole: common::summary::RunSummary = serde_json::from_slice(
+        &std::fs::read(
+            out.join(common::artifacts::job_prefix("resume", &job))
+                .join("metrics.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resumed.test, whole.test);
+    assert_eq!(resumed.val, whole.val);
+    assert_eq!(resumed.test_predictions, whole.test_predictions);
+    assert_eq!(resumed.best_epoch, whole.best_epoch);
+    let curve = |r: &common::summary::RunSummary| -> Vec<(f64, f64, f64)> {
+        r.history
+            .iter()
+            .map(|e| (e.train_loss, e.val_loss, e.val_macro_f1))
+            .collect()
+    };
+    assert_eq!(curve(&resumed), curve(&whole));
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
