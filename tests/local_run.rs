@@ -297,3 +297,73 @@ fn producer_expands_the_shipped_sweeps() {
         assert_eq!(listed, jobs, "{file}");
     }
 }
+
+/// `worker run` killed after its first epoch's checkpoint resumes there
+/// when run again: it says so, trains the epochs left, and leaves no
+/// checkpoint behind.
+#[test]
+fn a_killed_worker_run_resumes_after_its_last_epoch() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("sweep.toml");
+    let minilm = required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    std::fs::write(
+        &file,
+        format!(
+            "[sweep]\nname = \"again\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\nmax_len = 48\n\
+             [base.data]\npath = \"{}\"\n[base.train]\nepochs = 3\nbatch_size = 32\nlr = 2e-2\n\
+             [base.tracker]\nmode = \"never\"\n",
+            fpb()
+        ),
+    )
+    .unwrap();
+    let jobs = out.path().join("runs/sweeps/again/jobs");
+    let mut first = Command::new(binary("worker"))
+        .args(["run", file.to_str().unwrap(), "--threads", "2", "--out"])
+        .arg(out.path().join("runs"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = || -> Option<std::path::PathBuf> {
+        let job = std::fs::read_dir(&jobs).ok()?.next()?.ok()?.path();
+        // The store writes a temporary file first, then renames it.
+        std::fs::read_dir(job.join("checkpoint"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while checkpoint().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "the run ended first");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = worker_run(&file, out.path());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("resuming after epoch 1"), "{stdout}");
+    let job = std::fs::read_dir(&jobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let m: common::summary::RunSummary =
+        serde_json::from_slice(&std::fs::read(job.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m.resumed_after, Some(1));
+    assert_eq!(
+        m.history.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(checkpoint().is_none(), "the checkpoint is removed");
+}
