@@ -533,3 +533,42 @@ async fn a_killed_run_resumes_after_its_last_epoch() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// A job whose evaluation, knock-out pass and latency measurement outlast
+/// `--stall-secs` many times over, beside a second worker and a reconciler
+/// ready to take stalled jobs over: every loop that takes time signals
+/// progress, so the lease holds and the first attempt finishes the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_evaluation_is_progress_not_a_stall() {
+    let s = setup("slowval");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let minilm = system_tests::required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fpb = system_tests::required_env("FPB_DIR", "the Financial PhraseBank directory");
+    let file = s.dir.path().join("slowval.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sweep]\nname = \"slowval\"\n[base]\nvariant = \"dendritic\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\nmax_len = 128\n\
+             [base.data]\npath = \"{fpb}\"\nagreement = \"50Agree\"\n[base.train]\nepochs = 1\nbatch_size = 32\nlr = 2e-2\n\
+             [base.tracker]\ntest_every_epoch = true\n[grid]\nseed = [0]\n"
+        ),
+    )
+    .unwrap();
+    submit(&s, &file);
+    let job = state.sweep_jobs("slowval").await.unwrap().remove(0);
+    let reconcile = ["--reconcile-secs", "1", "--reconcile-grace-secs", "3"];
+    let mut flags = vec!["--stall-secs", "2"];
+    flags.extend(reconcile);
+    let _a = worker_with(&s, "sa", "cpu", &flags);
+    wait_for(&state, &job, 300, |h| state_is(h, "running")).await;
+    let _b = worker_with(&s, "sb", "cpu", &reconcile);
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h["generation"], "1", "{h:?}");
+    assert_eq!(starts(&state, "slowval", &job).await, vec!["1"]);
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "slowval", &job, "sa", 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

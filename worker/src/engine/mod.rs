@@ -9,6 +9,7 @@
 //! [`base_model`]) and labels new sentences.
 
 pub mod base_model;
+pub mod beat;
 pub mod classify;
 pub mod data;
 pub mod error;

@@ -19,6 +19,7 @@ pub fn measure_speed(
 ) -> candle_core::Result<Speed> {
     let ctx = Ctx::inference();
     let run = |rows: &[Vec<u32>]| -> candle_core::Result<()> {
+        super::beat::beat();
         let b = Batch::new(rows, model.pad_id(), device)?;
         let out = model.forward(&b, &ctx)?;
         // Reading the result synchronises the device.

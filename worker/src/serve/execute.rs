@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::artifacts::{checkpoint_key, job_prefix};
-use common::job::{EvalSplit, JobKind, JobMessage};
+use common::job::{JobKind, JobMessage};
 use common::settle::{Attempt, RunEnd};
 use common::summary::EpochRecord;
 use services::state::now_ms;
@@ -94,6 +94,14 @@ struct Checkpoints {
 impl Reporter {
     fn progressed(&self) {
         self.shared.progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// What the job's loops signal ([`crate::engine::beat`]): progress.
+    fn heard(self: &Arc<Self>) -> impl Fn() + 'static {
+        let shared = self.clone();
+        move || shared.progress_ms.store(now_ms(), Ordering::Relaxed)
     }
 }
 
@@ -288,7 +296,11 @@ pub(super) async fn execute(
             knockout,
         } => {
             drop(reporter);
-            validate(ctx, device, msg, source, *split, *knockout).await
+            let what = pipeline::Rescore {
+                split: *split,
+                knockout: *knockout,
+            };
+            validate(ctx, device, msg, source, what, shared.heard()).await
         }
     };
     shared.uploading.store(true, Ordering::SeqCst);
@@ -425,7 +437,10 @@ async fn train(
             job_id: &job_id,
             config_hash: &hash,
         };
-        pipeline::run(&spec, &ids, &device, &mut reporter, resume.as_deref())
+        let heard = reporter.shared.heard();
+        crate::engine::beat::with(heard, || {
+            pipeline::run(&spec, &ids, &device, &mut reporter, resume.as_deref())
+        })
     })
     .await
     .map_err(join_error)??;
@@ -693,8 +708,8 @@ async fn validate(
     device: &str,
     msg: &JobMessage,
     source: &str,
-    split: EvalSplit,
-    knockout: bool,
+    what: pipeline::Rescore,
+    heard: impl Fn() + Send + 'static,
 ) -> Result<Vec<(String, Vec<u8>)>, JobError> {
     let key = trained_key(ctx, source).await?;
     let bytes = ctx.artifacts.get(&key).await.map_err(|e| match e {
@@ -715,8 +730,9 @@ async fn validate(
     let (summary, files) = tokio::task::spawn_blocking(move || {
         let device =
             crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
-        let what = pipeline::Rescore { split, knockout };
-        pipeline::validate(&spec, &path, &source, what, &job_id, &device)
+        crate::engine::beat::with(heard, || {
+            pipeline::validate(&spec, &path, &source, what, &job_id, &device)
+        })
     })
     .await
     .map_err(join_error)??;

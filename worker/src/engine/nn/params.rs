@@ -132,6 +132,7 @@ impl Params {
         for (i, f) in files.iter().enumerate() {
             // Loaded to CPU first; moved to the device and dtype on first use.
             for (name, t) in candle_core::safetensors::load(f, &Device::Cpu)? {
+                crate::engine::beat::beat();
                 if i >= base_files {
                     overlaid.insert(name.clone());
                 }

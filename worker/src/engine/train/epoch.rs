@@ -232,6 +232,7 @@ pub fn cache_features(
     order.sort_by_key(|&i| data.ids[i].len());
     let mut parts: Vec<(usize, Tensor)> = Vec::new();
     for chunk in order.chunks(batch_size.max(1)) {
+        crate::engine::beat::beat();
         let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| data.ids[i].clone()).collect();
         let f = model
             .body(&Batch::new(&rows, model.pad_id(), device)?, &ctx)?
@@ -272,6 +273,7 @@ pub fn evaluate_with(
     let mut loss_sum = 0.0;
     let mut weight_sum = 0.0;
     for chunk in order.chunks(batch_size.max(1)) {
+        crate::engine::beat::beat();
         let labels: Vec<usize> = chunk.iter().map(|&i| data.labels[i]).collect();
         let logits = logits_of(model, data, chunk, device, ctx)?.detach();
         let w: f64 = labels.iter().map(|&l| weights.map_or(1.0, |w| w[l])).sum();
