@@ -95,10 +95,12 @@ return {2, cur}
 
 /// Starts an attempt in one step: a finished job, a job whose lease is
 /// held, or a cancelled one is not started; a job still `running` whose
-/// lease expired was abandoned by its attempt (a crash): past ARGV[3] such
-/// takeovers it is recorded dead instead. Otherwise the lease is taken
+/// lease expired was abandoned by its attempt, a crash when its worker's
+/// heartbeat (key ARGV[4] .. worker) has expired too (a live worker whose
+/// lease lapsed, in a Redis outage or a stall, is no crash): past ARGV[3]
+/// such takeovers it is recorded dead instead. Otherwise the lease is taken
 /// with the delivery's token, the generation bumped and the job marked
-/// running with ARGV[4..] as fields.
+/// running with ARGV[5..] as fields.
 const START: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
@@ -110,7 +112,9 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('DEL', KEYS[3])
   return {4, cur}
 end
-if cur == 'running' then
+local was = redis.call('HGET', KEYS[1], 'worker')
+local alive = was and redis.call('EXISTS', ARGV[4] .. was) == 1
+if cur == 'running' and not alive then
   local n = redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
   if n > tonumber(ARGV[3]) then
     redis.call('HSET', KEYS[1], 'state', 'dead', 'error',
@@ -120,7 +124,7 @@ if cur == 'running' then
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'lease_token', ARGV[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'state', 'running', 'lease_token', ARGV[1], unpack(ARGV, 5))
 return {1, tostring(g)}
 "#;
 
@@ -576,7 +580,8 @@ impl StateStore {
     /// Starts an attempt of a registered job (see [`Start`]): takes the
     /// lease with `token` for `ttl`, bumps the generation and records
     /// `fields` with state `running`, all in one step. A job abandoned by
-    /// more than `max_takeovers` attempts is recorded dead instead.
+    /// more than `max_takeovers` attempts whose workers' heartbeats had
+    /// expired (crashes) is recorded dead instead.
     pub async fn start(
         &self,
         job: &str,
@@ -592,7 +597,8 @@ impl StateStore {
             .key(self.key(&["cancel", job]))
             .arg(token)
             .arg(ttl.as_millis() as u64)
-            .arg(max_takeovers);
+            .arg(max_takeovers)
+            .arg(self.key(&["worker", ""]));
         for (k, v) in fields {
             inv.arg(*k).arg(v);
         }

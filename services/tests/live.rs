@@ -236,6 +236,46 @@ async fn state_transitions_leases_workers_and_events() {
     let r = s.record("j5").await.unwrap().unwrap();
     assert_eq!(r.state, Some(JobState::Dead));
     assert!(r.error.contains("abandoned by 3 attempt(s)"), "{r:?}");
+    // A lease that lapsed while its worker's heartbeat lives (a Redis
+    // outage, a stall) is taken over without counting as a crash.
+    s.register_job("sw", "j6", &[]).await.unwrap();
+    let alive = WorkerInfo {
+        id: "w-alive".into(),
+        host: "h".into(),
+        devices: "cpu".into(),
+        version: "0".into(),
+        jobs: "j6".into(),
+        heartbeat_ms: 0,
+    };
+    s.heartbeat(&alive, Duration::from_millis(900))
+        .await
+        .unwrap();
+    let on_alive = [("worker", "w-alive".to_string())];
+    for g in 1..=4 {
+        assert_eq!(
+            s.start("j6", &format!("w-alive/{g}"), short, 2, &on_alive)
+                .await
+                .unwrap(),
+            Start::Started { generation: g }
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let r = s.job("j6").await.unwrap();
+    assert_eq!(
+        r.get("takeovers").map(String::as_str).unwrap_or("0"),
+        "0",
+        "{r:?}"
+    );
+    // Its heartbeat gone, the next takeover counts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.start("j6", "w-next/5", short, 2, &on_alive)
+            .await
+            .unwrap(),
+        Start::Started { generation: 5 }
+    );
+    let r = s.job("j6").await.unwrap();
+    assert_eq!(r["takeovers"], "1", "{r:?}");
     assert!(!s.leased("j4").await.unwrap());
     let r = s.record("j2").await.unwrap().unwrap();
     assert_eq!((r.generation, r.state), (2, Some(JobState::Succeeded)));

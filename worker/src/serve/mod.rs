@@ -49,7 +49,9 @@ pub struct ServeArgs {
     /// Devices, one job slot each: `cpu`, or `cuda:0,cuda:1`.
     #[arg(long, default_value = "cpu")]
     pub devices: String,
-    /// This worker's id (default: host name and process id).
+    /// This worker's id (default: host name, process id and a random
+    /// suffix, so that a restarted container, whose process id repeats, is
+    /// a new worker).
     #[arg(long)]
     pub worker_id: Option<String>,
     /// Seconds a job's lease lasts without renewal.
@@ -179,7 +181,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let worker_id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-        format!("{host}-{}", std::process::id())
+        format!(
+            "{host}-{}-{:04x}",
+            std::process::id(),
+            rand::random::<u16>()
+        )
     });
     let s3 = services
         .s3
