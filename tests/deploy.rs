@@ -1013,6 +1013,47 @@ fn workers_run_unprivileged_with_a_read_only_root() {
     found.assert_none("unprivileged workers");
 }
 
+/// Every worker Deployment probes the worker's `/livez` on the port its
+/// `--metrics-addr` listens on (a hung job's worker answers 503 there).
+#[test]
+fn workers_are_probed_for_liveness_on_their_metrics_port() {
+    let docs = documents();
+    let mut found = Findings::default();
+    for d in of_kind(&docs, "Deployment") {
+        let Some((i, c)) = worker_container(d) else {
+            continue;
+        };
+        let at = format!("/spec/template/spec/containers/{i}/livenessProbe/httpGet");
+        let a = args(c);
+        let metrics_port: Option<u64> = flag(&a, "--metrics-addr")
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        found.check(
+            c.pointer("/livenessProbe/httpGet/path") == Some(&json!("/livez")),
+            d,
+            &format!("{at}/path"),
+            "must be /livez",
+        );
+        let port = c.pointer("/livenessProbe/httpGet/port");
+        let resolved = match port {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(name)) => c
+                .pointer("/ports")
+                .and_then(Value::as_array)
+                .and_then(|ps| ps.iter().find(|p| p["name"] == json!(name)))
+                .and_then(|p| p["containerPort"].as_u64()),
+            _ => None,
+        };
+        found.check(
+            resolved.is_some() && resolved == metrics_port,
+            d,
+            &format!("{at}/port"),
+            format!("must be the --metrics-addr port {metrics_port:?}"),
+        );
+    }
+    found.assert_none("liveness probes");
+}
+
 /// `docker compose stop` gives a worker as long as the longest hand-back
 /// (common::settle::hand_back_bound) plus the MLflow flush, like the
 /// Kubernetes grace period.

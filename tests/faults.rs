@@ -572,3 +572,82 @@ async fn a_slow_evaluation_is_progress_not_a_stall() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// A poison job whose data file never yields a byte (a FIFO: the read
+/// blocks for ever, as on a hung network mount) beside a job that trains,
+/// on a worker with two slots: each worker hands the other job back and
+/// exits (status 70) once the poison made no progress for stall + lease;
+/// restarted each time, the poison is recorded dead after the limit and
+/// the other job succeeds once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_job_restarts_its_worker_until_it_is_dead() {
+    let mut s = setup("poison");
+    s.env.insert("QUEUE_DELIVERY_LIMIT".into(), "1".into());
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let minilm = system_tests::required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fifo = s.dir.path().join("fifo");
+    std::fs::create_dir(&fifo).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(fifo.join("Sentences_AllAgree.txt"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let poison_file = s.dir.path().join("poison.toml");
+    std::fs::write(
+        &poison_file,
+        format!(
+            "[sweep]\nname = \"poison\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\n\
+             [base.data]\npath = \"{}\"\n[grid]\nseed = [0]\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    submit(&s, &poison_file);
+    submit(&s, &sweep(&s, "steady", 2, "0"));
+    let poison = state.sweep_jobs("poison").await.unwrap().remove(0);
+    let steady = state.sweep_jobs("steady").await.unwrap().remove(0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut exits = 0;
+    loop {
+        let mut w = worker_with(&s, &format!("p{exits}"), "cpu,cpu", &["--stall-secs", "1"]);
+        let ended = loop {
+            assert!(
+                Instant::now() < deadline,
+                "poison {:?}",
+                state.job(&poison).await
+            );
+            if let Some(status) = w.0.try_wait().unwrap() {
+                break Some(status);
+            }
+            let (p, t) = (
+                state.job(&poison).await.unwrap(),
+                state.job(&steady).await.unwrap(),
+            );
+            if state_is(&p, "dead") && state_is(&t, "succeeded") {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        match ended {
+            Some(status) => {
+                assert_eq!(status.code(), Some(70), "a hung worker's status");
+                exits += 1;
+                assert!(exits <= 4, "the poison is never dead");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(exits, 2, "dead after the second abandoned attempt");
+    let p = state.job(&poison).await.unwrap();
+    assert!(
+        p["error"].contains("abandoned by 2 attempt(s)") || p["error"].contains("delivery_limit"),
+        "{p:?}"
+    );
+    let t = state.job(&steady).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 1)
+        .await
+        .unwrap();
+    audit(&s.env, &state, &broker, "steady", &steady, &t["worker"], 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

@@ -790,6 +790,18 @@ impl StateStore {
         Ok(())
     }
 
+    /// Removes a worker's record at once (it ends): a takeover of its job
+    /// then counts as a crash without waiting for the record to expire.
+    pub async fn forget_worker(&self, id: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: () = redis::pipe()
+            .del(self.key(&["worker", id]))
+            .srem(self.key(&["workers"]), id)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
     /// Live workers (whose heartbeat has not expired).
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         let mut c = self.conn.clone();

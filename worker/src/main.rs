@@ -83,6 +83,9 @@ fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
         .context("cannot size the CPU thread pool")
 }
 
+/// The exit status of a worker that ended because a job's thread hung.
+const EXIT_HUNG: i32 = 70;
+
 fn main() -> anyhow::Result<()> {
     tune_allocator();
     let cli = Cli::parse();
@@ -127,6 +130,14 @@ fn main() -> anyhow::Result<()> {
                     let _ = tx.send(true);
                 });
                 serve::serve(args, services, rx).await
+            })
+            .inspect_err(|e| {
+                if let Some(h) = e.downcast_ref::<serve::Hung>() {
+                    // A hung job's thread would keep the runtime (and the
+                    // process) waiting: end here, for the supervisor.
+                    tracing::error!("{h}");
+                    std::process::exit(EXIT_HUNG);
+                }
             })
         }
     }

@@ -251,6 +251,7 @@ pub(super) async fn execute(
             metrics: ctx.metrics.clone(),
             deadline: Duration::from_secs(ctx.args.deadline_secs.max(1)),
             shutdown: ctx.shutdown.clone(),
+            hung: ctx.hung.clone(),
         },
         shared.clone(),
         rx,
@@ -579,6 +580,8 @@ struct WatchCtx {
     deadline: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
     metrics: super::metrics::Metrics,
+    /// Told when the job's thread has hung (no progress for stall + lease).
+    hung: Arc<tokio::sync::Notify>,
 }
 
 /// Progress writer, lease renewal, and the cancel / shutdown / deadline
@@ -590,6 +593,7 @@ async fn watch(
 ) {
     let started = Instant::now();
     let mut watching_shutdown = true;
+    let mut hung = false;
     let mut tick = tokio::time::interval((w.lease / 3).max(Duration::from_millis(500)));
     // After a freeze (SIGSTOP), one tick, not a burst of missed ones.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -611,6 +615,16 @@ async fn watch(
                 let idle = Duration::from_millis(
                     now_ms().saturating_sub(shared.progress_ms.load(Ordering::Relaxed)),
                 );
+                let working = !shared.uploading.load(Ordering::SeqCst);
+                if working && idle > w.stall + w.lease && !hung {
+                    // The lease is gone and the thread cannot be stopped:
+                    // only a new process gets the slot back.
+                    hung = true;
+                    let why = format!("hung: job {} made no progress for {idle:?}", w.job);
+                    tracing::error!(job = %w.job, ?idle, "the job's thread hung; the worker ends so that it is restarted");
+                    w.metrics.hung(why);
+                    w.hung.notify_one();
+                }
                 if shared.reason() == StopReason::LeaseLost {
                     // Nothing left to renew.
                 } else if !shared.uploading.load(Ordering::SeqCst) && idle > w.stall {

@@ -16,6 +16,10 @@
 //! Device memory is read at scrape time: a CUDA device's used and total
 //! memory as its driver reports them; on the CPU, the process's resident
 //! memory and the machine's total.
+//!
+//! `/livez` beside it answers 200 while the worker is sound and 503 (naming
+//! the job) once a job's thread has hung ([`Metrics::hung`]), for a
+//! liveness probe.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +76,22 @@ pub struct Metrics {
     retries_source: Arc<AtomicU64>,
     devices: Vec<String>,
     opened: Arc<Mutex<HashMap<String, candle_core::Device>>>,
+    /// Why the worker is no longer live (a hung job), once it is not.
+    dead: Arc<Mutex<Option<String>>>,
+}
+
+impl Metrics {
+    /// Why the worker is no longer live, once it is not.
+    pub fn liveness(&self) -> Option<String> {
+        self.dead.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// The worker is no longer live: `/livez` answers 503 with `why`.
+    pub fn hung(&self, why: String) {
+        if let Ok(mut d) = self.dead.lock() {
+            d.get_or_insert(why);
+        }
+    }
 }
 
 /// How an attempt ended, as a label.
@@ -108,6 +128,7 @@ impl Metrics {
             retries_source: upload_retries,
             devices: devices.to_vec(),
             opened: Arc::default(),
+            dead: Arc::default(),
         };
         r.register("jobs", "Job attempts by how they ended", m.jobs.clone());
         r.register("jobs_running", "Jobs running now", m.running.clone());
@@ -276,14 +297,21 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, mut shutdown: watch:
 
 /// `/metrics` or 404.
 fn respond<B>(m: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
-    let (status, kind, body) = if req.uri().path() == "/metrics" {
-        (
+    let (status, kind, body) = match req.uri().path() {
+        "/metrics" => (
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             m.render(),
-        )
-    } else {
-        (404, "text/plain", "not found: try /metrics\n".to_string())
+        ),
+        "/livez" => match m.liveness() {
+            None => (200, "text/plain", "ok\n".to_string()),
+            Some(why) => (503, "text/plain", format!("{why}\n")),
+        },
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /metrics or /livez\n".to_string(),
+        ),
     };
     Response::builder()
         .status(status)
@@ -334,6 +362,15 @@ mod tests {
             "{body}"
         );
         assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+        assert!(http_get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
+        m.hung("hung: job j made no progress for 90 s".into());
+        m.hung("hung: a second reason".into());
+        let live = http_get(addr, "/livez").await;
+        assert!(live.starts_with("HTTP/1.1 503"), "{live}");
+        assert!(
+            live.ends_with("hung: job j made no progress for 90 s\n"),
+            "{live}"
+        );
         tx.send(true).unwrap();
         server.await.unwrap();
     }

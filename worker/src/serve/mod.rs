@@ -31,7 +31,7 @@ mod spool;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
@@ -125,6 +125,9 @@ struct Ctx {
     artifacts: Artifacts,
     spool: spool::Spool,
     shutdown: watch::Receiver<bool>,
+    /// Notified when a job's thread hangs: the worker hands back what else
+    /// runs and ends ([`Hung`]).
+    hung: Arc<tokio::sync::Notify>,
     /// Jobs this worker runs now (reported by the heartbeat).
     current: Mutex<BTreeSet<String>>,
     /// The MLflow sink, when one is configured.
@@ -173,12 +176,32 @@ fn device_class(device: &str) -> DeviceClass {
     }
 }
 
-/// Runs until `shutdown` turns true.
+/// `serve` ended because a job's thread hung: the caller must end the
+/// process (the thread cannot be stopped, and a runtime waits for it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: the worker ends so that its supervisor restarts it")]
+pub struct Hung(pub String);
+
+/// How long the other slots get to hand their jobs back when one hung.
+const HUNG_HAND_BACK: Duration = Duration::from_secs(60);
+
+/// Runs until `shutdown` turns true, or a job's thread hangs ([`Hung`]).
 pub async fn serve(
     args: ServeArgs,
     services: Services,
-    shutdown: watch::Receiver<bool>,
+    external: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // The slots stop on SIGTERM and when a job hangs.
+    let (stop, shutdown) = watch::channel(false);
+    let stop = Arc::new(stop);
+    let forward = {
+        let (stop, mut external) = (stop.clone(), external.clone());
+        tokio::spawn(async move {
+            if external.wait_for(|s| *s).await.is_ok() {
+                let _ = stop.send(true);
+            }
+        })
+    };
     let worker_id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         format!(
@@ -224,6 +247,7 @@ pub async fn serve(
         state,
         artifacts,
         shutdown,
+        hung: Arc::default(),
         current: Mutex::default(),
     });
     let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
@@ -236,7 +260,27 @@ pub async fn serve(
         .enumerate()
         .map(|(i, d)| tokio::spawn(slot::supervise(ctx.clone(), i, d.trim().to_string())))
         .collect();
-    for s in slots {
+    let running =
+        |slots: &[tokio::task::JoinHandle<()>]| slots.iter().filter(|h| !h.is_finished()).count();
+    let hung = loop {
+        if running(&slots) == 0 {
+            break None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = ctx.hung.notified() => {
+                let _ = stop.send(true);
+                // The other slots hand their jobs back and end; the hung
+                // one never does.
+                let waited = Instant::now();
+                while running(&slots) > 1 && waited.elapsed() < HUNG_HAND_BACK {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                break Some(ctx.metrics.liveness().unwrap_or_else(|| "hung".into()));
+            }
+        }
+    };
+    for s in slots.into_iter().filter(|h| h.is_finished()) {
         if let Err(e) = s.await {
             tracing::error!(error = %e, "slot supervisor failed");
         }
@@ -244,7 +288,17 @@ pub async fn serve(
     heartbeat.abort();
     reconciler.abort();
     pruner.abort();
-    Ok(())
+    forward.abort();
+    match hung {
+        Some(why) => {
+            // Gone: its hung job's takeover is a crash.
+            if let Err(e) = ctx.state.forget_worker(&ctx.worker_id).await {
+                tracing::warn!(error = %e, "cannot remove this worker's record");
+            }
+            Err(Hung(why).into())
+        }
+        None => Ok(()),
+    }
 }
 
 /// How long a spooled run waits for its upload before it is removed (its
