@@ -1,0 +1,121 @@
+//! Storing a finished attempt's files under its own folder
+//! (`attempt-<n>-g<generation>-<worker>/`), from the spool, with its
+//! `manifest.json` stored last.
+
+use common::artifacts::job_prefix;
+use common::job::JobMessage;
+use common::settle::{Attempt, RunEnd};
+
+use super::checkpoints::forget_checkpoint;
+use crate::serve::Ctx;
+
+/// Stores the files under this attempt's folder (unique per attempt,
+/// generation and worker: a rerun never mixes its files with what an
+/// earlier attempt may have left), with a manifest, from the spool: the
+/// folder of an earlier run, or `files` written there first.
+pub(super) async fn upload(
+    ctx: &Ctx,
+    msg: &JobMessage,
+    at: Attempt,
+    spooled: Option<std::path::PathBuf>,
+    files: Vec<(String, Vec<u8>)>,
+) -> RunEnd {
+    let folder = format!(
+        "{}/attempt-{}-g{}-{}",
+        job_prefix(&msg.sweep, &msg.job_id),
+        at.attempt,
+        at.generation,
+        common::artifacts::sanitize(&ctx.worker_id)
+    );
+    let dir = match spooled {
+        Some(dir) => dir,
+        None => match ctx.spool.save(msg, &files) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(job = %msg.job_id, error = %e, "cannot spool the run's files; uploading from memory");
+                return match ctx
+                    .artifacts
+                    .put_all(&folder, &with_manifest(msg, at, ctx, files))
+                    .await
+                {
+                    Ok(()) => {
+                        forget_checkpoint(ctx, msg).await;
+                        RunEnd::Succeeded { artifacts: folder }
+                    }
+                    Err(e) => RunEnd::Transient(e.to_string()),
+                };
+            }
+        },
+    };
+    let listed = match services::artifacts::files_under(&dir) {
+        Ok(l) => l,
+        Err(e) => return RunEnd::Transient(e.to_string()),
+    };
+    let sizes = listed
+        .iter()
+        .filter(|(n, _)| n != common::artifacts::files::MANIFEST_JSON)
+        .map(|(n, p)| {
+            (
+                n.as_str(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        });
+    let manifest = manifest(msg, at, ctx, sizes);
+    if let Err(e) = std::fs::write(dir.join(common::artifacts::files::MANIFEST_JSON), manifest) {
+        return RunEnd::Transient(format!("cannot write the manifest: {e}"));
+    }
+    match ctx.artifacts.put_dir(&folder, &dir).await {
+        Ok(()) => {
+            ctx.spool.remove(msg);
+            forget_checkpoint(ctx, msg).await;
+            RunEnd::Succeeded { artifacts: folder }
+        }
+        Err(e) => RunEnd::Transient(format!("{e} (the run's files wait in the spool)")),
+    }
+}
+
+/// The attempt's manifest: who wrote it and every file with its size.
+pub(super) fn manifest<'a>(
+    msg: &JobMessage,
+    at: Attempt,
+    ctx: &Ctx,
+    files: impl Iterator<Item = (&'a str, u64)>,
+) -> Vec<u8> {
+    let listed: Vec<_> = files
+        .map(|(n, bytes)| serde_json::json!({"name": n, "bytes": bytes}))
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "job_id": msg.job_id,
+        "attempt": at.attempt,
+        "generation": at.generation,
+        "worker": ctx.worker_id,
+        "files": listed,
+    }))
+    .unwrap_or_default()
+}
+
+/// In-memory files plus their manifest (when the spool cannot be written).
+pub(super) fn with_manifest(
+    msg: &JobMessage,
+    at: Attempt,
+    ctx: &Ctx,
+    mut files: Vec<(String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let m = manifest(
+        msg,
+        at,
+        ctx,
+        files.iter().map(|(n, b)| (n.as_str(), b.len() as u64)),
+    );
+    files.push((common::artifacts::files::MANIFEST_JSON.into(), m));
+    files
+}
+
+/// The files of a spooled run, read back (those that can be).
+pub(super) fn read_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    services::artifacts::files_under(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, path)| std::fs::read(path).ok().map(|b| (name, b)))
+        .collect()
+}
