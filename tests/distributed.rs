@@ -399,6 +399,24 @@ async fn resubmit_publishes_a_job_registered_but_never_published() {
     assert_eq!(broker.queue_counts(&jobs_queue).await.unwrap().0, 1);
     assert_eq!(state.state(&job).await.unwrap(), Some(JobState::Queued));
 
+    // A misspelt sweep is an error naming it and the sweep it resembles,
+    // for every command that takes one; nothing changes.
+    for args in [
+        &["status", "unpbu"][..],
+        &["cancel", "unpbu"],
+        &["retry", "unpbu"],
+        &["report", "unpbu"],
+    ] {
+        let (ok, out) = producer(&env, args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(
+            out.contains("\"unpbu\"") && out.contains("did you mean unpub?"),
+            "{args:?}: {out}"
+        );
+    }
+    assert_eq!(state.state(&job).await.unwrap(), Some(JobState::Queued));
+    assert_eq!(broker.queue_counts(&jobs_queue).await.unwrap().0, 1);
+
     state.delete_namespace().await.unwrap();
     broker.delete_topology().await.unwrap();
 }

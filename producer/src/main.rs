@@ -345,7 +345,7 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
         let mut unfinished = 0;
         let mut waiting_classes = std::collections::BTreeSet::new();
         for s in &sweeps {
-            let jobs = c.state.sweep_jobs(s).await?;
+            let jobs = sweep_jobs(&c, s).await?;
             println!("sweep {s}: {} job(s)", jobs.len());
             let mut t = table(["job", "state", "try", "worker", "epoch", "loss", "val acc"]);
             let mut errors = Vec::new();
@@ -414,7 +414,40 @@ async fn targets(c: &Conn, target: &str) -> anyhow::Result<Vec<String>> {
     if c.state.state(target).await?.is_some() {
         return Ok(vec![target.to_string()]);
     }
-    anyhow::bail!("no sweep or job called {target:?}")
+    Err(unknown(c, target, "sweep or job").await)
+}
+
+/// The jobs of a sweep this namespace knows, or an error naming it and the
+/// known sweeps closest to it.
+async fn sweep_jobs(c: &Conn, sweep: &str) -> anyhow::Result<Vec<String>> {
+    let jobs = c.state.sweep_jobs(sweep).await?;
+    if jobs.is_empty() && !c.state.sweeps().await?.iter().any(|s| s == sweep) {
+        return Err(unknown(c, sweep, "sweep").await);
+    }
+    Ok(jobs)
+}
+
+/// "no <what> called <name>", with the known sweeps most like it.
+async fn unknown(c: &Conn, name: &str, what: &str) -> anyhow::Error {
+    let known = c.state.sweeps().await.unwrap_or_default();
+    let hint = match closest(name, &known).as_slice() {
+        [] if known.is_empty() => " (no sweep is known here: submit one first)".to_string(),
+        [] => format!(" (known sweeps: {})", known.join(", ")),
+        near => format!(" (did you mean {}?)", near.join(", ")),
+    };
+    anyhow::anyhow!("no {what} called {name:?} in this namespace{hint}")
+}
+
+/// Up to three of `known` most like `name` (Jaro-Winkler similarity of at
+/// least 0.7), most alike first.
+fn closest(name: &str, known: &[String]) -> Vec<String> {
+    let mut scored: Vec<(f64, &String)> = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), k))
+        .filter(|(s, _)| *s >= 0.7)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored.into_iter().take(3).map(|(_, k)| k.clone()).collect()
 }
 
 async fn cancel(target: &str) -> anyhow::Result<()> {
@@ -568,7 +601,7 @@ async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
     let c = connect().await?;
     let a = artifacts(&c)?;
     let mut runs = Vec::new();
-    for j in c.state.sweep_jobs(sweep).await? {
+    for j in sweep_jobs(&c, sweep).await? {
         let h = c.state.job(&j).await?;
         if field(&h, "state") != "succeeded" {
             continue;
@@ -594,11 +627,10 @@ async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
     }
     a.put_all(&sweep_prefix(sweep), &files).await?;
     println!(
-        "{} run(s); report in {} and {}/{}",
+        "{} run(s); report in {} and {}",
         runs.len(),
         dir.display(),
-        a.location,
-        sweep_prefix(sweep)
+        a.url(&sweep_prefix(sweep))
     );
     Ok(())
 }
@@ -665,4 +697,27 @@ async fn validate(
     enqueue(&c, &broker(&c).await?, &msg).await?;
     println!("{}: queued", msg.job_id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closest;
+
+    #[test]
+    fn a_typo_finds_the_sweeps_it_resembles() {
+        let known: Vec<String> = [
+            "quickstart",
+            "exp1-benchmark",
+            "exp2-pai",
+            "quickstart-lora",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            closest("quickstrat", &known),
+            ["quickstart", "quickstart-lora"]
+        );
+        assert_eq!(closest("exp2-pia", &known)[0], "exp2-pai");
+        assert!(closest("zzzz", &known).is_empty());
+    }
 }

@@ -129,7 +129,9 @@ impl Artifacts {
             retry: UploadRetry::default(),
             multipart_threshold: MULTIPART_THRESHOLD,
             part_size: PART_SIZE,
-            location: format!("s3://{}/{}", cfg.bucket, cfg.prefix.trim_matches('/')),
+            location: format!("s3://{}/{}", cfg.bucket, cfg.prefix.trim_matches('/'))
+                .trim_end_matches('/')
+                .to_string(),
             retries: Arc::default(),
         })
     }
@@ -299,6 +301,15 @@ impl Artifacts {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Where `key` lives, for messages: `s3://bucket[/prefix]/key` or a path.
+    pub fn url(&self, key: &str) -> String {
+        format!(
+            "{}/{}",
+            self.location.trim_end_matches('/'),
+            key.trim_start_matches('/')
+        )
     }
 
     /// Keys under `folder`, relative to the store prefix, sorted.
