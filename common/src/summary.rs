@@ -114,6 +114,22 @@ pub struct RunSummary {
     /// attempt trained the epochs up to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_after: Option<usize>,
+    /// What a reader of the scores must know (e.g. a dendritic run that
+    /// never added a set, so it is its baseline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// The note of a run whose arm adds sets (dendritic, branch) but whose
+/// tracker never switched in `epochs` epochs; `None` when it did.
+pub fn no_set_note(adds_sets: bool, switches: &[usize], epochs: usize) -> Option<String> {
+    (adds_sets && switches.is_empty()).then(|| {
+        format!(
+            "no set added: the tracker did not switch within {epochs} epochs, \
+             so this run is its arm's baseline (more `train.epochs`, or a \
+             lower `tracker.patience`, lets it switch)"
+        )
+    })
 }
 
 /// A run's parameters scored without their dendrite (or branch) terms.
@@ -159,4 +175,17 @@ pub struct SpecFile {
     pub sweep: String,
     pub config_hash: String,
     pub spec: crate::spec::JobSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_set_note;
+
+    #[test]
+    fn only_an_arm_that_adds_sets_and_never_switched_gets_the_note() {
+        let note = no_set_note(true, &[], 2).unwrap();
+        assert!(note.starts_with("no set added: the tracker did not switch within 2 epochs"));
+        assert_eq!(no_set_note(true, &[3], 9), None);
+        assert_eq!(no_set_note(false, &[], 2), None);
+    }
 }

@@ -442,6 +442,7 @@ pub(crate) mod tests {
             test_predictions: vec![0, 1, 2, 2],
             knockout: None,
             resumed_after: None,
+            notes: Vec::new(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct SweepRun {
     pub test_labels: Vec<usize>,
     pub test_predictions: Vec<usize>,
     pub knockout_predictions: Option<Vec<usize>>,
+    /// The run's notes (`metrics.json`).
+    pub notes: Vec<String>,
 }
 
 impl SweepRun {
@@ -69,6 +71,7 @@ impl SweepRun {
             test_labels: summary.test_labels,
             test_predictions: summary.test_predictions,
             knockout_predictions: summary.knockout.map(|k| k.test_predictions),
+            notes: summary.notes,
         })
     }
 
@@ -274,16 +277,31 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
 /// The sweep's files from its finished runs: `Results.csv`, `report.md`
 /// and the figures of each comparison group (names suffixed with the
 /// group's first 8 characters when there are several groups).
+/// "## Notes": every run's notes, by job (empty when no run has one).
+fn notes_section(runs: &[SweepRun]) -> String {
+    let lines: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.notes
+                .iter()
+                .map(|n| format!("- `{}`: {n}\n", r.row.job_id))
+        })
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("## Notes\n\n{}\n", lines.concat())
+}
+
 pub fn sweep_files(sweep: &str, runs: &[SweepRun]) -> Result<Files, ReportError> {
     let rows: Vec<ResultsRow> = runs.iter().map(|r| r.row.clone()).collect();
     let scores: Vec<RunScores> = runs.iter().map(SweepRun::scores).collect();
     let groups = compare::summarize(&scores);
+    let mut md = to_markdown(sweep, &groups);
+    md.push_str(&notes_section(runs));
     let mut out = vec![
         (files::RESULTS_CSV.to_string(), results::write(&rows)?),
-        (
-            files::REPORT_MD.to_string(),
-            to_markdown(sweep, &groups).into_bytes(),
-        ),
+        (files::REPORT_MD.to_string(), md.into_bytes()),
     ];
     for g in &groups {
         let suffix = if groups.len() > 1 {
@@ -322,6 +340,24 @@ mod tests {
             &get(files::SPEC_JSON),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn run_notes_reach_the_report() {
+        let mut runs = vec![
+            run(Variant::Baseline, 0, 0.90),
+            run(Variant::Dendritic, 0, 0.90),
+        ];
+        let files = sweep_files("s", &runs).unwrap();
+        let md = |files: &Files| String::from_utf8(files[1].1.clone()).unwrap();
+        assert!(!md(&files).contains("## Notes"));
+        let note = common::summary::no_set_note(true, &[], 2).unwrap();
+        runs[1].notes.push(note.clone());
+        let text = md(&sweep_files("s", &runs).unwrap());
+        assert!(
+            text.ends_with(&format!("## Notes\n\n- `s-dendritic-0`: {note}\n\n")),
+            "{text}"
+        );
     }
 
     #[test]

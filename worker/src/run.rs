@@ -315,6 +315,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                     args.out.display(),
                     prefix
                 );
+                for n in &s.notes {
+                    println!("{}: note: {n}", j.id);
+                }
             }
             Err(e) => {
                 failed += 1;

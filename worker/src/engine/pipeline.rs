@@ -163,6 +163,11 @@ pub fn run(
 
     model.merge_lora()?;
     let speed = measure_speed(&model, &te.ids, device)?;
+    let no_set = common::summary::no_set_note(
+        matches!(spec.variant, Variant::Dendritic | Variant::Branch),
+        &trained.switch_epochs,
+        trained.history.len(),
+    );
     let summary = RunSummary {
         job_id: ids.job_id.to_string(),
         sweep: ids.sweep.to_string(),
@@ -181,6 +186,7 @@ pub fn run(
         test_predictions: test_pred,
         knockout,
         resumed_after: resume.as_ref().map(Checkpoint::epoch),
+        notes: no_set.into_iter().collect(),
         speed,
         total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
         trainable_params: loaded.trainable_params + dendrite_params - constant_dendrite_params,
