@@ -191,6 +191,25 @@ seed = [0, 1]
         workers_used.insert(h["device"].clone());
         assert!(h.contains_key("val_accuracy"), "progress recorded: {h:?}");
     }
+    // A finished job's record and `status` show what its metrics.json says.
+    let services = common::config::Services::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
+    let (_, status) = producer(&env, &["status", "dist"]);
+    for j in &jobs {
+        let h = state.job(j).await.unwrap();
+        let m: common::summary::RunSummary = serde_json::from_slice(
+            &s3.get(&format!("{}/metrics.json", h["artifacts"]))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let f1 = format!("{:.4}", m.test.macro_f1);
+        assert_eq!(h["test_macro_f1"], f1, "{h:?}");
+        assert_eq!(h["test_accuracy"], format!("{:.4}", m.test.accuracy));
+        let epochs = format!("{} (best {})", m.epochs_run, m.best_epoch);
+        let row = status.lines().find(|l| l.contains(j.as_str())).unwrap();
+        assert!(row.contains(&epochs) && row.contains(&f1), "{row}");
+    }
     // The events follow the state changes by a few milliseconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     let succeeded = loop {

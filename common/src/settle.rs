@@ -13,8 +13,12 @@ use crate::state::Event;
 /// How a run ended, as the worker saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEnd {
-    /// Every file stored under this folder.
-    Succeeded { artifacts: String },
+    /// Every file stored under this folder; `results`: what the run
+    /// measured, recorded beside it (test scores, epochs), for `status`.
+    Succeeded {
+        artifacts: String,
+        results: Vec<(&'static str, String)>,
+    },
     /// Retrying cannot help (bad spec, missing weights or data).
     Permanent(String),
     /// May pass later (artifact store down, out of memory, a panic).
@@ -111,11 +115,14 @@ pub fn settle(end: &RunEnd, at: Attempt, policy: &Policy, now_ms: u64) -> Decisi
     let finished = ("finished_at", now_ms.to_string());
     let record = |event, fields| Some(Record { event, fields });
     match end {
-        RunEnd::Succeeded { artifacts } => Decision {
+        RunEnd::Succeeded { artifacts, results } => Decision {
             publish: None,
             record: record(
                 Event::Succeed,
-                vec![finished, ("artifacts", artifacts.clone())],
+                [finished, ("artifacts", artifacts.clone())]
+                    .into_iter()
+                    .chain(results.iter().cloned())
+                    .collect(),
             ),
         },
         RunEnd::Permanent(e) => Decision {
@@ -237,6 +244,7 @@ mod tests {
         let d = settle(
             &RunEnd::Succeeded {
                 artifacts: "a/b".into(),
+                results: Vec::new(),
             },
             A1,
             &P,

@@ -347,7 +347,9 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
         for s in &sweeps {
             let jobs = sweep_jobs(&c, s).await?;
             println!("sweep {s}: {} job(s)", jobs.len());
-            let mut t = table(["job", "state", "try", "worker", "epoch", "loss", "val acc"]);
+            let mut t = table([
+                "job", "state", "try", "worker", "epoch", "loss", "val acc", "test F1", "test acc",
+            ]);
             let mut errors = Vec::new();
             for j in jobs {
                 let h = c.state.job(&j).await?;
@@ -358,7 +360,15 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
                 if st == "queued" {
                     waiting_classes.insert(field(&h, "device_class").to_string());
                 }
-                let epoch = if h.contains_key("epoch") {
+                // A finished run: its epochs and best epoch, not the last
+                // progress snapshot.
+                let epoch = if h.contains_key("epochs_run") {
+                    format!(
+                        "{} (best {})",
+                        field(&h, "epochs_run"),
+                        field(&h, "best_epoch")
+                    )
+                } else if h.contains_key("epoch") {
                     format!(
                         "{}:{}/{}",
                         field(&h, "epoch"),
@@ -376,6 +386,8 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
                     &epoch,
                     field(&h, "loss"),
                     field(&h, "val_accuracy"),
+                    field(&h, "test_macro_f1"),
+                    field(&h, "test_accuracy"),
                 ]);
                 let err = field(&h, "error");
                 if !err.is_empty() {

@@ -31,7 +31,7 @@ use crate::engine::trained::RunIds;
 use crate::tracking::{End, JobStart, JobTracker};
 use checkpoints::{resume_from, upload_checkpoints, Checkpoints, CHECKPOINT_UPLOAD_WAIT};
 use rescore::validate;
-use upload::{read_files, upload};
+use upload::{read_files, results_of, upload};
 use watch::{watch, Reporter, Shared, StopReason, WatchCtx};
 
 /// Runs the job and stores its files; what happened, for [`super::settle`].
@@ -156,7 +156,13 @@ pub(super) async fn execute(
     let end = match result {
         Ok(files) => match shared.reason() {
             StopReason::LeaseLost => RunEnd::LeaseLost,
-            _ => upload(ctx, msg, at, spooled, files).await,
+            _ => {
+                let results = results_of(&files, spooled.as_deref());
+                match upload(ctx, msg, at, spooled, files).await {
+                    RunEnd::Succeeded { artifacts, .. } => RunEnd::Succeeded { artifacts, results },
+                    end => end,
+                }
+            }
         },
         Err(JobError::Stopped) => match shared.reason() {
             StopReason::LeaseLost => RunEnd::LeaseLost,
@@ -221,7 +227,7 @@ fn track(ctx: &Ctx, msg: &JobMessage, at: Attempt) -> Option<JobTracker> {
 /// `last_attempt`: a transient failure is final (the job will be dead).
 fn tracking_end(ctx: &Ctx, end: &RunEnd, last_attempt: bool, files: Vec<(String, Vec<u8>)>) -> End {
     match end {
-        RunEnd::Succeeded { artifacts } => End::Succeeded {
+        RunEnd::Succeeded { artifacts, .. } => End::Succeeded {
             files,
             link: Some(format!(
                 "{}/{artifacts}",

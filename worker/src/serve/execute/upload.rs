@@ -40,7 +40,10 @@ pub(super) async fn upload(
                 {
                     Ok(()) => {
                         forget_checkpoint(ctx, msg).await;
-                        RunEnd::Succeeded { artifacts: folder }
+                        RunEnd::Succeeded {
+                            artifacts: folder,
+                            results: Vec::new(),
+                        }
                     }
                     Err(e) => RunEnd::Transient(e.to_string()),
                 };
@@ -68,7 +71,10 @@ pub(super) async fn upload(
         Ok(()) => {
             ctx.spool.remove(msg);
             forget_checkpoint(ctx, msg).await;
-            RunEnd::Succeeded { artifacts: folder }
+            RunEnd::Succeeded {
+                artifacts: folder,
+                results: Vec::new(),
+            }
         }
         Err(e) => RunEnd::Transient(format!("{e} (the run's files wait in the spool)")),
     }
@@ -118,4 +124,32 @@ pub(super) fn read_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .filter_map(|(name, path)| std::fs::read(path).ok().map(|b| (name, b)))
         .collect()
+}
+
+/// What a run's `metrics.json` (in `files`, or in the spooled folder)
+/// says a reader of the job's record wants: the epochs run, the best
+/// epoch and the test scores at it. Nothing for a validate job.
+pub(super) fn results_of(
+    files: &[(String, Vec<u8>)],
+    spooled: Option<&std::path::Path>,
+) -> Vec<(&'static str, String)> {
+    let name = common::artifacts::files::METRICS_JSON;
+    let bytes = match spooled {
+        Some(dir) => std::fs::read(dir.join(name)).ok(),
+        None => files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone()),
+    };
+    let Some(s) =
+        bytes.and_then(|b| serde_json::from_slice::<common::summary::RunSummary>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    vec![
+        ("epochs_run", s.epochs_run.to_string()),
+        ("best_epoch", s.best_epoch.to_string()),
+        ("test_accuracy", format!("{:.4}", s.test.accuracy)),
+        ("test_macro_f1", format!("{:.4}", s.test.macro_f1)),
+    ]
 }
