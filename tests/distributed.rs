@@ -439,3 +439,112 @@ async fn resubmit_publishes_a_job_registered_but_never_published() {
     state.delete_namespace().await.unwrap();
     broker.delete_topology().await.unwrap();
 }
+
+/// One machine without a cloud: no bucket configured, so producer and
+/// worker keep the artifacts in the local folder `ARTIFACTS`; a two-job
+/// sweep runs through `worker serve` and `producer report` draws its report
+/// from that folder. Audit: both jobs succeeded once, every run file in its
+/// attempt folder, the namespace's queues empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_runs_with_rabbitmq_and_redis_only() {
+    let ns = format!("test-local-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("artifacts");
+    let env = HashMap::from([
+        ("AMQP_URL".to_string(), AMQP.to_string()),
+        ("REDIS_URL".into(), REDIS.into()),
+        ("QUEUE_PREFIX".into(), ns.clone()),
+        ("ARTIFACTS".into(), store.display().to_string()),
+    ]);
+    let minilm = system_tests::required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
+    let fpb = system_tests::required_env("FPB_DIR", "the Financial PhraseBank directory");
+    let sweep = dir.path().join("local.toml");
+    std::fs::write(
+        &sweep,
+        format!(
+            "[sweep]\nname = \"local\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"head\"\nmax_len = 48\n\
+             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = 1\nbatch_size = 32\nlr = 2e-2\n\
+             [base.tracker]\ntest_every_epoch = false\n[grid]\nseed = [0, 1]\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out) = producer(
+        &env,
+        &["submit", sweep.to_str().unwrap(), "--device", "cpu"],
+    );
+    assert!(ok && out.contains("2 job(s) queued"), "{out}");
+    let _worker = Killed(
+        Command::new(binary("worker"))
+            .args([
+                "serve",
+                "--devices",
+                "cpu",
+                "--worker-id",
+                "solo",
+                "--threads",
+                "2",
+            ])
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let state = StateStore::connect(REDIS, &ns).await.unwrap();
+    let jobs = state.sweep_jobs("local").await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for j in &jobs {
+        loop {
+            let h = state.job(j).await.unwrap();
+            match h.get("state").map(String::as_str) {
+                Some("succeeded") => break,
+                Some("failed" | "dead" | "cancelled") => panic!("{j}: {h:?}"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "{j} did not finish: {h:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let h = state.job(j).await.unwrap();
+        assert_eq!(h["attempt"], "1");
+        let folder = store.join(&h["artifacts"]);
+        assert!(h["artifacts"].ends_with("/attempt-1-g1-solo"), "{h:?}");
+        for f in report::sweep::RUN_FILES.iter().chain(&[
+            common::artifacts::files::TRAINED_SAFETENSORS,
+            "manifest.json",
+        ]) {
+            assert!(
+                folder.join(f).is_file(),
+                "{} missing",
+                folder.join(f).display()
+            );
+        }
+        let m: common::summary::RunSummary =
+            serde_json::from_slice(&std::fs::read(folder.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(h["test_macro_f1"], format!("{:.4}", m.test.macro_f1));
+        // Nothing else of the job: no checkpoint left, no other attempt.
+        let job_dir = store.join(common::artifacts::job_prefix("local", j));
+        let entries: Vec<_> = std::fs::read_dir(&job_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["attempt-1-g1-solo"], "{}", job_dir.display());
+    }
+    let out_dir = dir.path().join("report");
+    let (ok, out) = producer(
+        &env,
+        &["report", "local", "--out", out_dir.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("2 run(s)"), "{out}");
+    assert!(out_dir.join("local/report.md").is_file());
+    assert!(store.join("sweeps/local/report.md").is_file());
+    assert_eq!(system_tests::queued_messages(&ns, None), vec![]);
+    state.delete_namespace().await.unwrap();
+    Broker::connect(AMQP, Topology::new(&ns), 3)
+        .await
+        .unwrap()
+        .delete_topology()
+        .await
+        .unwrap();
+}

@@ -57,6 +57,9 @@ pub struct Services {
     pub redis_url: Secret,
     /// `S3` settings; `None` when no bucket is configured.
     pub s3: Option<S3Config>,
+    /// `ARTIFACTS`: the local folder that holds the artifacts when no
+    /// bucket is configured (default `artifacts`, in the working folder).
+    pub artifacts_dir: String,
     /// `QUEUE_PREFIX`: names queues and Redis keys (default `fpb`).
     pub namespace: String,
     /// `QUEUE_DELIVERY_LIMIT`: deliveries of a job that keeps crashing its
@@ -86,6 +89,7 @@ impl fmt::Debug for Services {
             .field("amqp_url", &redact_url(self.amqp_url.expose()))
             .field("redis_url", &redact_url(self.redis_url.expose()))
             .field("s3", &self.s3)
+            .field("artifacts_dir", &self.artifacts_dir)
             .field("namespace", &self.namespace)
             .field("delivery_limit", &self.delivery_limit)
             .finish()
@@ -155,6 +159,7 @@ impl Services {
                 first(&["REDIS_URL"]).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             ),
             s3,
+            artifacts_dir: first(&["ARTIFACTS"]).unwrap_or_else(|| "artifacts".into()),
             namespace,
         })
     }

@@ -147,13 +147,15 @@ async fn broker(c: &Conn) -> anyhow::Result<Broker> {
     .context("cannot reach RabbitMQ (AMQP_URL)")
 }
 
+/// The artifact store: S3 when `AWS_BUCKET` is set, else the local
+/// folder `ARTIFACTS` (default `artifacts`).
 fn artifacts(c: &Conn) -> anyhow::Result<Artifacts> {
-    let s3 = c
-        .services
-        .s3
-        .as_ref()
-        .context("no artifact store: set AWS_BUCKET (and AWS_ENDPOINT)")?;
-    Ok(Artifacts::s3(s3)?)
+    Artifacts::open(&c.services).with_context(|| {
+        format!(
+            "cannot open the artifact store {}",
+            c.services.artifacts_dir
+        )
+    })
 }
 
 fn main() -> anyhow::Result<()> {

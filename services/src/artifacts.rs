@@ -136,6 +136,15 @@ impl Artifacts {
         })
     }
 
+    /// The store the configuration names: S3 (or MinIO) when a bucket is
+    /// set, else the local folder `ARTIFACTS`.
+    pub fn open(services: &common::config::Services) -> Result<Artifacts> {
+        match &services.s3 {
+            Some(s3) => Artifacts::s3(s3),
+            None => Artifacts::local(std::path::Path::new(&services.artifacts_dir)),
+        }
+    }
+
     /// A local directory (created if missing).
     pub fn local(dir: &std::path::Path) -> Result<Artifacts> {
         std::fs::create_dir_all(dir).map_err(|e| object_store::Error::Generic {

@@ -210,11 +210,9 @@ pub async fn serve(
             rand::random::<u16>()
         )
     });
-    let s3 = services
-        .s3
-        .as_ref()
-        .context("no artifact store: set AWS_BUCKET (and AWS_ENDPOINT for MinIO)")?;
-    let artifacts = Artifacts::s3(s3)?;
+    let artifacts = Artifacts::open(&services)
+        .with_context(|| format!("cannot open the artifact store {}", services.artifacts_dir))?;
+    tracing::info!(store = %artifacts.location, "artifacts");
     let state = StateStore::connect(services.redis_url.expose(), &services.namespace).await?;
     let spool_base = args
         .spool_dir
