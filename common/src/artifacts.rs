@@ -38,6 +38,36 @@ pub fn checkpoint_key(sweep: &str, job: &str, config_hash: &str) -> String {
     )
 }
 
+/// The keys of `keys` a reader may trust: files of an attempt folder
+/// (`.../jobs/<job>/attempt-*/`) only when that folder holds its
+/// `manifest.json` (stored last: the folder is whole), never a job's
+/// `checkpoint/`, and every other key as it is. Order kept.
+pub fn complete_keys(keys: &[String]) -> Vec<String> {
+    let attempt_of = |k: &str| -> Option<String> {
+        let (head, rest) = k.split_once("/jobs/")?;
+        let mut parts = rest.splitn(3, '/');
+        let job = parts.next()?;
+        let folder = parts.next()?;
+        parts.next()?;
+        folder
+            .starts_with("attempt-")
+            .then(|| format!("{head}/jobs/{job}/{folder}"))
+    };
+    let whole: std::collections::HashSet<String> = keys
+        .iter()
+        .filter_map(|k| {
+            k.strip_suffix(&format!("/{}", files::MANIFEST_JSON))
+                .filter(|f| attempt_of(k).as_deref() == Some(*f))
+                .map(String::from)
+        })
+        .collect();
+    keys.iter()
+        .filter(|k| !k.contains("/checkpoint/"))
+        .filter(|k| attempt_of(k).is_none_or(|f| whole.contains(&f)))
+        .cloned()
+        .collect()
+}
+
 /// `sweeps/<sweep>`: the folder of a sweep's aggregates.
 pub fn sweep_prefix(sweep: &str) -> String {
     format!("sweeps/{}", sanitize(sweep))
@@ -60,6 +90,27 @@ pub mod files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_attempt_folders_with_their_manifest_are_trusted() {
+        let keys: Vec<String> = [
+            "sweeps/s/Results.csv",
+            "sweeps/s/jobs/j/attempt-1-g1-w/metrics.json",
+            "sweeps/s/jobs/j/attempt-1-g1-w/manifest.json",
+            "sweeps/s/jobs/j/attempt-2-g2-w/metrics.json",
+            "sweeps/s/jobs/j/checkpoint/h.safetensors",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            complete_keys(&keys),
+            [
+                "sweeps/s/Results.csv",
+                "sweeps/s/jobs/j/attempt-1-g1-w/metrics.json",
+                "sweeps/s/jobs/j/attempt-1-g1-w/manifest.json",
+            ]
+        );
+    }
 
     #[test]
     fn keys_cannot_escape() {

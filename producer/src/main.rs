@@ -590,7 +590,9 @@ async fn retry(target: &str, stuck: bool) -> anyhow::Result<()> {
 async fn fetch(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
     let c = connect().await?;
     let a = artifacts(&c)?;
-    let keys = a.list(&sweep_prefix(sweep)).await?;
+    // A folder an attempt is still writing (or died writing) has no
+    // manifest yet: left out, as are checkpoints.
+    let keys = common::artifacts::complete_keys(&a.list(&sweep_prefix(sweep)).await?);
     if keys.is_empty() {
         anyhow::bail!("no artifacts of sweep {sweep} in {}", a.location);
     }
