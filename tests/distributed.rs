@@ -132,6 +132,8 @@ seed = [0, 1]
                 "2",
             ])
             .envs(&env)
+            // Shells rarely export it: the worker finds the name itself.
+            .env_remove("HOSTNAME")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -333,6 +335,8 @@ seed = [0, 1]
     assert!(ok && out.contains("0 job(s) queued, 4 skipped"), "{out}");
     let (_, out) = producer(&env, &["workers"]);
     assert!(out.contains("w1") && out.contains("cpu,cpu"), "{out}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(out.contains(host.trim()), "the worker's host in {out}");
 
     drop(worker);
     broker.delete_topology().await.unwrap();

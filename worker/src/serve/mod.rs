@@ -160,6 +160,17 @@ impl Ctx {
     }
 }
 
+/// This machine's name: `HOSTNAME` when the shell exports it, else the
+/// kernel's (`/proc/sys/kernel/hostname`), else `worker`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
 /// Waits between tries of a service that is out of reach: 1 s doubling to
 /// 30 s.
 fn backoff() -> ExponentialBuilder {
@@ -203,7 +214,7 @@ pub async fn serve(
         })
     };
     let worker_id = args.worker_id.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        let host = host_name();
         format!(
             "{host}-{}-{:04x}",
             std::process::id(),
@@ -329,7 +340,7 @@ async fn heartbeat(ctx: Arc<Ctx>) {
             .unwrap_or_default();
         let info = WorkerInfo {
             id: ctx.worker_id.clone(),
-            host: std::env::var("HOSTNAME").unwrap_or_default(),
+            host: host_name(),
             devices: ctx.args.devices.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             jobs,
