@@ -5,7 +5,11 @@
 //! alone: LoRA merged, dendrites rebuilt. Its labels are the run's test
 //! predictions and its probabilities those of the unmerged network.
 
+mod shared;
+
 use std::path::{Path, PathBuf};
+
+use shared::write_data;
 
 use candle_core::Device;
 use common::artifacts::files::TRAINED_SAFETENSORS;
@@ -20,26 +24,6 @@ use worker::engine::trained::RunIds;
 
 struct Quiet;
 impl Progress for Quiet {}
-
-/// 90 distinct sentences of three kinds, in the data set's format.
-fn write_data(dir: &Path) {
-    let mut lines = Vec::new();
-    for i in 0..30 {
-        lines.push(format!(
-            "Operating profit rose by {i} percent to EUR {} mn in the quarter .@positive",
-            10 + i
-        ));
-        lines.push(format!(
-            "Net sales fell {i} % and the company warned of further losses in {} .@negative",
-            2000 + i
-        ));
-        lines.push(format!(
-            "The annual general meeting will be held in Helsinki on May {i} , {} .@neutral",
-            1990 + i
-        ));
-    }
-    std::fs::write(dir.join("Sentences_AllAgree.txt"), lines.join("\n")).unwrap();
-}
 
 fn minilm() -> String {
     std::env::var("MINILM_DIR")

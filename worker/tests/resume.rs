@@ -6,6 +6,8 @@
 //! adds a set and rebuilds AdamW and the schedule), on a small made-up
 //! data set.
 
+mod shared;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -18,6 +20,8 @@ use worker::engine::pipeline::{self, RunOutput};
 use worker::engine::train::checkpoint::Checkpoint;
 use worker::engine::train::Progress;
 use worker::engine::trained::RunIds;
+
+use shared::write_data;
 
 /// Keeps the checkpoint written after `stop_after` and stops training there.
 struct StopAfter {
@@ -38,25 +42,6 @@ impl Progress for StopAfter {
     fn should_stop(&self) -> bool {
         self.saved.is_some()
     }
-}
-
-fn write_data(dir: &Path) {
-    let mut lines = Vec::new();
-    for i in 0..30 {
-        lines.push(format!(
-            "Operating profit rose by {i} percent to EUR {} mn in the quarter .@positive",
-            10 + i
-        ));
-        lines.push(format!(
-            "Net sales fell {i} % and the company warned of further losses in {} .@negative",
-            2000 + i
-        ));
-        lines.push(format!(
-            "The annual general meeting will be held in Helsinki on May {i} , {} .@neutral",
-            1990 + i
-        ));
-    }
-    std::fs::write(dir.join("Sentences_AllAgree.txt"), lines.join("\n")).unwrap();
 }
 
 fn spec(data: &Path) -> JobSpec {

@@ -229,10 +229,7 @@ fn tracking_end(ctx: &Ctx, end: &RunEnd, last_attempt: bool, files: Vec<(String,
     match end {
         RunEnd::Succeeded { artifacts, .. } => End::Succeeded {
             files,
-            link: Some(format!(
-                "{}/{artifacts}",
-                ctx.artifacts.location.trim_end_matches('/')
-            )),
+            link: Some(ctx.artifacts.url(artifacts)),
         },
         RunEnd::Permanent(e) => End::Failed(e.clone()),
         RunEnd::Transient(e) if last_attempt => End::Failed(e.clone()),

@@ -85,7 +85,7 @@ pub(super) struct Reporter {
 
 impl Reporter {
     pub fn progressed(&self) {
-        self.shared.progress_ms.store(now_ms(), Ordering::Relaxed);
+        self.shared.progressed();
     }
 }
 
@@ -93,7 +93,12 @@ impl Shared {
     /// What the job's loops signal ([`crate::engine::beat`]): progress.
     pub fn heard(self: &Arc<Self>) -> impl Fn() + 'static {
         let shared = self.clone();
-        move || shared.progress_ms.store(now_ms(), Ordering::Relaxed)
+        move || shared.progressed()
+    }
+
+    /// The job made progress now.
+    pub fn progressed(&self) {
+        self.progress_ms.store(now_ms(), Ordering::Relaxed);
     }
 }
 
