@@ -2,7 +2,8 @@
 //! while the holder lives (two slots of one worker and a second worker
 //! racing for it), a worker frozen past its lease and resumed, a job that
 //! keeps crashing its worker, a SIGTERM hand-back, Redis restarted empty
-//! in the middle of a job, and S3 down for longer than the upload retries.
+//! in the middle of a job, S3 down for longer than the upload retries, and a
+//! Redis that forgets its last writes (a start, then a success).
 //! Every scenario ends with the same audit: the job succeeded once (one `succeeded` event, one attempt folder in
 //! S3 with every file), and no queue of the namespace (jobs, delay, dead
 //! letters) holds a message.
@@ -648,6 +649,73 @@ async fn a_hanging_job_restarts_its_worker_until_it_is_dead() {
         .await
         .unwrap();
     audit(&s.env, &state, &broker, "steady", &steady, &t["worker"], 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
+
+/// Redis loses its last writes (killed and started again from its files
+/// as they were a moment before: a host crash under `appendfsync everysec`,
+/// or a failover to a replica a little behind). First a job's start is
+/// lost: the attempt that trains finds its lease gone, stops and parks its
+/// delivery, and the job starts again and succeeds once. Then a job's
+/// success is lost after its delivery was acknowledged: the job reads
+/// `running` again, the reconciler publishes it once its lease has expired,
+/// and the next attempt finds the first one's stored files (same
+/// configuration) and records them instead of training again. Each job
+/// ends succeeded once, with one attempt folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_forgets_its_last_writes_loses_no_work() {
+    let mut s = setup("forget");
+    let mut redis = ForgetfulRedis::start();
+    s.env.insert("REDIS_URL".into(), redis.url());
+    let state = StateStore::connect(&redis.url(), &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+
+    // A lost start.
+    let file = sweep(&s, "forget1", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("forget1").await.unwrap().remove(0);
+    redis.snapshot();
+    let _w = worker_with(
+        &s,
+        "wf",
+        "cpu",
+        &["--reconcile-secs", "2", "--reconcile-grace-secs", "8"],
+    );
+    wait_for(&state, &job, 300, |h| state_is(h, "running")).await;
+    redis.forget();
+    let h = wait_succeeded_through_restart(&state, &job, 600).await;
+    assert_eq!(
+        h["generation"], "1",
+        "the lost start left generation 0: {h:?}"
+    );
+    assert_eq!(starts(&state, "forget1", &job).await, vec!["1"]);
+    audit(&s.env, &state, &broker, "forget1", &job, "wf", 1).await;
+
+    // A lost success, after the acknowledgement.
+    let file = sweep(&s, "forget2", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("forget2").await.unwrap().remove(0);
+    wait_for(&state, &job, 300, training).await;
+    redis.snapshot();
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    let stored = h["artifacts"].clone();
+    queues_drain(&broker.topology.prefix, None).await;
+    redis.forget();
+    let h = wait_through_restart(&state, &job, 30, |h| state_is(h, "running")).await;
+    assert_eq!(h["generation"], "1", "{h:?}");
+    let h = wait_succeeded_through_restart(&state, &job, 600).await;
+    assert_eq!(h["generation"], "2", "published again and started: {h:?}");
+    assert_eq!(h["artifacts"], stored, "the first attempt's files: {h:?}");
+    assert_eq!(
+        h.get("takeovers").map(String::as_str).unwrap_or("0"),
+        "0",
+        "its holder lived: {h:?}"
+    );
+    assert_eq!(starts(&state, "forget2", &job).await, vec!["1", "2"]);
+    audit(&s.env, &state, &broker, "forget2", &job, "wf", 1).await;
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }

@@ -157,13 +157,27 @@ pub async fn wait_succeeded_through_restart(
     job: &str,
     secs: u64,
 ) -> HashMap<String, String> {
+    wait_through_restart(state, job, secs, |h| {
+        h.get("state").map(String::as_str) == Some("succeeded")
+    })
+    .await
+}
+
+/// Waits until `job`'s record meets `done`, reading through a Redis that
+/// restarts meanwhile.
+pub async fn wait_through_restart(
+    state: &StateStore,
+    job: &str,
+    secs: u64,
+    done: impl Fn(&HashMap<String, String>) -> bool,
+) -> HashMap<String, String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         match state.job(job).await {
-            Ok(h) if h.get("state").map(String::as_str) == Some("succeeded") => return h,
+            Ok(h) if done(&h) => return h,
             last => assert!(
                 Instant::now() < deadline,
-                "{job} did not succeed after Redis came back: {last:?}"
+                "{job}: condition not met in {secs} s after Redis came back: {last:?}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -282,6 +296,94 @@ pub fn start_redis(port: u16) -> Killed {
         std::thread::sleep(Duration::from_millis(100));
     }
     k
+}
+
+/// A redis-server of a test's own that keeps its data as a production one
+/// would (an append-only file, `appendfsync everysec`). [`snapshot`] copies
+/// its files as they are now (the process stopped meanwhile, so that the
+/// copy is whole); [`forget`] kills it and starts it again from that copy:
+/// what a host crash or a failover to a replica a moment behind leaves,
+/// every write since the snapshot lost.
+///
+/// [`snapshot`]: ForgetfulRedis::snapshot
+/// [`forget`]: ForgetfulRedis::forget
+pub struct ForgetfulRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    server: Option<Killed>,
+}
+
+impl ForgetfulRedis {
+    pub fn start() -> ForgetfulRedis {
+        let mut r = ForgetfulRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            server: None,
+        };
+        std::fs::create_dir(r.data()).unwrap();
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn snap(&self) -> std::path::PathBuf {
+        self.dir.path().join("snapshot")
+    }
+
+    fn spawn(&mut self) {
+        let server = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.data().to_str().unwrap(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.server = Some(Killed(server));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn snapshot(&self) {
+        let server = &self.server.as_ref().unwrap().0;
+        signal(server, "STOP");
+        let _ = std::fs::remove_dir_all(self.snap());
+        let copied = Command::new("cp")
+            .args([
+                "-a",
+                self.data().to_str().unwrap(),
+                self.snap().to_str().unwrap(),
+            ])
+            .status();
+        signal(server, "CONT");
+        assert!(copied.unwrap().success(), "cannot copy Redis's files");
+    }
+
+    pub fn forget(&mut self) {
+        let mut server = self.server.take().unwrap();
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+        std::fs::remove_dir_all(self.data()).unwrap();
+        let copied = Command::new("cp")
+            .args([
+                "-a",
+                self.snap().to_str().unwrap(),
+                self.data().to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cannot restore Redis's files");
+        self.spawn();
+    }
 }
 
 /// A RabbitMQ node of a test's own (its own name, ports and data folder),

@@ -29,9 +29,11 @@ use crate::engine::error::JobError;
 use crate::engine::pipeline;
 use crate::engine::trained::RunIds;
 use crate::tracking::{End, JobStart, JobTracker};
-use checkpoints::{resume_from, upload_checkpoints, Checkpoints, CHECKPOINT_UPLOAD_WAIT};
+use checkpoints::{
+    forget_checkpoint, resume_from, upload_checkpoints, Checkpoints, CHECKPOINT_UPLOAD_WAIT,
+};
 use rescore::validate;
-use upload::{read_files, results_of, upload};
+use upload::{read_files, results_of, stored_run, upload};
 use watch::{watch, Reporter, Shared, StopReason, WatchCtx};
 
 /// Runs the job and stores its files; what happened, for [`super::settle`].
@@ -112,9 +114,18 @@ pub(super) async fn execute(
     };
     ctx.metrics.job_started();
     let spooled = ctx.spool.find(msg);
+    let stored = match (&msg.kind, &spooled) {
+        (JobKind::Train, None) => stored_run(ctx, msg).await,
+        _ => None,
+    };
     let result = match &msg.kind {
         _ if spooled.is_some() => {
             tracing::info!(job = %msg.job_id, "files of an earlier run of this job wait in the spool: storing them, not training again");
+            drop(reporter);
+            Ok(Vec::new())
+        }
+        _ if stored.is_some() => {
+            tracing::info!(job = %msg.job_id, folder = ?stored, "an earlier attempt of this job and configuration stored its files: recording them, not training again");
             drop(reporter);
             Ok(Vec::new())
         }
@@ -154,8 +165,20 @@ pub(super) async fn execute(
         _ => Vec::new(),
     };
     let end = match result {
-        Ok(files) => match shared.reason() {
-            StopReason::LeaseLost => RunEnd::LeaseLost,
+        Ok(files) => match (shared.reason(), stored) {
+            (StopReason::LeaseLost, _) => RunEnd::LeaseLost,
+            (_, Some(folder)) => {
+                let metrics = common::artifacts::files::METRICS_JSON;
+                let files = match ctx.artifacts.get_opt(&format!("{folder}/{metrics}")).await {
+                    Ok(Some(b)) => vec![(metrics.to_string(), b.to_vec())],
+                    _ => Vec::new(),
+                };
+                forget_checkpoint(ctx, msg).await;
+                RunEnd::Succeeded {
+                    artifacts: folder,
+                    results: results_of(&files, None),
+                }
+            }
             _ => {
                 let results = results_of(&files, spooled.as_deref());
                 match upload(ctx, msg, at, spooled, files).await {

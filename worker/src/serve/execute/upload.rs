@@ -92,12 +92,59 @@ pub(super) fn manifest<'a>(
         .collect();
     serde_json::to_vec_pretty(&serde_json::json!({
         "job_id": msg.job_id,
+        "config_hash": msg.config_hash,
         "attempt": at.attempt,
         "generation": at.generation,
         "worker": ctx.worker_id,
         "files": listed,
     }))
     .unwrap_or_default()
+}
+
+/// A whole attempt folder of this job stored by an earlier attempt of the
+/// same configuration (its `manifest.json` names the config hash): the
+/// job's files are already stored, so this attempt records them instead of
+/// training again. That happens when Redis lost the success record after
+/// the delivery was acknowledged (a crash or failover before the write
+/// reached its disk or replica): the job reads `running` again and the
+/// reconciler publishes it. The oldest such folder wins; a store that
+/// cannot be read means training.
+pub(super) async fn stored_run(ctx: &Ctx, msg: &JobMessage) -> Option<String> {
+    let keys = match ctx
+        .artifacts
+        .list(&job_prefix(&msg.sweep, &msg.job_id))
+        .await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(job = %msg.job_id, error = %e, "cannot list the job's stored files; training");
+            return None;
+        }
+    };
+    let suffix = format!("/{}", common::artifacts::files::MANIFEST_JSON);
+    let mut folders: Vec<String> = common::artifacts::complete_keys(&keys)
+        .iter()
+        .filter_map(|k| k.strip_suffix(&suffix))
+        .filter(|f| {
+            f.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("attempt-"))
+        })
+        .map(String::from)
+        .collect();
+    folders.sort_unstable();
+    for folder in folders {
+        let Ok(Some(bytes)) = ctx.artifacts.get_opt(&format!("{folder}{suffix}")).await else {
+            continue;
+        };
+        let hash = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|m| m.get("config_hash")?.as_str().map(String::from));
+        if hash.as_deref() == Some(msg.config_hash.as_str()) {
+            return Some(folder);
+        }
+    }
+    None
 }
 
 /// In-memory files plus their manifest (when the spool cannot be written).
