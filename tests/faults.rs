@@ -719,3 +719,51 @@ async fn a_redis_that_forgets_its_last_writes_loses_no_work() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// `producer cancel` as the worker admits the job, then SIGTERM at once:
+/// whichever the worker sees first (its hand-back or the cancel), the job
+/// ends `cancelled`, is never trained again (one start), stores nothing,
+/// and no queue keeps its message once a second worker has served the
+/// queue (it runs the next job).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_racing_admission_then_sigterm_leaves_the_job_cancelled() {
+    let s = setup("cancelrace");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let mut a = worker(&s, "wa");
+    let file = sweep(&s, "cancelrace", 2, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("cancelrace").await.unwrap().remove(0);
+    wait_for(&state, &job, 120, |h| state_is(h, "running")).await;
+    let o = Command::new(binary("producer"))
+        .args(["cancel", &job])
+        .envs(&s.env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    signal(&a.0, "TERM");
+    let status = a.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let _b = worker(&s, "wb");
+    let next = sweep(&s, "cancelnext", 1, "0");
+    submit(&s, &next);
+    let after = state.sweep_jobs("cancelnext").await.unwrap().remove(0);
+    wait_for(&state, &after, 600, |h| state_is(h, "succeeded")).await;
+    let h = wait_for(&state, &job, 60, |h| state_is(h, "cancelled")).await;
+    assert_eq!(h["generation"], "1", "{h:?}");
+    assert_eq!(starts(&state, "cancelrace", &job).await, vec!["1"]);
+    queues_drain(&broker.topology.prefix, None).await;
+    let services = common::config::Services::from_lookup(|k| s.env.get(k).cloned()).unwrap();
+    let s3 = services::artifacts::Artifacts::s3(services.s3.as_ref().unwrap()).unwrap();
+    let left = s3
+        .list(&common::artifacts::job_prefix("cancelrace", &job))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "a cancelled job stored {left:?}");
+    let h = state.job(&job).await.unwrap();
+    assert_eq!(h["state"], "cancelled", "it stayed cancelled: {h:?}");
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}
