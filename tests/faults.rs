@@ -767,3 +767,51 @@ async fn a_cancel_racing_admission_then_sigterm_leaves_the_job_cancelled() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// The tracker is out of reach (it accepts connections and never answers)
+/// when a job ends, and the worker waits `--mlflow-flush-secs` (20 s, more
+/// than three leases) for it: the wait comes after the outcome is recorded
+/// and acknowledged, so the lease never lapses on a finished job, and a
+/// second worker with a reconciler finds nothing to take over. Succeeded,
+/// generation 1, one start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tracker_out_of_reach_at_the_end_costs_no_takeover() {
+    let s = setup("tracker");
+    let state = StateStore::connect(REDIS, &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("http://{}", hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming().map_while(Result::ok) {
+            held.push(c);
+        }
+    });
+    let flags = [
+        "--mlflow-uri",
+        &uri,
+        "--mlflow-flush-secs",
+        "20",
+        "--reconcile-secs",
+        "2",
+        "--reconcile-grace-secs",
+        "8",
+    ];
+    let _a = worker_with(&s, "wa", "cpu", &flags);
+    let _b = worker_with(&s, "wb", "cpu", &flags);
+    let file = sweep(&s, "tracker", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("tracker").await.unwrap().remove(0);
+    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    // Past the flush, plus a lease and a reconciler pass.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = state.job(&job).await.unwrap();
+    assert_eq!(after["state"], "succeeded", "{after:?}");
+    assert_eq!(after["generation"], "1", "{after:?}");
+    assert_eq!(starts(&state, "tracker", &job).await, vec!["1"]);
+    audit(&s.env, &state, &broker, "tracker", &job, &h["worker"], 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

@@ -156,6 +156,9 @@ async fn start(
                 ("device", device.to_string()),
                 ("attempt", attempt.to_string()),
                 ("started_at", now_ms().to_string()),
+                // This copy is received: a copy the reconciler publishes
+                // later is new (see services::reconcile::decide).
+                ("seen_at", now_ms().to_string()),
                 ("error", String::new()),
                 ("step", "0".into()),
             ],
