@@ -815,3 +815,48 @@ async fn a_tracker_out_of_reach_at_the_end_costs_no_takeover() {
     broker.delete_topology().await.unwrap();
     state.delete_namespace().await.unwrap();
 }
+
+/// Redis is replaced by an empty one in the settle window: the job's files
+/// are stored and its success is about to be recorded (S3 held the upload
+/// until Redis had stopped answering, so that the record waits for it),
+/// and the record finds no job. The slot cannot settle the delivery: it
+/// returns it with its connection, the redelivered copy registers the job
+/// again and finds the stored files (no training), and the slot runs the
+/// next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restarted_empty_in_the_settle_window_keeps_the_slot() {
+    let mut s = setup("settlewin");
+    let port = free_port();
+    let mut redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    s.env.insert("REDIS_URL".into(), url.clone());
+    let state = StateStore::connect(&url, &s.ns).await.unwrap();
+    let broker = Broker::connect(AMQP, Topology::new(&s.ns), 3)
+        .await
+        .unwrap();
+    let file = sweep(&s, "settlewin", 1, "0");
+    submit(&s, &file);
+    let job = state.sweep_jobs("settlewin").await.unwrap().remove(0);
+    let (_w, log) = worker_logged(&s, "wz", &[]);
+    wait_for(&state, &job, 300, training).await;
+    signal(&s._moto.0, "STOP");
+    wait_line(&log, "storing the run's files", 300);
+    signal(&redis.0, "STOP");
+    signal(&s._moto.0, "CONT");
+    wait_line(&log, "run ended", 300);
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
+    let _redis = start_redis(port);
+    wait_line(&log, "returning the delivery with the connection", 60);
+    let h = wait_succeeded_through_restart(&state, &job, 600).await;
+    assert_eq!(h["generation"], "1", "registered again: {h:?}");
+    let next = sweep(&s, "settlenext", 1, "1");
+    submit(&s, &next);
+    let after = state.sweep_jobs("settlenext").await.unwrap().remove(0);
+    let h2 = wait_for(&state, &after, 600, |h| state_is(h, "succeeded")).await;
+    assert_eq!(h2["worker"], "wz", "the same slot: {h2:?}");
+    audit(&s.env, &state, &broker, "settlewin", &job, "wz", 1).await;
+    audit(&s.env, &state, &broker, "settlenext", &after, "wz", 1).await;
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
+}

@@ -95,6 +95,55 @@ pub fn worker_with(s: &Setup, id: &str, devices: &str, extra: &[&str]) -> Killed
     )
 }
 
+/// A `worker serve` as [`worker_with`] makes it, whose log lines (echoed
+/// to the test's stderr) also come through the returned channel.
+pub fn worker_logged(
+    s: &Setup,
+    id: &str,
+    extra: &[&str],
+) -> (Killed, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(binary("worker"))
+        .args(["serve", "--devices", "cpu", "--worker-id", id])
+        .args([
+            "--lease-secs",
+            "6",
+            "--heartbeat-secs",
+            "1",
+            "--threads",
+            "2",
+        ])
+        .args(extra)
+        .envs(&s.env)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            eprintln!("{l}");
+            let _ = tx.send(l);
+        }
+    });
+    (Killed(child), rx)
+}
+
+/// Waits (at most `secs`) for a log line containing `needle`.
+pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?} in {secs} s: {e}"),
+        }
+    }
+}
+
 /// Sends `signal` (`STOP`, `CONT`, `TERM`) to a process.
 pub fn signal(child: &std::process::Child, signal: &str) {
     let ok = Command::new("kill")

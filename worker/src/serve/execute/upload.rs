@@ -27,6 +27,7 @@ pub(super) async fn upload(
         at.generation,
         common::artifacts::sanitize(&ctx.worker_id)
     );
+    tracing::info!(job = %msg.job_id, %folder, "storing the run's files");
     let dir = match spooled {
         Some(dir) => dir,
         None => match ctx.spool.save(msg, &files) {
