@@ -417,6 +417,14 @@ impl ForgetfulRedis {
         assert!(copied.unwrap().success(), "cannot copy Redis's files");
     }
 
+    /// Kills it (SIGKILL) and starts it again from its files.
+    pub fn restart(&mut self) {
+        let mut server = self.server.take().unwrap();
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+        self.spawn();
+    }
+
     pub fn forget(&mut self) {
         let mut server = self.server.take().unwrap();
         server.0.kill().unwrap();

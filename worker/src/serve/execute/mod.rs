@@ -33,7 +33,7 @@ use checkpoints::{
     forget_checkpoint, resume_from, upload_checkpoints, Checkpoints, CHECKPOINT_UPLOAD_WAIT,
 };
 use rescore::validate;
-use upload::{read_files, results_of, stored_run, upload};
+use upload::{read_files, remove_partial_folders, results_of, stored_run, upload};
 use watch::{watch, Reporter, Shared, StopReason, WatchCtx};
 
 /// Runs the job and stores its files; what happened, for [`super::settle`].
@@ -174,6 +174,7 @@ pub(super) async fn execute(
                     _ => Vec::new(),
                 };
                 forget_checkpoint(ctx, msg).await;
+                remove_partial_folders(ctx, msg, &folder).await;
                 RunEnd::Succeeded {
                     artifacts: folder,
                     results: results_of(&files, None),

@@ -72,6 +72,7 @@ pub(super) async fn upload(
         Ok(()) => {
             ctx.spool.remove(msg);
             forget_checkpoint(ctx, msg).await;
+            remove_partial_folders(ctx, msg, &folder).await;
             RunEnd::Succeeded {
                 artifacts: folder,
                 results: Vec::new(),
@@ -100,6 +101,32 @@ pub(super) fn manifest<'a>(
         "files": listed,
     }))
     .unwrap_or_default()
+}
+
+/// Removes the job's attempt folders, other than `kept`, that have no
+/// `manifest.json`: what a worker killed while it uploaded left behind.
+/// Readers skip them anyway ([`common::artifacts::complete_keys`]); this
+/// keeps the store to one folder per finished job. Best effort.
+pub(super) async fn remove_partial_folders(ctx: &Ctx, msg: &JobMessage, kept: &str) {
+    let Ok(keys) = ctx
+        .artifacts
+        .list(&job_prefix(&msg.sweep, &msg.job_id))
+        .await
+    else {
+        return;
+    };
+    let whole: std::collections::HashSet<_> = common::artifacts::complete_keys(&keys)
+        .into_iter()
+        .collect();
+    let kept = format!("{kept}/");
+    for k in keys {
+        let partial = k.contains("/attempt-") && !whole.contains(&k) && !k.starts_with(&kept);
+        if partial {
+            if let Err(e) = ctx.artifacts.delete(&k).await {
+                tracing::warn!(key = %k, error = %e, "cannot remove a partial attempt folder's file");
+            }
+        }
+    }
 }
 
 /// A whole attempt folder of this job stored by an earlier attempt of the
