@@ -44,6 +44,11 @@ const SCHEMAS: &[(&str, &str, &str)] = &[
         "keda-v2.20.2/scaledobject-keda-v1alpha1.json",
     ),
     (
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "kubernetes-v1.32.0-strict/networkpolicy-networking-v1.json",
+    ),
+    (
         "keda.sh/v1alpha1",
         "TriggerAuthentication",
         "keda-v2.20.2/triggerauthentication-keda-v1alpha1.json",
@@ -225,7 +230,12 @@ fn every_document_validates_against_its_vendored_schema() {
     let kinds: BTreeSet<&str> = docs.iter().map(Doc::kind).collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["Deployment", "ScaledObject", "TriggerAuthentication"]),
+        BTreeSet::from([
+            "Deployment",
+            "NetworkPolicy",
+            "ScaledObject",
+            "TriggerAuthentication"
+        ]),
         "the kinds deploy/k8s is expected to hold"
     );
 }
@@ -1094,4 +1104,141 @@ fn compose_grace_period_covers_the_hand_back() {
             );
         }
     }
+}
+
+/// A NetworkPolicy selects the worker pods and lets them reach only DNS
+/// and the services they use, on their usual ports, with no rule that
+/// opens everything; in, only the metrics port the probes and Prometheus
+/// use.
+#[test]
+fn workers_reach_only_their_services() {
+    let docs = documents();
+    let policies = of_kind(&docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy for the workers");
+    let p = policies[0];
+    let mut found = Findings::default();
+    let selector = p.value.pointer("/spec/podSelector/matchLabels").cloned();
+    let mut metrics_ports = BTreeSet::new();
+    for d in of_kind(&docs, "Deployment") {
+        let Some((_, c)) = worker_container(d) else {
+            continue;
+        };
+        let labels = d.value.pointer("/spec/template/metadata/labels");
+        let selected = selector
+            .as_ref()
+            .and_then(Value::as_object)
+            .is_some_and(|m| {
+                !m.is_empty()
+                    && m.iter()
+                        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            });
+        found.check(
+            selected,
+            p,
+            "/spec/podSelector/matchLabels",
+            format!("must select the pods of {}", d.at("/")),
+        );
+        let a = args(c);
+        if let Some(port) = flag(&a, "--metrics-addr")
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            metrics_ports.insert(("TCP".to_string(), port));
+        }
+    }
+    let types = p.value.pointer("/spec/policyTypes").cloned();
+    found.check(
+        types == Some(json!(["Ingress", "Egress"])),
+        p,
+        "/spec/policyTypes",
+        "must restrict both Ingress and Egress",
+    );
+    let ports_of = |dir: &str, found: &mut Findings| -> BTreeSet<(String, u64)> {
+        let mut all = BTreeSet::new();
+        let rules = p
+            .value
+            .pointer(&format!("/spec/{dir}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, r) in rules.iter().enumerate() {
+            let ports = r.get("ports").and_then(Value::as_array);
+            found.check(
+                ports.is_some_and(|p| !p.is_empty()),
+                p,
+                &format!("/spec/{dir}/{i}"),
+                "a rule without ports opens every port",
+            );
+            for port in ports.into_iter().flatten() {
+                all.insert((
+                    port["protocol"].as_str().unwrap_or("TCP").to_string(),
+                    port["port"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        all
+    };
+    let ingress = ports_of("ingress", &mut found);
+    found.check(
+        ingress == metrics_ports,
+        p,
+        "/spec/ingress",
+        format!("must open the metrics port only: {metrics_ports:?}"),
+    );
+    // DNS, and the default ports of the worker's URLs: AMQP (and AMQPS),
+    // Redis, S3 over HTTPS, MinIO, MLflow.
+    let services: BTreeSet<(String, u64)> = [
+        ("UDP", 53),
+        ("TCP", 53),
+        ("TCP", 5672),
+        ("TCP", 5671),
+        ("TCP", 6379),
+        ("TCP", 443),
+        ("TCP", 9000),
+        ("TCP", 5000),
+    ]
+    .into_iter()
+    .map(|(p, n)| (p.to_string(), n))
+    .collect();
+    let egress = ports_of("egress", &mut found);
+    found.check(
+        egress == services,
+        p,
+        "/spec/egress",
+        format!("must be exactly {services:?}, found {egress:?}"),
+    );
+    found.assert_none("network policy");
+}
+
+/// Compose's third-party images are pinned to a release (a version with
+/// its minor number, or a dated release), never `latest` or a bare major:
+/// `docker compose up` next year runs what was tested. The project's own
+/// image is built from the Dockerfile.
+#[test]
+fn compose_images_are_pinned() {
+    let text = std::fs::read_to_string(repo_root().join("compose.yaml")).unwrap();
+    let compose: Value = serde_saphyr::from_str(&text).expect("compose.yaml is YAML");
+    let mut loose = Vec::new();
+    for (name, svc) in compose["services"].as_object().unwrap() {
+        let Some(image) = svc["image"].as_str() else {
+            continue;
+        };
+        let (repo, tag) = image.rsplit_once(':').unwrap_or((image, ""));
+        if repo == "fpb-dendrites" {
+            continue;
+        }
+        let parts: Vec<&str> = tag.split(['-', '.']).take(2).collect();
+        let minor = parts.len() == 2
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        let dated = tag.starts_with("RELEASE.20");
+        if !(minor || dated) {
+            loose.push(format!("{name}: {image}"));
+        }
+    }
+    assert!(
+        loose.is_empty(),
+        "compose.yaml images not pinned: {loose:?}"
+    );
 }

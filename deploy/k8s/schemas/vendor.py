@@ -36,7 +36,10 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 K8S_REF = "/api/_definitions.json#/$defs/"
 
 # (file in kubernetes-validate, kind, apiVersion)
-K8S_KINDS = [("deployment-apps-v1.json", "Deployment", "apps/v1")]
+K8S_KINDS = [
+    ("deployment-apps-v1.json", "Deployment", "apps/v1"),
+    ("networkpolicy-networking-v1.json", "NetworkPolicy", "networking.k8s.io/v1"),
+]
 # (CRD file, version, kind, group)
 KEDA_KINDS = [
     ("keda.sh_scaledobjects.yaml", "v1alpha1", "ScaledObject", "keda.sh"),
@@ -126,8 +129,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kubernetes-validate", required=True, help="the kubernetes-validate wheel")
     ap.add_argument("--kubernetes", required=True, help="Kubernetes version, e.g. 1.32.0")
-    ap.add_argument("--keda-crds", required=True, help="KEDA's config/crd/bases folder")
-    ap.add_argument("--keda", required=True, help="the KEDA release those CRDs are from, e.g. v2.20.2")
+    ap.add_argument("--keda-crds", help="KEDA's config/crd/bases folder (without it, Kubernetes' kinds only)")
+    ap.add_argument("--keda", help="the KEDA release those CRDs are from, e.g. v2.20.2")
     a = ap.parse_args()
     wheel = pathlib.Path(a.kubernetes_validate)
     defs = k8s_file(wheel, a.kubernetes, "_definitions.json")["$defs"]
@@ -139,7 +142,7 @@ def main():
         comment = f"Kubernetes {a.kubernetes} {kind} ({api}), strict: {source}/{name} with its definitions inlined (deploy/k8s/schemas/vendor.py)"
         write(HERE / f"kubernetes-v{a.kubernetes}-strict" / name, with_defs(schema, defs, comment))
     meta = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
-    for file, version, kind, group in KEDA_KINDS:
+    for file, version, kind, group in KEDA_KINDS if a.keda_crds else []:
         crd = yaml.safe_load((pathlib.Path(a.keda_crds) / file).read_text())
         assert crd["spec"]["names"]["kind"] == kind, file
         (v,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
