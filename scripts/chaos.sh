@@ -22,5 +22,5 @@ out=docs/results/chaos.txt
 for seed in "${seeds[@]}"; do
   CHAOS_JOBS=$jobs CHAOS_SEED=$seed RUST_TEST_THREADS=1 \
     cargo test -p system-tests --test load chaos_every_job_exactly_once -- --nocapture 2>/dev/null \
-    | grep '^chaos:' | tee -a "$out"
+    | grep -o 'chaos: seed .*' | tee -a "$out"
 done
