@@ -19,8 +19,14 @@ out=docs/results/chaos.txt
 {
   echo "# $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD), $(nproc) cores: scripts/chaos.sh $jobs ${seeds[*]}"
 } >>"$out"
+logs=$(mktemp -d)
 for seed in "${seeds[@]}"; do
-  CHAOS_JOBS=$jobs CHAOS_SEED=$seed RUST_TEST_THREADS=1 \
-    cargo test -p system-tests --test load chaos_every_job_exactly_once -- --nocapture 2>/dev/null \
-    | grep -o 'chaos: seed .*' | tee -a "$out"
+  log="$logs/seed-$seed.log"
+  if CHAOS_JOBS=$jobs CHAOS_SEED=$seed RUST_TEST_THREADS=1 \
+    cargo test -p system-tests --test load chaos_every_job_exactly_once -- --nocapture >"$log" 2>&1; then
+    grep -o 'chaos: seed .*' "$log" | tee -a "$out"
+  else
+    echo "chaos: seed $seed FAILED: $(grep -m1 -A2 'panicked' "$log" | tr '\n' ' ')" | tee -a "$out"
+    echo "the whole log: $log" >&2
+  fi
 done
