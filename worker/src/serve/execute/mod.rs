@@ -33,7 +33,7 @@ use checkpoints::{
     forget_checkpoint, resume_from, upload_checkpoints, Checkpoints, CHECKPOINT_UPLOAD_WAIT,
 };
 use rescore::validate;
-use upload::{read_files, remove_partial_folders, results_of, stored_run, upload};
+use upload::{read_files, remove_stale_folders, results_of, stored_run, upload};
 use watch::{watch, Reporter, Shared, StopReason, WatchCtx};
 
 /// Runs the job and stores its files; what happened, for [`super::settle`].
@@ -113,19 +113,27 @@ pub(super) async fn execute(
         }),
     };
     ctx.metrics.job_started();
-    let spooled = ctx.spool.find(msg);
-    let stored = match (&msg.kind, &spooled) {
-        (JobKind::Train, None) => stored_run(ctx, msg).await,
+    // A whole stored folder of this job and configuration is its outcome
+    // already; else files an earlier run left in the spool are stored.
+    let stored = match &msg.kind {
+        JobKind::Train => stored_run(ctx, msg).await,
         _ => None,
     };
+    let spooled = match stored {
+        Some(_) => {
+            ctx.spool.remove(msg);
+            None
+        }
+        None => ctx.spool.find(msg),
+    };
     let result = match &msg.kind {
-        _ if spooled.is_some() => {
-            tracing::info!(job = %msg.job_id, "files of an earlier run of this job wait in the spool: storing them, not training again");
+        _ if stored.is_some() => {
+            tracing::info!(job = %msg.job_id, folder = ?stored, "an earlier attempt of this job and configuration stored its files: recording them, not training again");
             drop(reporter);
             Ok(Vec::new())
         }
-        _ if stored.is_some() => {
-            tracing::info!(job = %msg.job_id, folder = ?stored, "an earlier attempt of this job and configuration stored its files: recording them, not training again");
+        _ if spooled.is_some() => {
+            tracing::info!(job = %msg.job_id, "files of an earlier run of this job wait in the spool: storing them, not training again");
             drop(reporter);
             Ok(Vec::new())
         }
@@ -174,7 +182,7 @@ pub(super) async fn execute(
                     _ => Vec::new(),
                 };
                 forget_checkpoint(ctx, msg).await;
-                remove_partial_folders(ctx, msg, &folder).await;
+                remove_stale_folders(ctx, msg, &folder, at.generation).await;
                 RunEnd::Succeeded {
                     artifacts: folder,
                     results: results_of(&files, None),

@@ -72,7 +72,7 @@ pub(super) async fn upload(
         Ok(()) => {
             ctx.spool.remove(msg);
             forget_checkpoint(ctx, msg).await;
-            remove_partial_folders(ctx, msg, &folder).await;
+            remove_stale_folders(ctx, msg, &folder, at.generation).await;
             RunEnd::Succeeded {
                 artifacts: folder,
                 results: Vec::new(),
@@ -103,11 +103,23 @@ pub(super) fn manifest<'a>(
     .unwrap_or_default()
 }
 
-/// Removes the job's attempt folders, other than `kept`, that have no
-/// `manifest.json`: what a worker killed while it uploaded left behind.
-/// Readers skip them anyway ([`common::artifacts::complete_keys`]); this
+/// The generation in an attempt folder's name (`attempt-<n>-g<gen>-<worker>`).
+fn generation_of(folder: &str) -> Option<u64> {
+    let name = folder.rsplit('/').next()?.strip_prefix("attempt-")?;
+    let (_, rest) = name.split_once('-')?;
+    rest.strip_prefix('g')?.split_once('-')?.0.parse().ok()
+}
+
+/// Once the job's outcome is `kept` (stored by this attempt, of generation
+/// `generation`, or an earlier one it records), removes the job's other
+/// attempt folders that can never be recorded: the whole ones of earlier
+/// generations (a fence refuses them) and the partial ones (no
+/// `manifest.json`: a worker killed while it uploaded) of this generation
+/// or earlier. A later generation's folder is left alone: it may be
+/// uploading. Readers skip all of these anyway
+/// ([`common::artifacts::complete_keys`], the folder a record names); this
 /// keeps the store to one folder per finished job. Best effort.
-pub(super) async fn remove_partial_folders(ctx: &Ctx, msg: &JobMessage, kept: &str) {
+pub(super) async fn remove_stale_folders(ctx: &Ctx, msg: &JobMessage, kept: &str, generation: u64) {
     let Ok(keys) = ctx
         .artifacts
         .list(&job_prefix(&msg.sweep, &msg.job_id))
@@ -115,15 +127,31 @@ pub(super) async fn remove_partial_folders(ctx: &Ctx, msg: &JobMessage, kept: &s
     else {
         return;
     };
-    let whole: std::collections::HashSet<_> = common::artifacts::complete_keys(&keys)
-        .into_iter()
+    let suffix = format!("/{}", common::artifacts::files::MANIFEST_JSON);
+    let whole: std::collections::HashSet<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_suffix(&suffix))
         .collect();
     let kept = format!("{kept}/");
-    for k in keys {
-        let partial = k.contains("/attempt-") && !whole.contains(&k) && !k.starts_with(&kept);
-        if partial {
-            if let Err(e) = ctx.artifacts.delete(&k).await {
-                tracing::warn!(key = %k, error = %e, "cannot remove a partial attempt folder's file");
+    for k in &keys {
+        let Some(folder) = k
+            .find("/attempt-")
+            .and_then(|i| k[i + 1..].find('/').map(|j| &k[..i + 1 + j]))
+        else {
+            continue;
+        };
+        let Some(g) = generation_of(folder) else {
+            continue;
+        };
+        let stale = !k.starts_with(&kept)
+            && if whole.contains(folder) {
+                g < generation
+            } else {
+                g <= generation
+            };
+        if stale {
+            if let Err(e) = ctx.artifacts.delete(k).await {
+                tracing::warn!(key = %k, error = %e, "cannot remove a stale attempt folder's file");
             }
         }
     }
@@ -227,4 +255,20 @@ pub(super) fn results_of(
         ("test_accuracy", format!("{:.4}", s.test.accuracy)),
         ("test_macro_f1", format!("{:.4}", s.test.macro_f1)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generation_of;
+
+    #[test]
+    fn generation_is_read_from_the_folder_name() {
+        assert_eq!(
+            generation_of("sweeps/s/jobs/j/attempt-1-g12-host-1-ab"),
+            Some(12)
+        );
+        assert_eq!(generation_of("attempt-3-g1-w"), Some(1));
+        assert_eq!(generation_of("sweeps/s/jobs/j/checkpoint"), None);
+        assert_eq!(generation_of("attempt-x"), None);
+    }
 }
