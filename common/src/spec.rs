@@ -485,6 +485,53 @@ pub struct JobSpec {
     /// Seed of initialisation, shuffling and dropout.
     #[serde(default)]
     pub seed: u64,
+    /// How the sweep's report reads the runs (left out of the hash while
+    /// it is the default, so that earlier hashes stand).
+    #[serde(default, skip_serializing_if = "ReportSpec::is_default")]
+    pub report: ReportSpec,
+}
+
+/// The report's reading of a sweep, fixed before the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// The contrast the experiment is about, `"A - B"` with A and B among
+    /// `baseline`, `dendritic`, `restart`, `branch` (default
+    /// `"dendritic - restart"`): `report.md` shows it first, and its
+    /// split-level test is the one the sweep's verdict rests on.
+    #[serde(default)]
+    pub primary: Option<String>,
+}
+
+impl ReportSpec {
+    fn is_default(&self) -> bool {
+        *self == ReportSpec::default()
+    }
+
+    /// The arms of the primary contrast, checked: `None` when unset.
+    pub fn primary_arms(&self) -> Result<Option<(Variant, Variant)>, String> {
+        let Some(p) = &self.primary else {
+            return Ok(None);
+        };
+        let arm = |s: &str| -> Result<Variant, String> {
+            serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| {
+                format!(
+                    "`report.primary` = {p:?}: {:?} is not an arm (baseline, dendritic, restart, branch)",
+                    s.trim()
+                )
+            })
+        };
+        let (a, b) = p.split_once(" - ").ok_or_else(|| {
+            format!("`report.primary` = {p:?}: write it as \"A - B\", e.g. \"dendritic - branch\"")
+        })?;
+        let (a, b) = (arm(a)?, arm(b)?);
+        if a == b {
+            return Err(format!(
+                "`report.primary` = {p:?}: the two arms are the same"
+            ));
+        }
+        Ok(Some((a, b)))
+    }
 }
 
 /// When the tracker considers switching (adding dendrites, or stopping a baseline).
@@ -616,6 +663,11 @@ pub struct DendriteSpec {
     /// (none by default, as the reference advises).
     #[serde(skip_serializing_if = "is_zero")]
     pub weight_decay: f64,
+    /// Learning rate of the added tensors (dendrite sets, or the branch
+    /// arm's linear branches); unset: the rate of the layer they are on.
+    /// Lets a control arm be tuned on validation without moving the head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -633,6 +685,7 @@ impl Default for DendriteSpec {
             max: 3,
             max_tries: 2,
             weight_decay: 0.0,
+            lr: None,
         }
     }
 }
@@ -647,6 +700,9 @@ impl DendriteSpec {
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return Err(bad("dendrites.weight_decay", "must be >= 0"));
+        }
+        if self.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
+            return Err(bad("dendrites.lr", "must be a positive number"));
         }
         if self.max == 0 {
             return Err(bad("dendrites.max", "must be at least 1"));
@@ -701,6 +757,9 @@ impl JobSpec {
         }
         self.tracker.validate()?;
         self.dendrites.validate()?;
+        self.report
+            .primary_arms()
+            .map_err(|m| bad("report.primary", m))?;
         Ok(())
     }
 
@@ -744,6 +803,28 @@ mod tests {
             "#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn report_primary_names_two_arms_and_dendrite_lr_is_positive() {
+        let mut s = minimal();
+        s.report.primary = Some("dendritic - branch".into());
+        assert_eq!(
+            s.report.primary_arms().unwrap(),
+            Some((Variant::Dendritic, Variant::Branch))
+        );
+        s.validate().unwrap();
+        assert_ne!(s.config_hash(), minimal().config_hash());
+        s.report.primary = Some("dendritic vs branch".into());
+        assert_eq!(s.validate().unwrap_err().field, "report.primary");
+        s.report.primary = Some("dendritic - gated".into());
+        let e = s.validate().unwrap_err();
+        assert!(e.reason.contains("\"gated\" is not an arm"), "{}", e.reason);
+        let mut s = minimal();
+        s.dendrites.lr = Some(0.0);
+        assert_eq!(s.validate().unwrap_err().field, "dendrites.lr");
+        s.dendrites.lr = Some(3e-3);
+        s.validate().unwrap();
     }
 
     #[test]

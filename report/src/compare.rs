@@ -6,7 +6,12 @@
 //! "dendritic, knocked out": the dendritic runs scored with their dendrite
 //! terms left out. Each contrast between two arms gets the paired mean
 //! difference with a 95% t interval (test and validation), a sign test
-//! over the pairs and McNemar's test on the pooled test predictions. Pure.
+//! over the pairs and McNemar's test on the pooled test predictions; and,
+//! because the runs of one split share their sentences, the split-level
+//! analysis the verdict rests on: the pairs' differences averaged per
+//! split, a t interval and test over the splits, and Holm's adjustment over
+//! the contrasts a report shows. The primary contrast (the sweep's
+//! `report.primary`, `dendritic - restart` unless named) comes first. Pure.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +62,8 @@ pub struct RunScores {
     pub test_labels: Vec<usize>,
     pub test_predictions: Vec<usize>,
     pub knockout_predictions: Option<Vec<usize>>,
+    /// The sweep's primary contrast (A, B), when it names one.
+    pub primary: Option<(String, String)>,
 }
 
 impl RunScores {
@@ -125,7 +132,7 @@ pub struct PairDiff {
 pub struct Contrast {
     pub a: String,
     pub b: String,
-    /// The contrast the experiment is about (dendritic − restart).
+    /// The contrast the experiment is about (`report.primary`).
     pub headline: bool,
     pub pairs: Vec<PairDiff>,
     pub test_f1: MeanCi,
@@ -141,6 +148,13 @@ pub struct Contrast {
     pub mcnemar: Option<McNemar>,
     /// Test sentences per pair (the split's test size).
     pub test_sentences: usize,
+    /// Over the splits: each split's mean test macro-F1 difference (its
+    /// seeds averaged), with the t interval over splits.
+    pub splits: MeanCi,
+    /// Two-sided t test of the split means against zero.
+    pub split_p: f64,
+    /// `split_p` after Holm's adjustment over the group's contrasts.
+    pub holm_p: f64,
 }
 
 impl Contrast {
@@ -226,6 +240,11 @@ fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
         })
         .collect();
     let col = |f: fn(&PairDiff) -> f64| -> Vec<f64> { pairs.iter().map(f).collect() };
+    let mut by_split: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for p in &pairs {
+        by_split.entry(p.split_seed).or_default().push(p.test_f1);
+    }
+    let split_means: Vec<f64> = by_split.values().map(|v| mean_sd(v).0).collect();
     let with_predictions = common.iter().all(|(x, y)| {
         !x.gold.is_empty()
             && x.gold == y.gold
@@ -248,7 +267,7 @@ fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
     Some(Contrast {
         a: a.to_string(),
         b: b.to_string(),
-        headline: a == "dendritic" && b == "restart",
+        headline: false,
         test_f1: stats::mean_ci(&col(|p| p.test_f1)),
         test_acc: stats::mean_ci(&col(|p| p.test_acc)),
         val_f1: stats::mean_ci(&col(|p| p.val_f1)),
@@ -256,11 +275,18 @@ fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
         sign: stats::sign_test(&col(|p| p.test_f1), TIE),
         mcnemar,
         test_sentences: common[0].0.gold.len(),
+        splits: stats::mean_ci(&split_means),
+        split_p: stats::t_test_p(&split_means),
+        holm_p: f64::NAN,
         pairs,
     })
 }
 
-/// The contrasts computed when both arms are present, headline first.
+/// The primary contrast unless a sweep names another.
+pub const DEFAULT_PRIMARY: (&str, &str) = ("dendritic", "restart");
+
+/// The contrasts computed when both arms are present (the primary one
+/// moved first).
 const CONTRASTS: [(&str, &str); 6] = [
     ("dendritic", "restart"),
     ("dendritic", "branch"),
@@ -270,7 +296,9 @@ const CONTRASTS: [(&str, &str); 6] = [
     ("dendritic", KNOCKOUT_ARM),
 ];
 
-/// Groups runs, computes per-arm statistics and the paired contrasts.
+/// Groups runs, computes per-arm statistics and the paired contrasts, the
+/// group's primary contrast first (`primary` of its runs, else
+/// [`DEFAULT_PRIMARY`]), with Holm's adjustment over the group's contrasts.
 pub fn summarize(runs: &[RunScores]) -> Vec<GroupSummary> {
     let mut groups: BTreeMap<&str, Vec<&RunScores>> = BTreeMap::new();
     for r in runs {
@@ -312,10 +340,24 @@ pub fn summarize(runs: &[RunScores]) -> Vec<GroupSummary> {
                     )
                 })
                 .collect();
-            let contrasts = CONTRASTS
+            let primary = rs[0]
+                .primary
+                .clone()
+                .unwrap_or((DEFAULT_PRIMARY.0.into(), DEFAULT_PRIMARY.1.into()));
+            let first = (primary.0.as_str(), primary.1.as_str());
+            let mut order: Vec<(&str, &str)> = vec![first];
+            order.extend(CONTRASTS.iter().copied().filter(|c| *c != first));
+            let mut contrasts: Vec<Contrast> = order
                 .iter()
                 .filter_map(|(a, b)| contrast(a, b, by_arm.get(a)?, by_arm.get(b)?))
                 .collect();
+            if let Some(c) = contrasts.first_mut() {
+                c.headline = (c.a.as_str(), c.b.as_str()) == order[0];
+            }
+            let adjusted = stats::holm(&contrasts.iter().map(|c| c.split_p).collect::<Vec<_>>());
+            for (c, p) in contrasts.iter_mut().zip(adjusted) {
+                c.holm_p = p;
+            }
             GroupSummary {
                 group: group.to_string(),
                 model: rs[0].row.model.clone(),
@@ -371,9 +413,26 @@ pub fn sentences(c: &Contrast) -> String {
         acc_sentences,
         c.test_sentences
     ));
+    let sp = &c.splits;
+    if sp.lo.is_finite() {
+        s.push_str(&format!(
+            " By split (the seeds of a split averaged: the unit the verdict rests on), over {} split(s): {} points (95% CI {} to {}), t test p {}, Holm-adjusted p {} over the contrasts shown.",
+            sp.n,
+            points(sp.mean),
+            points(sp.lo),
+            points(sp.hi),
+            stats::format_p(c.split_p),
+            stats::format_p(c.holm_p)
+        ));
+    } else {
+        s.push_str(&format!(
+            " {} split(s): too few for a split-level test.",
+            sp.n
+        ));
+    }
     if let Some(m) = &c.mcnemar {
         s.push_str(&format!(
-            " Pooled over the pairs, {} test sentence(s) were right only under {} and {} only under {} (McNemar exact p {}).",
+            " Pooled over the pairs (sentences of one split counted once per seed, so not independent), {} test sentence(s) were right only under {} and {} only under {} (McNemar exact p {}).",
             m.only_a,
             c.a,
             m.only_b,
@@ -426,6 +485,7 @@ mod tests {
             test_labels: gold,
             test_predictions: predictions,
             knockout_predictions: None,
+            primary: None,
         }
     }
 
@@ -478,6 +538,45 @@ mod tests {
             text.contains("excludes zero, dendritic scores higher than restart"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_named_primary_comes_first_and_splits_are_the_unit() {
+        let mut runs = experiment(0.02);
+        for r in &mut runs {
+            r.primary = Some(("dendritic".into(), "baseline".into()));
+        }
+        let g = &summarize(&runs)[0];
+        let labels: Vec<(&str, &str, bool)> = g
+            .contrasts
+            .iter()
+            .map(|c| (c.a.as_str(), c.b.as_str(), c.headline))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("dendritic", "baseline", true),
+                ("dendritic", "restart", false),
+                ("restart", "baseline", false)
+            ]
+        );
+        // dendritic - restart by split: 0.02 plus each split's mean noise
+        // (+0.001, -0.000333, +0.000667): three values, not nine pairs.
+        let c = &g.contrasts[1];
+        assert_eq!(c.splits.n, 3);
+        assert!((c.splits.mean - 0.020_444).abs() < 1e-5, "{:?}", c.splits);
+        let want = stats::t_test_p(&[0.021, 0.020 - 0.000_333_333, 0.020_666_667]);
+        assert!((c.split_p - want).abs() < 1e-6, "{} {want}", c.split_p);
+        // Holm over the three contrasts shown: never below the raw p, and
+        // the smallest raw p times three.
+        let raw: Vec<f64> = g.contrasts.iter().map(|c| c.split_p).collect();
+        let adjusted: Vec<f64> = g.contrasts.iter().map(|c| c.holm_p).collect();
+        assert_eq!(adjusted, stats::holm(&raw));
+        let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(adjusted
+            .iter()
+            .any(|p| (p - (3.0 * min).min(1.0)).abs() < 1e-12));
+        assert!(sentences(c).contains("over 3 split(s)"), "{}", sentences(c));
     }
 
     #[test]

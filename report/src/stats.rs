@@ -61,6 +61,36 @@ pub fn mean_ci(d: &[f64]) -> MeanCi {
     }
 }
 
+/// Two-sided p-value of the one-sample t test of mean zero (NaN below two
+/// values; 0 when every value is the same non-zero number).
+pub fn t_test_p(d: &[f64]) -> f64 {
+    let c = mean_ci(d);
+    if c.n < 2 {
+        return f64::NAN;
+    }
+    if c.sd == 0.0 {
+        return if c.mean == 0.0 { 1.0 } else { 0.0 };
+    }
+    let t = c.mean / (c.sd / (c.n as f64).sqrt());
+    let dist = StudentsT::new(0.0, 1.0, (c.n - 1) as f64).expect("n - 1 >= 1 degrees of freedom");
+    (2.0 * (1.0 - dist.cdf(t.abs()))).min(1.0)
+}
+
+/// Holm's step-down adjustment of `p` (same order; NaN stays NaN and is
+/// not counted among the tests).
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..p.len()).filter(|&i| p[i].is_finite()).collect();
+    idx.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let m = idx.len();
+    let mut out = vec![f64::NAN; p.len()];
+    let mut running = 0.0_f64;
+    for (rank, &i) in idx.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p[i]).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
 /// Two-sided exact binomial p-value of `k` successes out of `n` at p = 1/2.
 pub fn binomial_two_sided(k: u64, n: u64) -> f64 {
     if n == 0 {
@@ -175,6 +205,27 @@ mod tests {
         let s = sign_test(&[0.01, -0.02, 0.0, 0.03, 1e-12], 1e-9);
         assert_eq!((s.higher, s.lower, s.tied), (2, 1, 2));
         assert_eq!(s.p, 1.0);
+    }
+
+    #[test]
+    fn t_test_matches_a_known_value() {
+        // d = [1, 2, 3, 4]: mean 2.5, sd 1.291, t = 3.873 on 3 df, p = 0.0305.
+        let p = t_test_p(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((p - 0.030_466).abs() < 1e-4, "{p}");
+        assert!(t_test_p(&[1.0]).is_nan());
+        assert_eq!(t_test_p(&[0.0, 0.0]), 1.0);
+    }
+
+    #[test]
+    fn holm_adjusts_step_down_and_keeps_order() {
+        // Sorted 0.01, 0.02, 0.04 -> 0.03, 0.04, 0.04 (monotone).
+        let a = holm(&[0.04, 0.01, 0.02, f64::NAN]);
+        let want = [0.04, 0.03, 0.04];
+        for (x, w) in a.iter().zip(want) {
+            assert!((x - w).abs() < 1e-12, "{a:?}");
+        }
+        assert!(a[3].is_nan());
+        assert_eq!(holm(&[0.6, 0.7]), vec![1.0, 1.0]);
     }
 
     #[test]

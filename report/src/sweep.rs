@@ -34,6 +34,8 @@ pub struct SweepRun {
     pub knockout_predictions: Option<Vec<usize>>,
     /// The run's notes (`metrics.json`).
     pub notes: Vec<String>,
+    /// The sweep's primary contrast (`report.primary` of its spec).
+    pub primary: Option<(String, String)>,
 }
 
 impl SweepRun {
@@ -72,6 +74,13 @@ impl SweepRun {
             test_predictions: summary.test_predictions,
             knockout_predictions: summary.knockout.map(|k| k.test_predictions),
             notes: summary.notes,
+            primary: spec
+                .spec
+                .report
+                .primary_arms()
+                .ok()
+                .flatten()
+                .map(|(a, b)| (a.to_string(), b.to_string())),
         })
     }
 
@@ -81,6 +90,7 @@ impl SweepRun {
             test_labels: self.test_labels.clone(),
             test_predictions: self.test_predictions.clone(),
             knockout_predictions: self.knockout_predictions.clone(),
+            primary: self.primary.clone(),
         }
     }
 }
@@ -135,8 +145,11 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
          a contrast's value is the mean paired difference A − B with its 95% t interval in brackets; \
          the sign test counts pairs where A was higher / lower / tied on test macro-F1; \
          McNemar counts pooled test sentences right only under A / only under B \
-         (runs of one split share their test sentences, so its p-value is optimistic: \
-         the sign test over pairs is the conservative test).\n\n",
+         (runs of one split share their test sentences, so its p-value is optimistic). \
+         The runs of one split are not independent: the verdict rests on the split-level column, \
+         each split's seeds averaged, a t interval and test over the splits, \
+         and the p-value adjusted by Holm over every contrast of the table. \
+         The first contrast is the primary one, named before the run (`report.primary`).\n\n",
     );
     for g in groups {
         s.push_str(&format!(
@@ -162,8 +175,8 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
             ));
         }
         if !g.contrasts.is_empty() {
-            s.push_str("\n| contrast A − B | pairs | Δ test macro-F1 [95% CI] | Δ val macro-F1 [95% CI] | Δ test accuracy [95% CI] | sign test higher / lower / tied | McNemar only A / only B |\n");
-            s.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+            s.push_str("\n| contrast A − B | pairs | Δ test macro-F1 [95% CI] | by split [95% CI] (t test p, Holm) | Δ val macro-F1 [95% CI] | Δ test accuracy [95% CI] | sign test higher / lower / tied | McNemar only A / only B (pooled) |\n");
+            s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
             for c in &g.contrasts {
                 s.push_str(&contrast_rows(c));
             }

@@ -32,16 +32,20 @@ pub struct Optimised {
 impl Optimised {
     /// `base` and the model's dendrite tensors, with a fresh AdamW: the
     /// head, its dendrites included, gets `head_lr / lr` as its multiplier;
-    /// dendrite tensors get `dendrites.weight_decay` (none by default).
+    /// dendrite tensors get `dendrites.weight_decay` (none by default) and
+    /// `dendrites.lr` when set.
     pub fn new(base: &[(String, Var)], model: &mut Model, cfg: &RunConfig) -> Result<Self> {
         let mut trainable = base.to_vec();
         trainable.extend(model.dendrite_trainables());
         let spec = cfg.train;
-        let dendrite_wd = cfg.dendrites.map_or(0.0, |d| d.weight_decay);
+        let added = Added {
+            weight_decay: cfg.dendrites.map_or(0.0, |d| d.weight_decay),
+            lr: cfg.dendrites.and_then(|d| d.lr),
+        };
         let groups: Vec<(String, Var, f64, f64)> = trainable
             .iter()
             .map(|(n, v)| {
-                let (mult, wd) = group_of(n, cfg.head_prefixes, spec, dendrite_wd);
+                let (mult, wd) = group_of(n, cfg.head_prefixes, spec, added);
                 (n.clone(), v.clone(), mult, wd)
             })
             .collect();
@@ -58,23 +62,32 @@ impl Optimised {
     }
 }
 
+/// What the added tensors (dendrite sets, branches) train with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added {
+    pub weight_decay: f64,
+    /// Their own learning rate (`dendrites.lr`), else their layer's.
+    pub lr: Option<f64>,
+}
+
 /// A parameter's learning-rate multiplier and weight decay: the head, its
-/// dendrites included, trains at `head_lr`; dendrite tensors get
-/// `dendrite_wd`, everything else `train.weight_decay`.
+/// dendrites included, trains at `head_lr`, unless `added.lr` sets the
+/// rate of the added tensors; those get `added.weight_decay`, everything
+/// else `train.weight_decay`.
 pub fn group_of(
     name: &str,
     head_prefixes: &[&str],
     spec: &common::spec::TrainSpec,
-    dendrite_wd: f64,
+    added: Added,
 ) -> (f64, f64) {
     let head = head_prefixes.iter().any(|p| name.starts_with(p));
-    let mult = if head {
-        spec.head_lr.map_or(1.0, |h| h / spec.lr)
-    } else {
-        1.0
+    let mult = match added.lr {
+        Some(lr) if is_dendrite(name) => lr / spec.lr,
+        _ if head => spec.head_lr.map_or(1.0, |h| h / spec.lr),
+        _ => 1.0,
     };
     let wd = if is_dendrite(name) {
-        dendrite_wd
+        added.weight_decay
     } else {
         spec.weight_decay
     };
@@ -355,7 +368,7 @@ mod tests {
             ..Default::default()
         };
         let heads = ["classifier."];
-        let g = |n: &str| group_of(n, &heads, &spec, 0.0);
+        let g = |n: &str| group_of(n, &heads, &spec, Added::default());
         assert_eq!(g("classifier.weight"), (10.0, 0.01));
         assert_eq!(g("classifier.dendrites.0.T"), (10.0, 0.0));
         assert_eq!(g("classifier.dendrites.1.weight"), (10.0, 0.0));
@@ -364,7 +377,30 @@ mod tests {
             g("bert.encoder.layer.0.attention.self.query.weight"),
             (1.0, 0.01)
         );
-        assert_eq!(group_of("x.dendrites.0.D", &heads, &spec, 0.05).1, 0.05);
+        let wd = Added {
+            weight_decay: 0.05,
+            lr: None,
+        };
+        assert_eq!(group_of("x.dendrites.0.D", &heads, &spec, wd).1, 0.05);
+    }
+
+    #[test]
+    fn added_tensors_train_at_their_own_rate_and_the_head_keeps_its_own() {
+        let spec = common::spec::TrainSpec {
+            lr: 1e-2,
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let heads = ["classifier."];
+        let added = Added {
+            weight_decay: 0.0,
+            lr: Some(5e-3),
+        };
+        let g = |n: &str| group_of(n, &heads, &spec, added);
+        assert_eq!(g("classifier.weight"), (1.0, 0.01));
+        assert_eq!(g("classifier.dendrites.0.weight"), (0.5, 0.0));
+        assert_eq!(g("bert.pooler.dense.dendrites.1.T"), (0.5, 0.0));
+        assert_eq!(g("bert.pooler.dense.weight"), (1.0, 0.01));
     }
 
     #[test]
