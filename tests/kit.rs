@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -325,6 +326,7 @@ pub fn training(h: &HashMap<String, String>) -> bool {
 pub fn start_redis(port: u16) -> Killed {
     let k = Killed(
         Command::new("redis-server")
+            .process_group(0)
             .args([
                 "--port",
                 &port.to_string(),
@@ -388,6 +390,7 @@ impl ForgetfulRedis {
 
     fn spawn(&mut self) {
         let server = Command::new("redis-server")
+            .process_group(0)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.data().to_str().unwrap(), "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
