@@ -170,8 +170,15 @@ patience = 1
 [base.dendrites]
 targets = ["classifier", "pooler.dense"]
 max = 1
-[grid]
-variant = ["baseline", "dendritic", "restart"]
+[arms.baseline]
+variant = "baseline"
+[arms.dendritic]
+variant = "dendritic"
+[arms.gated-linear]
+variant = "dendritic"
+dendrites = {{ activation = "identity" }}
+[arms.restart]
+variant = "restart"
 "#,
             fpb = fpb()
         ),
@@ -185,17 +192,20 @@ variant = ["baseline", "dendritic", "restart"]
         String::from_utf8_lossy(&o.stderr)
     );
     let sweep_dir = out.path().join("runs/sweeps/arms");
-    let metrics = |variant: &str| -> serde_json::Value {
-        let job = std::fs::read_dir(sweep_dir.join("jobs"))
+    let job_of = |arm: &str| -> (std::path::PathBuf, serde_json::Value) {
+        std::fs::read_dir(sweep_dir.join("jobs"))
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| {
+            .find_map(|p| {
                 let spec: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(p.join("spec.json")).unwrap())
                         .unwrap();
-                spec["spec"]["variant"] == variant
+                (spec["spec"]["arm"] == arm).then_some((p, spec))
             })
-            .unwrap_or_else(|| panic!("no {variant} run"));
+            .unwrap_or_else(|| panic!("no {arm} run"))
+    };
+    let metrics = |arm: &str| -> serde_json::Value {
+        let (job, _) = job_of(arm);
         serde_json::from_str(&std::fs::read_to_string(job.join("metrics.json")).unwrap()).unwrap()
     };
     let (base, dend, rest) = (
@@ -225,10 +235,34 @@ variant = ["baseline", "dendritic", "restart"]
             .len(),
         n_test
     );
+    // Mean ablation re-scores the same sentences too, and Results.csv
+    // carries it and the arm under its name.
+    let ablated = &dend["knockout"]["mean_ablated"];
+    assert_eq!(
+        ablated["test_predictions"].as_array().unwrap().len(),
+        n_test
+    );
+    let (gated_dir, gated_spec) = job_of("gated-linear");
+    assert_eq!(gated_spec["spec"]["variant"], "dendritic");
+    assert_eq!(gated_spec["spec"]["dendrites"]["activation"], "identity");
+    let rows = report::results::read(
+        "Results.csv",
+        &std::fs::read(gated_dir.join("Results.csv")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rows[0].arm, "gated-linear");
+    let gated = metrics("gated-linear");
+    let f1 = gated["knockout"]["mean_ablated"]["test"]["macro_f1"]
+        .as_f64()
+        .unwrap();
+    assert!((rows[0].mean_ablated_macro_f1.unwrap() - f1).abs() < 1e-6);
     let report = std::fs::read_to_string(sweep_dir.join("report.md")).unwrap();
     for needle in [
         "| dendritic − restart (headline) | 1 |",
         "| restart − baseline | 1 |",
+        "| dendritic − gated-linear | 1 |",
+        "| dendritic − dendritic, mean-ablated | 1 |",
+        "| gated-linear − gated-linear, knocked out | 1 |",
         "dendritic, knocked out",
     ] {
         assert!(report.contains(needle), "{needle}\n{report}");

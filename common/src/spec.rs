@@ -489,6 +489,10 @@ pub struct JobSpec {
     /// it is the default, so that earlier hashes stand).
     #[serde(default, skip_serializing_if = "ReportSpec::is_default")]
     pub report: ReportSpec,
+    /// The arm this run belongs to, named by the sweep's `[arms.<name>]`
+    /// table (unset: the variant names the arm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 /// The report's reading of a sweep, fixed before the run.
@@ -508,30 +512,50 @@ impl ReportSpec {
         *self == ReportSpec::default()
     }
 
-    /// The arms of the primary contrast, checked: `None` when unset.
-    pub fn primary_arms(&self) -> Result<Option<(Variant, Variant)>, String> {
+    /// The arms of the primary contrast as written: `None` when unset.
+    pub fn primary_arms(&self) -> Result<Option<(String, String)>, String> {
         let Some(p) = &self.primary else {
             return Ok(None);
-        };
-        let arm = |s: &str| -> Result<Variant, String> {
-            serde_json::from_value(serde_json::Value::String(s.trim().to_string())).map_err(|_| {
-                format!(
-                    "`report.primary` = {p:?}: {:?} is not an arm (baseline, dendritic, restart, branch)",
-                    s.trim()
-                )
-            })
         };
         let (a, b) = p.split_once(" - ").ok_or_else(|| {
             format!("`report.primary` = {p:?}: write it as \"A - B\", e.g. \"dendritic - branch\"")
         })?;
-        let (a, b) = (arm(a)?, arm(b)?);
+        let (a, b) = (a.trim(), b.trim());
         if a == b {
             return Err(format!(
                 "`report.primary` = {p:?}: the two arms are the same"
             ));
         }
-        Ok(Some((a, b)))
+        Ok(Some((a.to_string(), b.to_string())))
     }
+
+    /// [`ReportSpec::primary_arms`], both names among `arms`.
+    pub fn check_primary(&self, arms: &[String]) -> Result<(), String> {
+        let Some((a, b)) = self.primary_arms()? else {
+            return Ok(());
+        };
+        for x in [a, b] {
+            if !arms.contains(&x) {
+                return Err(format!(
+                    "`report.primary` = {:?}: {x:?} is not an arm ({})",
+                    self.primary.as_deref().unwrap_or_default(),
+                    arms.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The arm names a spec without a named arm can have: its variants.
+pub const VARIANT_ARMS: [&str; 4] = ["baseline", "dendritic", "restart", "branch"];
+
+/// Whether `name` can name an arm: letters, digits, '-' and '_'.
+pub fn valid_arm_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// When the tracker considers switching (adding dendrites, or stopping a baseline).
@@ -757,10 +781,29 @@ impl JobSpec {
         }
         self.tracker.validate()?;
         self.dendrites.validate()?;
-        self.report
-            .primary_arms()
-            .map_err(|m| bad("report.primary", m))?;
+        if let Some(arm) = &self.arm {
+            if !valid_arm_name(arm) {
+                return Err(bad(
+                    "arm",
+                    format!("{arm:?}: use letters, digits, '-' or '_'"),
+                ));
+            }
+            // The sweep checks the primary contrast against its arms.
+            self.report
+                .primary_arms()
+                .map_err(|m| bad("report.primary", m))?;
+        } else {
+            let variants: Vec<String> = VARIANT_ARMS.iter().map(|s| s.to_string()).collect();
+            self.report
+                .check_primary(&variants)
+                .map_err(|m| bad("report.primary", m))?;
+        }
         Ok(())
+    }
+
+    /// The arm this run belongs to: its named arm, else its variant.
+    pub fn arm_name(&self) -> String {
+        self.arm.clone().unwrap_or_else(|| self.variant.to_string())
     }
 
     /// The hash shared by the runs that differ only in variant, dendrite
@@ -769,6 +812,7 @@ impl JobSpec {
     pub fn comparison_group(&self) -> String {
         let mut s = self.clone();
         s.variant = Variant::Baseline;
+        s.arm = None;
         s.dendrites = DendriteSpec::default();
         s.seed = 0;
         s.data.split.seed = 0;
@@ -811,7 +855,7 @@ mod tests {
         s.report.primary = Some("dendritic - branch".into());
         assert_eq!(
             s.report.primary_arms().unwrap(),
-            Some((Variant::Dendritic, Variant::Branch))
+            Some(("dendritic".to_string(), "branch".to_string()))
         );
         s.validate().unwrap();
         assert_ne!(s.config_hash(), minimal().config_hash());

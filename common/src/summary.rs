@@ -132,9 +132,24 @@ pub fn no_set_note(adds_sets: bool, switches: &[usize], epochs: usize) -> Option
     })
 }
 
-/// A run's parameters scored without their dendrite (or branch) terms.
+/// A run's parameters scored without their dendrite (or branch) terms:
+/// zeroed (`val`, `test`) and, in `mean_ablated`, each layer's term
+/// replaced by its mean over the training split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Knockout {
+    pub val: Scores,
+    pub test: Scores,
+    pub test_predictions: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_ablated: Option<Ablated>,
+}
+
+/// Scores with each dendrite term replaced by its training-split mean: a
+/// sigmoid's output has a mean near 0.5, so zeroing `T * sigma(g(x))` also
+/// takes away a constant offset the layer learned to expect; the mean
+/// keeps the offset and removes only what varies with the input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ablated {
     pub val: Scores,
     pub test: Scores,
     pub test_predictions: Vec<usize>,

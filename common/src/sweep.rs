@@ -16,7 +16,27 @@
 //! "train.lr" = [3e-5, 5e-5]
 //! ```
 //!
-//! Expansion is deterministic: axes in name order, values in file order.
+//! Arms that differ in more than their variant (a control arm with its own
+//! dendrite learning rate, dendrites with another activation) are named
+//! tables of settings; every arm crosses the whole grid, and the report
+//! compares arms by name:
+//!
+//! ```toml
+//! [arms.dendritic]
+//! variant = "dendritic"
+//! [arms.gated-linear]
+//! variant = "dendritic"
+//! "dendrites.activation" = "identity"
+//! [arms.branch]
+//! variant = "branch"
+//! "dendrites.lr" = 3e-3
+//! ```
+//!
+//! An arm sets only `variant` and `dendrites.*`, so that its runs compare
+//! with the other arms' on the same settings.
+//!
+//! Expansion is deterministic: arms and axes in name order, values in file
+//! order.
 //! Errors name the file, the line where known, and the field. Pure: the
 //! only IO is [`Sweep::load`] reading the file.
 
@@ -44,6 +64,13 @@ pub enum SweepError {
         axis: String,
         message: String,
     },
+    #[error("{path}: line {line}: arm `{arm}`: {message}")]
+    Arm {
+        path: String,
+        line: usize,
+        arm: String,
+        message: String,
+    },
     #[error("{path}: job {job} ({axes}): {source}")]
     Invalid {
         path: String,
@@ -59,7 +86,33 @@ struct SweepFile {
     sweep: SweepHeader,
     base: JobSpec,
     #[serde(default)]
+    arms: toml::Table,
+    #[serde(default)]
     grid: toml::Table,
+}
+
+/// An arm's settings: (dotted path, value).
+type Settings = Vec<(String, toml::Value)>;
+
+/// The settings an arm may set: its variant and its dendrites.
+fn arm_may_set(path: &str) -> bool {
+    path == "variant" || path.starts_with("dendrites.")
+}
+
+/// `table`'s values by dotted path (`{dendrites = {lr = 1}}` and
+/// `"dendrites.lr" = 1` alike).
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Settings) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&path, t, out),
+            v => out.push((path, v.clone())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,12 +197,67 @@ impl Sweep {
             axes.push((axis.clone(), values));
         }
 
-        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+        // Named arms: (name, settings by path); one unnamed arm without.
+        let mut arms: Vec<(Option<String>, Settings)> = Vec::new();
+        for (arm, settings) in &file.arms {
+            let arm_err = |message: String| SweepError::Arm {
+                path: origin.to_string(),
+                line: line_of(text, &format!("[arms.{arm}]")),
+                arm: arm.clone(),
+                message,
+            };
+            if !crate::spec::valid_arm_name(arm) {
+                return Err(arm_err("use letters, digits, '-' or '_'".into()));
+            }
+            let toml::Value::Table(t) = settings else {
+                return Err(arm_err("must be a table of settings".into()));
+            };
+            let mut set = Vec::new();
+            flatten("", t, &mut set);
+            for (path, _) in &set {
+                if !arm_may_set(path) {
+                    return Err(arm_err(format!(
+                        "`{path}`: an arm sets only `variant` and `dendrites.*` \
+                         (other settings belong in [base] or [grid], the same for every arm)"
+                    )));
+                }
+                if file.grid.contains_key(path) {
+                    return Err(arm_err(format!(
+                        "`{path}` is also a grid axis: set it in the arms or the grid, not both"
+                    )));
+                }
+            }
+            arms.push((Some(arm.clone()), set));
+        }
+        if arms.is_empty() {
+            arms.push((None, Vec::new()));
+        }
+
+        let points: usize = axes.iter().map(|(_, v)| v.len()).product();
+        let total = points * arms.len();
         let mut jobs = Vec::with_capacity(total);
         for index in 0..total {
+            let (arm, settings) = &arms[index / points];
             let mut table = base.clone();
             let mut point = BTreeMap::new();
-            let mut rest = index;
+            if let Some(arm) = arm {
+                for (path, value) in settings {
+                    set_path(&mut table, path, value.clone()).map_err(|message| {
+                        SweepError::Arm {
+                            path: origin.to_string(),
+                            line: line_of(text, &format!("[arms.{arm}]")),
+                            arm: arm.clone(),
+                            message,
+                        }
+                    })?;
+                }
+                table.insert("arm".into(), toml::Value::String(arm.clone()));
+                point.insert(
+                    "arm".to_string(),
+                    toml::Value::String(arm.clone()).to_string(),
+                );
+            }
+            let mut rest = index % points;
             // The last axis varies fastest.
             let mut picks = vec![0; axes.len()];
             for (k, (_, values)) in axes.iter().enumerate().rev() {
@@ -188,6 +296,20 @@ impl Sweep {
                 axes: axes_text.clone(),
                 source,
             })?;
+            if arm.is_some() {
+                let names: Vec<String> = arms.iter().filter_map(|(n, _)| n.clone()).collect();
+                spec.report
+                    .check_primary(&names)
+                    .map_err(|reason| SweepError::Invalid {
+                        path: origin.to_string(),
+                        job: format!("#{index}"),
+                        axes: axes_text.clone(),
+                        source: SpecError {
+                            field: "report.primary".into(),
+                            reason,
+                        },
+                    })?;
+            }
             let config_hash = spec.config_hash();
             jobs.push(Job {
                 id: format!("{name}-{index:03}-{}", &config_hash[..8]),
@@ -262,6 +384,7 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{Activation, Variant};
 
     const BASE: &str = r#"
 [sweep]
@@ -289,6 +412,82 @@ path = "/d"
         let ids: std::collections::HashSet<_> = a.jobs.iter().map(|j| j.id.clone()).collect();
         assert_eq!(ids.len(), 6);
         assert!(a.jobs[0].id.starts_with("t-000-"));
+    }
+
+    const ARMS: &str = r#"
+[arms.dendritic]
+variant = "dendritic"
+[arms.gated-linear]
+variant = "dendritic"
+"dendrites.activation" = "identity"
+[arms.branch]
+variant = "branch"
+dendrites = { lr = 3e-3 }
+"#;
+
+    #[test]
+    fn arms_cross_the_grid_with_their_own_settings() {
+        let text = format!("{BASE}\n[base.report]\nprimary = \"dendritic - branch\"\n{ARMS}\n[grid]\nseed = [0, 1]\n");
+        let s = Sweep::parse("s.toml", &text).unwrap();
+        assert_eq!(s.jobs.len(), 6);
+        let of = |arm: &str| -> Vec<&Job> {
+            s.jobs
+                .iter()
+                .filter(|j| j.spec.arm.as_deref() == Some(arm))
+                .collect()
+        };
+        let (b, d, g) = (of("branch"), of("dendritic"), of("gated-linear"));
+        assert_eq!((b.len(), d.len(), g.len()), (2, 2, 2));
+        assert_eq!(b[0].spec.variant, Variant::Branch);
+        assert_eq!(b[0].spec.dendrites.lr, Some(3e-3));
+        assert_eq!(d[0].spec.dendrites.lr, None);
+        assert_eq!(d[0].spec.dendrites.activation, Activation::Sigmoid);
+        assert_eq!(g[0].spec.variant, Variant::Dendritic);
+        assert_eq!(g[0].spec.dendrites.activation, Activation::Identity);
+        assert_eq!(
+            (g[0].spec.seed, g[1].spec.seed),
+            (0, 1),
+            "every arm runs every grid point"
+        );
+        assert_eq!(g[0].axes["arm"], "\"gated-linear\"");
+        // Arms compare: one comparison group, distinct configurations.
+        let groups: std::collections::HashSet<_> =
+            s.jobs.iter().map(|j| j.spec.comparison_group()).collect();
+        assert_eq!(groups.len(), 1);
+        let hashes: std::collections::HashSet<_> =
+            s.jobs.iter().map(|j| j.config_hash.clone()).collect();
+        assert_eq!(hashes.len(), 6);
+    }
+
+    #[test]
+    fn an_arm_sets_only_its_variant_and_dendrites() {
+        let text = format!("{BASE}\n[arms.fast]\nvariant = \"branch\"\n\"train.lr\" = 1e-3\n");
+        let e = Sweep::parse("s.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("line 12: arm `fast`"), "{e}");
+        assert!(e.contains("`train.lr`"), "{e}");
+        let text = format!("{BASE}{ARMS}\n[grid]\nvariant = [\"baseline\"]\n");
+        let e = Sweep::parse("s.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("`variant` is also a grid axis"), "{e}");
+        let text = format!("{BASE}\n[arms.\"a b\"]\nvariant = \"branch\"\n");
+        let e = Sweep::parse("s.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("arm `a b`"), "{e}");
+    }
+
+    #[test]
+    fn the_primary_contrast_names_arms_of_the_sweep() {
+        let text = format!("{BASE}\n[base.report]\nprimary = \"dendritic - restart\"\n{ARMS}");
+        let e = Sweep::parse("s.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("report.primary"), "{e}");
+        assert!(
+            e.contains("\"restart\" is not an arm (branch, dendritic, gated-linear)"),
+            "{e}"
+        );
+        let text = format!("{BASE}\n[base.report]\nprimary = \"gated-linear - branch\"\n{ARMS}");
+        Sweep::parse("s.toml", &text).unwrap();
+        // Without arms the variants are the arms.
+        let text = format!("{BASE}\n[base.report]\nprimary = \"dendritic - gated-linear\"\n");
+        let e = Sweep::parse("s.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("\"gated-linear\" is not an arm"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The statistics that compare the arms of a sweep. Runs are compared only
 //! within a comparison group (same settings apart from variant, dendrite
 //! settings, seed and split seed) and paired on (split seed, training
-//! seed). Arms are the variants (`baseline`, `dendritic`, `restart`,
-//! `branch`) plus
-//! "dendritic, knocked out": the dendritic runs scored with their dendrite
-//! terms left out. Each contrast between two arms gets the paired mean
+//! seed). Arms are the sweep's named arms (`[arms.<name>]`), else the
+//! variants (`baseline`, `dendritic`, `restart`, `branch`), plus for each
+//! arm of dendritic runs "<arm>, mean-ablated" (each dendrite term replaced
+//! by its training-split mean: the knock-out the sentences use) and
+//! "<arm>, knocked out" (the terms zeroed). Each contrast between two arms gets the paired mean
 //! difference with a 95% t interval (test and validation), a sign test
 //! over the pairs and McNemar's test on the pooled test predictions; and,
 //! because the runs of one split share their sentences, the split-level
@@ -34,8 +35,20 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// The name of the knocked-out arm in tables and figures.
+/// The name of the dendritic arm's knocked-out (zeroed) runs.
 pub const KNOCKOUT_ARM: &str = "dendritic, knocked out";
+
+/// The suffix of an arm's knocked-out (dendrite terms zeroed) runs.
+pub const KNOCKED_OUT: &str = ", knocked out";
+
+/// The suffix of an arm's mean-ablated runs.
+pub const MEAN_ABLATED: &str = ", mean-ablated";
+
+/// Whether an arm is a re-scoring of another arm's runs (knock-out or
+/// mean ablation) rather than runs of its own.
+pub fn is_ablation(arm: &str) -> bool {
+    arm.ends_with(KNOCKED_OUT) || arm.ends_with(MEAN_ABLATED)
+}
 
 /// Differences smaller than this count as ties in the sign test (scores
 /// are rounded to 6 decimals in `Results.csv`).
@@ -62,6 +75,7 @@ pub struct RunScores {
     pub test_labels: Vec<usize>,
     pub test_predictions: Vec<usize>,
     pub knockout_predictions: Option<Vec<usize>>,
+    pub mean_ablated_predictions: Option<Vec<usize>>,
     /// The sweep's primary contrast (A, B), when it names one.
     pub primary: Option<(String, String)>,
 }
@@ -89,6 +103,18 @@ impl RunScores {
             val_f1: r.knockout_val_macro_f1.unwrap_or(f64::NAN),
             val_acc: r.knockout_val_accuracy.unwrap_or(f64::NAN),
             predictions: self.knockout_predictions.clone().unwrap_or_default(),
+            ..self.arm_run()
+        })
+    }
+
+    fn mean_ablated_run(&self) -> Option<ArmRun> {
+        let r = &self.row;
+        Some(ArmRun {
+            test_f1: r.mean_ablated_macro_f1?,
+            test_acc: r.mean_ablated_accuracy?,
+            val_f1: r.mean_ablated_val_macro_f1.unwrap_or(f64::NAN),
+            val_acc: r.mean_ablated_val_accuracy.unwrap_or(f64::NAN),
+            predictions: self.mean_ablated_predictions.clone().unwrap_or_default(),
             ..self.arm_run()
         })
     }
@@ -174,21 +200,29 @@ impl Contrast {
 pub struct GroupSummary {
     pub group: String,
     pub model: String,
-    /// Baseline, dendritic, restart, branch, then the knocked-out arm (those
-    /// present).
+    /// Baseline, dendritic, gated-linear, restart, branch, other named
+    /// arms, then the re-scored arms (those present).
     pub arms: Vec<ArmStats>,
     pub contrasts: Vec<Contrast>,
 }
 
-fn arm_order(arm: &str) -> usize {
-    match arm {
+fn arm_order(arm: &str) -> (usize, usize, String) {
+    let (base, rescored) = match arm.strip_suffix(MEAN_ABLATED) {
+        Some(b) => (b, 1),
+        None => match arm.strip_suffix(KNOCKED_OUT) {
+            Some(b) => (b, 2),
+            None => (arm, 0),
+        },
+    };
+    let rank = match base {
         "baseline" => 0,
         "dendritic" => 1,
-        "restart" => 2,
-        "branch" => 3,
-        KNOCKOUT_ARM => 4,
+        "gated-linear" => 2,
+        "restart" => 3,
+        "branch" => 4,
         _ => 5,
-    }
+    };
+    (rescored, rank, base.to_string())
 }
 
 fn arm_stats(arm: &str, runs: &[(&ArmRun, &ResultsRow)]) -> ArmStats {
@@ -285,15 +319,17 @@ fn contrast(a: &str, b: &str, ra: &ArmRuns, rb: &ArmRuns) -> Option<Contrast> {
 /// The primary contrast unless a sweep names another.
 pub const DEFAULT_PRIMARY: (&str, &str) = ("dendritic", "restart");
 
-/// The contrasts computed when both arms are present (the primary one
-/// moved first).
-const CONTRASTS: [(&str, &str); 6] = [
+/// The contrasts between arms of their own computed when both arms are
+/// present (the primary one moved first); each arm with dendrite terms is
+/// then compared with its mean-ablated and its knocked-out re-scoring.
+const CONTRASTS: [(&str, &str); 7] = [
     ("dendritic", "restart"),
     ("dendritic", "branch"),
+    ("dendritic", "gated-linear"),
+    ("gated-linear", "branch"),
     ("branch", "restart"),
     ("dendritic", "baseline"),
     ("restart", "baseline"),
-    ("dendritic", KNOCKOUT_ARM),
 ];
 
 /// Groups runs, computes per-arm statistics and the paired contrasts, the
@@ -312,16 +348,20 @@ pub fn summarize(runs: &[RunScores]) -> Vec<GroupSummary> {
             for r in &rs {
                 let run = r.arm_run();
                 let key = (run.split_seed, run.seed);
-                arms.entry(r.row.variant.to_string())
-                    .or_default()
-                    .insert(key, (run, &r.row));
+                let arm = r.row.arm_name();
                 if r.row.variant == Variant::Dendritic {
+                    if let Some(m) = r.mean_ablated_run() {
+                        arms.entry(format!("{arm}{MEAN_ABLATED}"))
+                            .or_default()
+                            .insert(key, (m, &r.row));
+                    }
                     if let Some(k) = r.knockout_run() {
-                        arms.entry(KNOCKOUT_ARM.to_string())
+                        arms.entry(format!("{arm}{KNOCKED_OUT}"))
                             .or_default()
                             .insert(key, (k, &r.row));
                     }
                 }
+                arms.entry(arm).or_default().insert(key, (run, &r.row));
             }
             let mut stats: Vec<ArmStats> = arms
                 .iter()
@@ -340,13 +380,31 @@ pub fn summarize(runs: &[RunScores]) -> Vec<GroupSummary> {
                     )
                 })
                 .collect();
-            let primary = rs[0]
-                .primary
-                .clone()
+            let primary = rs
+                .iter()
+                .find_map(|r| r.primary.clone())
                 .unwrap_or((DEFAULT_PRIMARY.0.into(), DEFAULT_PRIMARY.1.into()));
             let first = (primary.0.as_str(), primary.1.as_str());
             let mut order: Vec<(&str, &str)> = vec![first];
             order.extend(CONTRASTS.iter().copied().filter(|c| *c != first));
+            let rescored: Vec<(String, String)> = stats
+                .iter()
+                .filter(|a| is_ablation(&a.arm))
+                .map(|a| {
+                    let base = a
+                        .arm
+                        .strip_suffix(MEAN_ABLATED)
+                        .or_else(|| a.arm.strip_suffix(KNOCKED_OUT))
+                        .unwrap_or(&a.arm);
+                    (base.to_string(), a.arm.clone())
+                })
+                .collect();
+            order.extend(
+                rescored
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .filter(|c| *c != first),
+            );
             let mut contrasts: Vec<Contrast> = order
                 .iter()
                 .filter_map(|(a, b)| contrast(a, b, by_arm.get(a)?, by_arm.get(b)?))
@@ -478,6 +536,8 @@ mod tests {
         r.val_accuracy = f1 + 0.05;
         r.knockout_macro_f1 = None;
         r.knockout_accuracy = None;
+        r.mean_ablated_macro_f1 = None;
+        r.mean_ablated_accuracy = None;
         let gold = vec![1usize; 100];
         let predictions = (0..100).map(|i| usize::from(i < right)).collect();
         RunScores {
@@ -485,6 +545,7 @@ mod tests {
             test_labels: gold,
             test_predictions: predictions,
             knockout_predictions: None,
+            mean_ablated_predictions: None,
             primary: None,
         }
     }
@@ -601,10 +662,21 @@ mod tests {
             r.row.knockout_macro_f1 = Some(r.row.macro_f1 - 0.01);
             r.row.knockout_accuracy = Some(r.row.accuracy - 0.01);
             r.knockout_predictions = Some(r.test_predictions.clone());
+            r.row.mean_ablated_macro_f1 = Some(r.row.macro_f1 - 0.004);
+            r.row.mean_ablated_accuracy = Some(r.row.accuracy - 0.004);
         }
         let g = &summarize(&runs)[0];
         let arms: Vec<&str> = g.arms.iter().map(|a| a.arm.as_str()).collect();
-        assert_eq!(arms, ["baseline", "dendritic", "restart", KNOCKOUT_ARM]);
+        assert_eq!(
+            arms,
+            [
+                "baseline",
+                "dendritic",
+                "restart",
+                "dendritic, mean-ablated",
+                KNOCKOUT_ARM
+            ]
+        );
         let labels: Vec<String> = g.contrasts.iter().map(|c| c.label()).collect();
         assert_eq!(
             labels,
@@ -612,15 +684,63 @@ mod tests {
                 "dendritic − restart",
                 "dendritic − baseline",
                 "restart − baseline",
+                "dendritic − dendritic, mean-ablated",
                 "dendritic − dendritic, knocked out"
             ]
         );
-        let ko = &g.contrasts[3];
+        assert!((g.contrasts[3].test_f1.mean - 0.004).abs() < 1e-9);
+        let ko = &g.contrasts[4];
         assert!((ko.test_f1.mean - 0.01).abs() < 1e-9);
         assert_eq!(ko.mcnemar.unwrap().only_a + ko.mcnemar.unwrap().only_b, 0);
         let rb = &g.contrasts[2];
         assert!((rb.test_f1.mean - 0.001).abs() < 1e-9);
         assert_eq!(g.arms[0].pairs.len(), 9);
+    }
+
+    /// Named arms count by name, not variant: two dendritic-variant arms
+    /// are two arms, each with its own re-scored arms, in the fixed order.
+    #[test]
+    fn named_arms_are_compared_by_name() {
+        let mut runs = experiment(0.01);
+        let gated: Vec<RunScores> = runs
+            .iter()
+            .filter(|r| r.row.variant == Variant::Dendritic)
+            .map(|r| {
+                let mut g = r.clone();
+                g.row.arm = "gated-linear".into();
+                g.row.macro_f1 -= 0.003;
+                g.row.mean_ablated_macro_f1 = Some(g.row.macro_f1 - 0.002);
+                g.row.mean_ablated_accuracy = Some(g.row.accuracy);
+                g.primary = Some(("dendritic".into(), "gated-linear".into()));
+                g
+            })
+            .collect();
+        runs.extend(gated);
+        let g = &summarize(&runs)[0];
+        let arms: Vec<&str> = g.arms.iter().map(|a| a.arm.as_str()).collect();
+        assert_eq!(
+            arms,
+            [
+                "baseline",
+                "dendritic",
+                "gated-linear",
+                "restart",
+                "gated-linear, mean-ablated"
+            ]
+        );
+        let labels: Vec<String> = g.contrasts.iter().map(|c| c.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "dendritic − gated-linear",
+                "dendritic − restart",
+                "dendritic − baseline",
+                "restart − baseline",
+                "gated-linear − gated-linear, mean-ablated"
+            ]
+        );
+        assert!((g.contrasts[0].test_f1.mean - 0.003).abs() < 1e-9);
+        assert!((g.contrasts[4].test_f1.mean - 0.002).abs() < 1e-9);
     }
 
     #[test]

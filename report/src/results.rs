@@ -17,6 +17,10 @@ pub struct ResultsRow {
     pub arch: Arch,
     pub finetune: Finetune,
     pub variant: Variant,
+    /// The run's arm: the sweep's `[arms.<name>]`, else the variant
+    /// (empty in tables written before arms had names).
+    #[serde(default)]
+    pub arm: String,
     pub seed: u64,
     /// The data split's seed (`data.split.seed`): runs pair on (split_seed, seed).
     #[serde(default)]
@@ -40,6 +44,16 @@ pub struct ResultsRow {
     pub knockout_val_accuracy: Option<f64>,
     #[serde(default)]
     pub knockout_val_macro_f1: Option<f64>,
+    /// The same with each dendrite term replaced by its training-split
+    /// mean (mean ablation).
+    #[serde(default)]
+    pub mean_ablated_accuracy: Option<f64>,
+    #[serde(default)]
+    pub mean_ablated_macro_f1: Option<f64>,
+    #[serde(default)]
+    pub mean_ablated_val_accuracy: Option<f64>,
+    #[serde(default)]
+    pub mean_ablated_val_macro_f1: Option<f64>,
     pub latency_b1_p50_ms: f64,
     pub latency_b1_p95_ms: f64,
     pub throughput_b64_per_s: f64,
@@ -70,6 +84,7 @@ impl ResultsRow {
             arch: spec.model.arch,
             finetune: spec.model.finetune,
             variant: spec.variant,
+            arm: spec.arm_name(),
             seed: spec.seed,
             split_seed: spec.data.split.seed,
             accuracy: round(s.test.accuracy, 6),
@@ -81,6 +96,10 @@ impl ResultsRow {
             knockout_macro_f1: s.knockout.as_ref().map(|k| round(k.test.macro_f1, 6)),
             knockout_val_accuracy: s.knockout.as_ref().map(|k| round(k.val.accuracy, 6)),
             knockout_val_macro_f1: s.knockout.as_ref().map(|k| round(k.val.macro_f1, 6)),
+            mean_ablated_accuracy: ablated(s).map(|a| round(a.test.accuracy, 6)),
+            mean_ablated_macro_f1: ablated(s).map(|a| round(a.test.macro_f1, 6)),
+            mean_ablated_val_accuracy: ablated(s).map(|a| round(a.val.accuracy, 6)),
+            mean_ablated_val_macro_f1: ablated(s).map(|a| round(a.val.macro_f1, 6)),
             latency_b1_p50_ms: round(s.speed.latency_b1_p50_ms, 3),
             latency_b1_p95_ms: round(s.speed.latency_b1_p95_ms, 3),
             throughput_b64_per_s: round(s.speed.throughput_b64_per_s, 2),
@@ -95,6 +114,21 @@ impl ResultsRow {
             comparison_group: spec.comparison_group(),
         }
     }
+}
+
+impl ResultsRow {
+    /// The arm the run counts in: its named arm, else its variant.
+    pub fn arm_name(&self) -> String {
+        if self.arm.is_empty() {
+            self.variant.to_string()
+        } else {
+            self.arm.clone()
+        }
+    }
+}
+
+fn ablated(s: &RunSummary) -> Option<&common::summary::Ablated> {
+    s.knockout.as_ref()?.mean_ablated.as_ref()
 }
 
 /// Serialises records (one serde type) as CSV with a header line.
@@ -124,13 +158,14 @@ pub fn write(rows: &[ResultsRow]) -> Result<Vec<u8>, ReportError> {
 }
 
 /// The columns of `Results.csv`, in order.
-pub const HEADER: [&str; 29] = [
+pub const HEADER: [&str; 34] = [
     "job_id",
     "sweep",
     "model",
     "arch",
     "finetune",
     "variant",
+    "arm",
     "seed",
     "split_seed",
     "accuracy",
@@ -142,6 +177,10 @@ pub const HEADER: [&str; 29] = [
     "knockout_macro_f1",
     "knockout_val_accuracy",
     "knockout_val_macro_f1",
+    "mean_ablated_accuracy",
+    "mean_ablated_macro_f1",
+    "mean_ablated_val_accuracy",
+    "mean_ablated_val_macro_f1",
     "latency_b1_p50_ms",
     "latency_b1_p95_ms",
     "throughput_b64_per_s",
@@ -201,6 +240,7 @@ pub(crate) mod tests {
             arch: Arch::Bert,
             finetune: Finetune::Full,
             variant,
+            arm: variant.to_string(),
             seed,
             split_seed: 0,
             accuracy: acc,
@@ -212,6 +252,10 @@ pub(crate) mod tests {
             knockout_macro_f1: (variant == Variant::Dendritic).then_some(acc - 0.11),
             knockout_val_accuracy: None,
             knockout_val_macro_f1: None,
+            mean_ablated_accuracy: (variant == Variant::Dendritic).then_some(acc - 0.005),
+            mean_ablated_macro_f1: (variant == Variant::Dendritic).then_some(acc - 0.105),
+            mean_ablated_val_accuracy: None,
+            mean_ablated_val_macro_f1: None,
             latency_b1_p50_ms: 1.5,
             latency_b1_p95_ms: 2.25,
             throughput_b64_per_s: 100.0,

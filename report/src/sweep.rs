@@ -32,6 +32,7 @@ pub struct SweepRun {
     pub test_labels: Vec<usize>,
     pub test_predictions: Vec<usize>,
     pub knockout_predictions: Option<Vec<usize>>,
+    pub mean_ablated_predictions: Option<Vec<usize>>,
     /// The run's notes (`metrics.json`).
     pub notes: Vec<String>,
     /// The sweep's primary contrast (`report.primary` of its spec).
@@ -72,15 +73,14 @@ impl SweepRun {
                 .collect(),
             test_labels: summary.test_labels,
             test_predictions: summary.test_predictions,
+            mean_ablated_predictions: summary
+                .knockout
+                .as_ref()
+                .and_then(|k| k.mean_ablated.as_ref())
+                .map(|a| a.test_predictions.clone()),
             knockout_predictions: summary.knockout.map(|k| k.test_predictions),
             notes: summary.notes,
-            primary: spec
-                .spec
-                .report
-                .primary_arms()
-                .ok()
-                .flatten()
-                .map(|(a, b)| (a.to_string(), b.to_string())),
+            primary: spec.spec.report.primary_arms().ok().flatten(),
         })
     }
 
@@ -90,6 +90,7 @@ impl SweepRun {
             test_labels: self.test_labels.clone(),
             test_predictions: self.test_predictions.clone(),
             knockout_predictions: self.knockout_predictions.clone(),
+            mean_ablated_predictions: self.mean_ablated_predictions.clone(),
             primary: self.primary.clone(),
         }
     }
@@ -149,7 +150,11 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
          The runs of one split are not independent: the verdict rests on the split-level column, \
          each split's seeds averaged, a t interval and test over the splits, \
          and the p-value adjusted by Holm over every contrast of the table. \
-         The first contrast is the primary one, named before the run (`report.primary`).\n\n",
+         The first contrast is the primary one, named before the run (`report.primary`). \
+         An arm \"A, mean-ablated\" is A's runs scored with each dendrite term replaced by its mean \
+         over the training split (what the dendrites add beyond a constant offset: the knock-out \
+         the sentences use); \"A, knocked out\" zeroes the terms, which also removes the offset \
+         (a sigmoid's output averages about 0.5), so it overstates what the dendrites do.\n\n",
     );
     for g in groups {
         s.push_str(&format!(
@@ -181,7 +186,11 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
                 s.push_str(&contrast_rows(c));
             }
             s.push_str("\nIn sentences:\n\n");
-            for c in &g.contrasts {
+            for c in g
+                .contrasts
+                .iter()
+                .filter(|c| !c.b.ends_with(compare::KNOCKED_OUT))
+            {
                 s.push_str(&format!("- {}\n", compare::sentences(c)));
             }
             s.push_str("\nPer pair (A − B, test macro-F1 / validation macro-F1):\n\n");
@@ -219,8 +228,16 @@ pub fn to_markdown(sweep: &str, groups: &[GroupSummary]) -> String {
 /// The figures of one comparison group; `suffix` tells groups apart.
 fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<Files, ReportError> {
     let mut out = Vec::new();
-    let arms: Vec<String> = g.arms.iter().map(|a| a.arm.clone()).collect();
-    let values: Vec<Vec<f64>> = g.arms.iter().map(|a| a.test_f1_values.clone()).collect();
+    // Arms of their own only: a knock-out (tens of points lower) on the
+    // same axis would flatten the arms the figure is about; report.md
+    // tables it.
+    let own: Vec<&compare::ArmStats> = g
+        .arms
+        .iter()
+        .filter(|a| !compare::is_ablation(&a.arm))
+        .collect();
+    let arms: Vec<String> = own.iter().map(|a| a.arm.clone()).collect();
+    let values: Vec<Vec<f64>> = own.iter().map(|a| a.test_f1_values.clone()).collect();
     out.push((
         format!("variant_comparison{suffix}.png"),
         plots::variant_comparison(
@@ -235,7 +252,7 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
     let shown: Vec<&Contrast> = g
         .contrasts
         .iter()
-        .filter(|c| c.b != compare::KNOCKOUT_ARM)
+        .filter(|c| !compare::is_ablation(&c.b))
         .collect();
     if !shown.is_empty() {
         let bars = |test: fn(&compare::PairDiff) -> f64, val: fn(&compare::PairDiff) -> f64| {

@@ -321,6 +321,10 @@ fn final_metrics(s: &RunSummary, at: i64) -> Vec<Metric> {
     if let Some(k) = &s.knockout {
         m.push(metric("knockout_test_accuracy", k.test.accuracy, at, b));
         m.push(metric("knockout_test_macro_f1", k.test.macro_f1, at, b));
+        if let Some(a) = &k.mean_ablated {
+            m.push(metric("mean_ablated_test_accuracy", a.test.accuracy, at, b));
+            m.push(metric("mean_ablated_test_macro_f1", a.test.macro_f1, at, b));
+        }
     }
     m
 }

@@ -12,7 +12,7 @@ use common::artifacts::files;
 use common::job::EvalSplit;
 use common::metrics;
 use common::spec::{JobSpec, ModelSpec, Variant};
-use common::summary::{Knockout, RunSummary, ValidationSummary};
+use common::summary::{Ablated, Knockout, RunSummary, ValidationSummary};
 
 use super::base_model::BaseModel;
 use super::data::LABELS;
@@ -135,10 +135,24 @@ pub fn run(
             evaluate_with(&model, set, eval_bs, device, None, &Ctx::knockout()).map(|r| r.1)
         };
         let (kv, kt) = (ko(&va)?, ko(&te)?);
+        // Mean ablation: each layer's term replaced by its mean over the
+        // training split (recorded in one pass over it).
+        let recording = Ctx::recording();
+        evaluate_with(&model, &tr, eval_bs, device, None, &recording)?;
+        let mean = Ctx::mean_ablated(recording.dendrite_means()?);
+        let ma = |set: &train::Encoded| {
+            evaluate_with(&model, set, eval_bs, device, None, &mean).map(|r| r.1)
+        };
+        let (mv, mt) = (ma(&va)?, ma(&te)?);
         Some(Knockout {
             val: metrics::scores(&kv, &va.labels, &labels),
             test: metrics::scores(&kt, &te.labels, &labels),
             test_predictions: kt,
+            mean_ablated: Some(Ablated {
+                val: metrics::scores(&mv, &va.labels, &labels),
+                test: metrics::scores(&mt, &te.labels, &labels),
+                test_predictions: mt,
+            }),
         })
     } else {
         None

@@ -11,7 +11,7 @@ use super::dendrite::Dendrites;
 use super::matmul::matmul;
 use super::ops;
 use super::params::{Init, Param, Params};
-use super::Ctx;
+use super::{Ctx, DendriteUse};
 
 /// The base weight of a linear layer (`[out, in]`).
 #[derive(Clone)]
@@ -172,9 +172,20 @@ impl Linear {
             let delta = matmul(&matmul(&xin, &a.t()?, None)?, &b.t()?, None)?;
             y = (y + delta)?;
         }
-        if let Some(d) = self.dendrites.as_ref().filter(|_| !ctx.without_dendrites) {
-            if let Some(term) = d.forward(&x2, ctx)? {
-                y = (y + term)?;
+        if let Some(d) = &self.dendrites {
+            match &ctx.dendrites {
+                DendriteUse::Drop => {}
+                DendriteUse::Mean(means) => {
+                    if let Some(m) = means.get(&self.name) {
+                        y = y.broadcast_add(&m.to_dtype(y.dtype())?)?;
+                    }
+                }
+                DendriteUse::Keep | DendriteUse::Record(_) => {
+                    if let Some(term) = d.forward(&x2, ctx)? {
+                        ctx.record_term(&self.name, &term)?;
+                        y = (y + term)?;
+                    }
+                }
             }
         }
         let mut out_dims = dims;
@@ -264,6 +275,46 @@ mod tests {
             random_b: true,
         };
         Linear::load(&mut p, "l", 7, 5, true, Some(&cfg)).unwrap()
+    }
+
+    /// Mean ablation: recording keeps the output, and the ablated output is
+    /// the plain layer plus the recorded mean term, which differs from
+    /// zeroing (knock-out) by exactly that mean.
+    #[test]
+    fn mean_ablation_replaces_the_term_by_its_recorded_mean() {
+        use super::super::dendrite::Dendrites;
+        use common::spec::{Activation, DendriteKind};
+        use rand::SeedableRng;
+        let dev = Device::Cpu;
+        let mut layer = lora_layer();
+        let mut d = Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 7, 5, true);
+        d.add(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1), 1.0, &dev)
+            .unwrap();
+        // A gate that lets the term through (a new set's gate is zero).
+        d.t[0] = Param::Frozen(Tensor::new(&[1f32, -2.0, 0.5, 3.0, 1.5], &dev).unwrap());
+        layer.dendrites = Some(d);
+        let x = Tensor::randn(0f32, 1.0, (6, 7), &dev).unwrap();
+        let max = |t: Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let kept = layer.forward(&x, &Ctx::inference()).unwrap();
+        let recording = Ctx::recording();
+        let recorded = layer.forward(&x, &recording).unwrap();
+        assert_eq!(max((&recorded - &kept).unwrap()), 0.0);
+        let means = recording.dendrite_means().unwrap();
+        let term = (&kept - layer.forward(&x, &Ctx::knockout()).unwrap()).unwrap();
+        let want = term.mean(0).unwrap();
+        assert!(max((&means["l"] - &want).unwrap()) < 1e-5);
+        assert!(max(want.clone()) > 0.1, "the term has a real mean");
+        let ablated = layer.forward(&x, &Ctx::mean_ablated(means)).unwrap();
+        let zeroed = layer.forward(&x, &Ctx::knockout()).unwrap();
+        let offset = (&ablated - &zeroed).unwrap();
+        assert!(max(offset.broadcast_sub(&want).unwrap()) < 1e-5);
     }
 
     /// The frozen weight costs no weight-gradient product: no gradient of

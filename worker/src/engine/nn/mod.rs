@@ -13,6 +13,7 @@ pub mod params;
 pub mod rows;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
@@ -26,10 +27,25 @@ use params::Param;
 pub struct Ctx {
     pub train: bool,
     grad: bool,
-    /// Knock-out: every dendrite term is left out of the forward pass (what
-    /// the network computes without its dendrites, weights unchanged).
-    pub without_dendrites: bool,
+    /// What the forward pass does with the dendrite terms.
+    pub dendrites: DendriteUse,
     rng: RefCell<ChaCha8Rng>,
+}
+
+/// How a forward pass uses each layer's dendrite term.
+pub enum DendriteUse {
+    /// Added, as trained.
+    Keep,
+    /// Left out (zero-ablation knock-out: what the network computes without
+    /// its dendrites, weights unchanged).
+    Drop,
+    /// Added, and each layer's sum over rows and row count recorded (the
+    /// training-split means that [`DendriteUse::Mean`] uses).
+    Record(RefCell<HashMap<String, (Tensor, usize)>>),
+    /// Replaced by the layer's mean term (`[C]`, by layer name): the
+    /// mean-ablation knock-out, which keeps the constant offset a layer
+    /// learned to expect and removes what varies with the input.
+    Mean(HashMap<String, Tensor>),
 }
 
 impl Ctx {
@@ -38,7 +54,7 @@ impl Ctx {
         Ctx {
             train,
             grad: true,
-            without_dendrites: false,
+            dendrites: DendriteUse::Keep,
             rng: RefCell::new(rng),
         }
     }
@@ -60,9 +76,56 @@ impl Ctx {
     /// [`Ctx::inference`] with every dendrite term left out (knock-out).
     pub fn knockout() -> Ctx {
         Ctx {
-            without_dendrites: true,
+            dendrites: DendriteUse::Drop,
             ..Ctx::inference()
         }
+    }
+
+    /// [`Ctx::inference`] recording each layer's mean dendrite term
+    /// ([`Ctx::dendrite_means`]).
+    pub fn recording() -> Ctx {
+        Ctx {
+            dendrites: DendriteUse::Record(RefCell::new(HashMap::new())),
+            ..Ctx::inference()
+        }
+    }
+
+    /// [`Ctx::inference`] with each layer's dendrite term replaced by its
+    /// mean (from [`Ctx::dendrite_means`]).
+    pub fn mean_ablated(means: HashMap<String, Tensor>) -> Ctx {
+        Ctx {
+            dendrites: DendriteUse::Mean(means),
+            ..Ctx::inference()
+        }
+    }
+
+    /// Adds a layer's term (`[n, C]`) to the record, when recording.
+    pub fn record_term(&self, layer: &str, term: &Tensor) -> Result<()> {
+        if let DendriteUse::Record(r) = &self.dendrites {
+            let sum = term.to_dtype(DType::F32)?.sum(0)?;
+            let mut r = r.borrow_mut();
+            match r.get_mut(layer) {
+                Some((s, n)) => {
+                    *s = (&*s + sum)?;
+                    *n += term.dim(0)?;
+                }
+                None => {
+                    r.insert(layer.to_string(), (sum, term.dim(0)?));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mean term of each layer seen while recording (empty otherwise).
+    pub fn dendrite_means(&self) -> Result<HashMap<String, Tensor>> {
+        let DendriteUse::Record(r) = &self.dendrites else {
+            return Ok(HashMap::new());
+        };
+        r.borrow()
+            .iter()
+            .map(|(k, (s, n))| Ok((k.clone(), (s / (*n).max(1) as f64)?)))
+            .collect()
     }
 
     /// A parameter in the compute dtype, detached when no graph is built.
