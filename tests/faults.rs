@@ -396,17 +396,17 @@ async fn a_spec_reading_a_secret_fails_without_printing_it() {
     state.delete_namespace().await.unwrap();
 }
 
-/// Redis stops answering (SIGSTOP) for more than twice the lease while a
-/// job trains, then comes back with its data: the lease expired meanwhile,
-/// and the attempt, still the job's (same generation and token), takes it
-/// again instead of giving the job up. One attempt, generation 1, one
-/// series of epochs, no retraining.
+/// Redis is out of reach for more than twice the lease while a job trains,
+/// twice: first it stops answering (SIGSTOP, connections hang), then it is
+/// down (SIGKILL, connections refused) and restarted from its append-only
+/// file. Each time the lease expired meanwhile, and the attempt, still the
+/// job's (same generation and token), takes it again instead of giving the
+/// job up. One attempt, generation 1, one series of epochs, no retraining.
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_unreachable_past_the_lease_does_not_stop_the_job() {
     let mut s = setup("redispause");
-    let port = free_port();
-    let redis = start_redis(port);
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = ForgetfulRedis::start();
+    let url = redis.url();
     s.env.insert("REDIS_URL".into(), url.clone());
     let state = StateStore::connect(&url, &s.ns).await.unwrap();
     // Full fine-tuning: an epoch long enough to outlast the outage.
@@ -417,7 +417,7 @@ async fn redis_unreachable_past_the_lease_does_not_stop_the_job() {
         &file,
         format!(
             "[sweep]\nname = \"redispause\"\n[base.model]\narch = \"bert\"\npath = \"{minilm}\"\nfinetune = \"full\"\nmax_len = 32\n\
-             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = 1\nbatch_size = 32\n\
+             [base.data]\npath = \"{fpb}\"\n[base.train]\nepochs = 2\nbatch_size = 32\n\
              [base.tracker]\ntest_every_epoch = false\n[grid]\nseed = [0]\n"
         ),
     )
@@ -425,12 +425,20 @@ async fn redis_unreachable_past_the_lease_does_not_stop_the_job() {
     submit(&s, &file);
     let job = state.sweep_jobs("redispause").await.unwrap().remove(0);
     let _w = worker(&s, "wp");
-    wait_for(&state, &job, 300, training).await;
+    let first = wait_for(&state, &job, 300, training).await;
     // Lease 6 s: 15 s without Redis lets it expire.
-    signal(&redis.0, "STOP");
+    redis.signal("STOP");
     tokio::time::sleep(Duration::from_secs(15)).await;
-    signal(&redis.0, "CONT");
-    let h = wait_for(&state, &job, 600, |h| state_is(h, "succeeded")).await;
+    redis.signal("CONT");
+    let h = wait_for(&state, &job, 120, |h| {
+        training(h) && h.get("lease_token") == Some(&first["lease_token"])
+    })
+    .await;
+    assert_eq!(h["generation"], "1", "{h:?}");
+    redis.down();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    redis.up();
+    let h = wait_succeeded_through_restart(&state, &job, 600).await;
     assert_eq!(h["generation"], "1", "the attempt kept the job: {h:?}");
     assert_eq!(
         h.get("takeovers").map(String::as_str).unwrap_or("0"),

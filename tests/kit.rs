@@ -422,10 +422,29 @@ impl ForgetfulRedis {
 
     /// Kills it (SIGKILL) and starts it again from its files.
     pub fn restart(&mut self) {
+        self.down();
+        self.up();
+    }
+
+    /// Kills it (SIGKILL): clients' connections are refused until [`up`].
+    ///
+    /// [`up`]: ForgetfulRedis::up
+    pub fn down(&mut self) {
         let mut server = self.server.take().unwrap();
         server.0.kill().unwrap();
         server.0.wait().unwrap();
+    }
+
+    /// Starts it again from its files after [`down`].
+    ///
+    /// [`down`]: ForgetfulRedis::down
+    pub fn up(&mut self) {
         self.spawn();
+    }
+
+    /// Sends the running server a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        signal(&self.server.as_ref().unwrap().0, name);
     }
 
     pub fn forget(&mut self) {
