@@ -279,17 +279,7 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
             )?,
         ));
     }
-    let curves: Vec<_> = runs
-        .iter()
-        .filter(|r| r.curve.iter().any(|(_, y)| y.is_finite()))
-        .map(|r| {
-            (
-                r.row.variant.to_string(),
-                format!("split {} · seed {}", r.row.split_seed, r.row.seed),
-                r.curve.clone(),
-            )
-        })
-        .collect();
+    let curves = training_curves(runs);
     if let Some(first) = runs.first().filter(|_| !curves.is_empty()) {
         let metric = first.metric.label();
         out.push((
@@ -304,9 +294,79 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
     Ok(out)
 }
 
-/// The sweep's files from its finished runs: `Results.csv`, `report.md`
-/// and the figures of each comparison group (names suffixed with the
-/// group's first 8 characters when there are several groups).
+/// A line of the training figure: (arm, panel, (epoch, score) points).
+type Curve = (String, String, Vec<(usize, f64)>);
+
+/// Most panels of the training figure drawn one per (split, seed) pair;
+/// above it, one panel per split.
+const MOST_PAIR_PANELS: usize = 9;
+
+/// The training figure's lines: (arm, panel, (epoch, validation score)).
+/// One line per run and a panel per (split, seed) pair, or, when there are
+/// more than [`MOST_PAIR_PANELS`] pairs, a panel per split with each arm's
+/// mean over the seeds at every epoch (over the runs that reached it).
+fn training_curves(runs: &[&SweepRun]) -> Vec<Curve> {
+    let runs: Vec<&&SweepRun> = runs
+        .iter()
+        .filter(|r| r.curve.iter().any(|(_, y)| y.is_finite()))
+        .collect();
+    let pairs: std::collections::BTreeSet<(u64, u64)> = runs
+        .iter()
+        .map(|r| (r.row.split_seed, r.row.seed))
+        .collect();
+    if pairs.len() <= MOST_PAIR_PANELS {
+        return runs
+            .iter()
+            .map(|r| {
+                (
+                    r.row.arm_name(),
+                    format!("split {} · seed {}", r.row.split_seed, r.row.seed),
+                    r.curve.clone(),
+                )
+            })
+            .collect();
+    }
+    // (split, arm) -> epoch -> (sum, count), in order of first appearance.
+    let mut order: Vec<(u64, String)> = Vec::new();
+    let mut sums: std::collections::HashMap<
+        (u64, String),
+        std::collections::BTreeMap<usize, (f64, usize)>,
+    > = std::collections::HashMap::new();
+    let mut seeds: std::collections::HashMap<u64, std::collections::BTreeSet<u64>> =
+        std::collections::HashMap::new();
+    for r in &runs {
+        let key = (r.row.split_seed, r.row.arm_name());
+        if !sums.contains_key(&key) {
+            order.push(key.clone());
+        }
+        seeds
+            .entry(r.row.split_seed)
+            .or_default()
+            .insert(r.row.seed);
+        let by_epoch = sums.entry(key).or_default();
+        for &(e, y) in r.curve.iter().filter(|(_, y)| y.is_finite()) {
+            let cell = by_epoch.entry(e).or_insert((0.0, 0));
+            cell.0 += y;
+            cell.1 += 1;
+        }
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let points = sums[&key]
+                .iter()
+                .map(|(&e, &(sum, n))| (e, sum / n as f64))
+                .collect();
+            let n = seeds[&key.0].len();
+            (
+                key.1,
+                format!("split {} · mean of {n} seeds", key.0),
+                points,
+            )
+        })
+        .collect()
+}
+
 /// "## Notes": every run's notes, by job (empty when no run has one).
 fn notes_section(runs: &[SweepRun]) -> String {
     let lines: Vec<String> = runs
@@ -323,6 +383,9 @@ fn notes_section(runs: &[SweepRun]) -> String {
     format!("## Notes\n\n{}\n", lines.concat())
 }
 
+/// The sweep's files from its finished runs: `Results.csv`, `report.md`
+/// and the figures of each comparison group (names suffixed with the
+/// group's first 8 characters when there are several groups).
 pub fn sweep_files(sweep: &str, runs: &[SweepRun]) -> Result<Files, ReportError> {
     let rows: Vec<ResultsRow> = runs.iter().map(|r| r.row.clone()).collect();
     let scores: Vec<RunScores> = runs.iter().map(SweepRun::scores).collect();
@@ -370,6 +433,45 @@ mod tests {
             &get(files::SPEC_JSON),
         )
         .unwrap()
+    }
+
+    /// Up to nine pairs the figure has a line per run; beyond, a panel per
+    /// split with each named arm's mean over the seeds at each epoch.
+    #[test]
+    fn many_pairs_are_drawn_as_split_means_by_arm() {
+        let mut runs = Vec::new();
+        for split in 0..12u64 {
+            for seed in 0..2u64 {
+                for (arm, lift) in [("gated-linear", 0.1), ("restart", 0.0)] {
+                    let mut r = run(Variant::Restart, seed, 0.9);
+                    r.row.arm = arm.into();
+                    r.row.split_seed = split;
+                    r.curve = (1..=3 + seed as usize)
+                        .map(|e| (e, lift + 0.01 * e as f64 + 0.1 * seed as f64))
+                        .collect();
+                    runs.push(r);
+                }
+            }
+        }
+        let refs: Vec<&SweepRun> = runs.iter().collect();
+        let lines = training_curves(&refs);
+        assert_eq!(lines.len(), 24, "12 splits x 2 arms");
+        let (arm, panel, points) = &lines[0];
+        assert_eq!(
+            (arm.as_str(), panel.as_str()),
+            ("gated-linear", "split 0 · mean of 2 seeds")
+        );
+        // Epochs 1-3: both seeds (mean offset 0.05); epoch 4: seed 1 only.
+        let want = [(1, 0.16), (2, 0.17), (3, 0.18), (4, 0.24)];
+        assert_eq!(points.len(), 4);
+        for ((e, y), (we, wy)) in points.iter().zip(want) {
+            assert_eq!(*e, we);
+            assert!((y - wy).abs() < 1e-12, "{points:?}");
+        }
+        let few: Vec<&SweepRun> = runs.iter().filter(|r| r.row.split_seed < 4).collect();
+        let lines = training_curves(&few);
+        assert_eq!(lines.len(), 16, "8 pairs: a line per run");
+        assert_eq!(lines[0].1, "split 0 · seed 0");
     }
 
     #[test]

@@ -229,7 +229,7 @@ fn draw_comparison<DB: DrawingBackend>(
     let format_x = |v: &f64| names.label(*v);
     let x = XAxis {
         axis: names.axis(),
-        desc: "variant",
+        desc: "arm",
         format: &format_x,
         label_area: names.label_area(fonts),
     };
