@@ -343,7 +343,12 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
         best_epoch: Some(s.best_epoch),
         last_improved_epoch: s.last_improved_epoch(),
         layers,
-        layer_quantity: "mean |T| (gate weight) per layer".to_string(),
+        layer_quantity: if spec.variant == common::spec::Variant::Branch {
+            "mean |W| (branch weights) per layer"
+        } else {
+            "mean over channels of Σ_j |T_j| (gates) per layer"
+        }
+        .to_string(),
         no_layers_note: if restart {
             "no dendrites in this arm (restores and restarts only)"
         } else {

@@ -237,12 +237,12 @@ impl Model {
             .collect()
     }
 
-    /// (layer name, dendrite count, mean |T|) of every wrapped layer.
+    /// (layer name, dendrite count, [`Dendrites::magnitude`]) of every wrapped layer.
     pub fn dendrite_summary(&mut self) -> candle_core::Result<Vec<(String, usize, f64)>> {
         let mut v = Vec::new();
         for l in self.linears_mut() {
             if let Some(d) = &l.dendrites {
-                v.push((l.name.clone(), d.count(), d.mean_abs_gate()?));
+                v.push((l.name.clone(), d.count(), d.magnitude()?));
             }
         }
         Ok(v)

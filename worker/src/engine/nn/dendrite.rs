@@ -276,16 +276,33 @@ impl Dendrites {
         v
     }
 
-    /// Mean |T| over all channels and dendrites (0 without dendrites).
-    pub fn mean_abs_gate(&self) -> Result<f64> {
+    /// The size of what the sets contribute, for the per-layer panel of
+    /// `PAI.png` (0 without sets): dendrites, the mean over channels of
+    /// `sum_j |T_j|` (a new set's zero gate row adds nothing, so the curve
+    /// has no drop at an addition); branches (whose gates are a constant 1),
+    /// the mean |W| of their weights (`B` for low-rank ones).
+    pub fn magnitude(&self) -> Result<f64> {
         if self.t.is_empty() {
             return Ok(0.0);
         }
+        let mean_abs = |p: &Param| -> Result<f64> {
+            Ok(p.get(DType::F32)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64)
+        };
+        if self.branch {
+            let mut sum = 0.0;
+            for m in &self.modules {
+                sum += match m {
+                    Module::Full { w, .. } => mean_abs(w)?,
+                    Module::LowRank { b_mat, .. } => mean_abs(b_mat)?,
+                };
+            }
+            return Ok(sum / self.modules.len() as f64);
+        }
         let mut sum = 0.0;
         for t in &self.t {
-            sum += t.get(DType::F32)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
+            sum += mean_abs(t)?;
         }
-        Ok(sum / self.t.len() as f64)
+        Ok(sum)
     }
 
     /// A deep copy (new variables), for best-model snapshots.
@@ -470,6 +487,32 @@ mod tests {
             .broadcast_add(&b)
             .unwrap();
         assert!(sum(&(got - want).unwrap()) < 1e-5);
+    }
+
+    /// The panel's size: gates summed over sets (a new zero row changes
+    /// nothing), and a branch's mean |W| rather than its constant gate.
+    #[test]
+    fn magnitude_sums_gates_and_reads_branch_weights() {
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut d = Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 4, 2, true);
+        d.add(&mut rng, 0.01, &dev).unwrap();
+        d.t[0] = Param::Frozen(Tensor::new(&[0.5f32, -1.5], &dev).unwrap());
+        assert!((d.magnitude().unwrap() - 1.0).abs() < 1e-6);
+        d.add(&mut rng, 0.01, &dev).unwrap();
+        assert!(
+            (d.magnitude().unwrap() - 1.0).abs() < 1e-6,
+            "a new zero row"
+        );
+        let mut b =
+            Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 4, 2, true).into_branch();
+        b.add(&mut rng, 0.01, &dev).unwrap();
+        assert_eq!(b.magnitude().unwrap(), 0.0, "a branch starts at zero");
+        b.modules[0] = Module::Full {
+            w: Param::Frozen(Tensor::full(-0.25f32, (2, 4), &dev).unwrap()),
+            b: None,
+        };
+        assert!((b.magnitude().unwrap() - 0.25).abs() < 1e-6);
     }
 
     #[test]
