@@ -445,21 +445,24 @@ async fn resubmit_publishes_a_job_registered_but_never_published() {
 }
 
 /// One machine without a cloud: no bucket configured, so producer and
-/// worker keep the artifacts in the local folder `ARTIFACTS`; a two-job
-/// sweep runs through `worker serve` and `producer report` draws its report
-/// from that folder. Audit: both jobs succeeded once, every run file in its
+/// worker keep the artifacts in a local folder (`ARTIFACTS`, which their
+/// `--artifacts` flag overrides: here the environment names a folder that
+/// must stay empty); a two-job sweep runs through `worker serve` and
+/// `producer report` draws its report from that folder. Audit: both jobs succeeded once, every run file in its
 /// attempt folder, the namespace's queues empty.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_runs_with_rabbitmq_and_redis_only() {
     let ns = format!("test-local-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("artifacts");
+    let overridden = dir.path().join("not-this-one");
     let env = HashMap::from([
         ("AMQP_URL".to_string(), AMQP.to_string()),
         ("REDIS_URL".into(), REDIS.into()),
         ("QUEUE_PREFIX".into(), ns.clone()),
-        ("ARTIFACTS".into(), store.display().to_string()),
+        ("ARTIFACTS".into(), overridden.display().to_string()),
     ]);
+    let flag = ["--artifacts", store.to_str().unwrap()];
     let minilm = system_tests::required_env("MINILM_DIR", "the MiniLM-L6 checkpoint");
     let fpb = system_tests::required_env("FPB_DIR", "the Financial PhraseBank directory");
     let sweep = dir.path().join("local.toml");
@@ -488,6 +491,7 @@ async fn a_sweep_runs_with_rabbitmq_and_redis_only() {
                 "--threads",
                 "2",
             ])
+            .args(flag)
             .envs(&env)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -544,7 +548,11 @@ async fn a_sweep_runs_with_rabbitmq_and_redis_only() {
     let fetched = dir.path().join("fetched");
     let (ok, out) = producer(
         &env,
-        &["fetch", "local", "--out", fetched.to_str().unwrap()],
+        &[
+            &flag[..],
+            &["fetch", "local", "--out", fetched.to_str().unwrap()],
+        ]
+        .concat(),
     );
     assert!(ok, "{out}");
     for j in &jobs {
@@ -562,12 +570,20 @@ async fn a_sweep_runs_with_rabbitmq_and_redis_only() {
     let out_dir = dir.path().join("report");
     let (ok, out) = producer(
         &env,
-        &["report", "local", "--out", out_dir.to_str().unwrap()],
+        &[
+            "report",
+            "local",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--artifacts",
+            store.to_str().unwrap(),
+        ],
     );
     assert!(ok, "{out}");
     assert!(out.contains("2 run(s)"), "{out}");
     assert!(out_dir.join("local/report.md").is_file());
     assert!(store.join("sweeps/local/report.md").is_file());
+    assert!(!overridden.exists(), "the flag wins over ARTIFACTS");
     // A parked duplicate comes back from its delay queue and is dropped.
     let drained = Instant::now() + Duration::from_secs(90);
     loop {

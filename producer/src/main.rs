@@ -30,9 +30,16 @@ use services::state::{now_ms, parse_state, StateStore};
     about = "Plans, runs and tracks fine-tuning sweeps"
 )]
 struct Cli {
+    /// The folder that keeps the artifacts when no bucket (`AWS_BUCKET`) is
+    /// set; overrides `ARTIFACTS` (default `artifacts`).
+    #[arg(long, global = true)]
+    artifacts: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `--artifacts`, when given (set once, before any command runs).
+static ARTIFACTS_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Class {
@@ -130,7 +137,10 @@ struct Conn {
 }
 
 async fn connect() -> anyhow::Result<Conn> {
-    let services = Services::from_env()?;
+    let mut services = Services::from_env()?;
+    if let Some(dir) = ARTIFACTS_DIR.get() {
+        services.artifacts_dir = dir.display().to_string();
+    }
     let state = StateStore::connect(services.redis_url.expose(), &services.namespace)
         .await
         .context("cannot reach Redis (REDIS_URL)")?;
@@ -167,6 +177,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(dir) = &cli.artifacts {
+        ARTIFACTS_DIR.set(dir.clone()).expect("set once");
+    }
     if let Command::Expand { sweep, json } = &cli.command {
         let s = Sweep::load(sweep)?;
         for j in &s.jobs {

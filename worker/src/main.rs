@@ -111,7 +111,10 @@ fn main() -> anyhow::Result<()> {
         Command::Predict(args) => predict::main(args),
         Command::Serve(args) => {
             worker::engine::allow_spec_env(args.spec_env.clone());
-            let services = common::config::Services::from_env()?;
+            let mut services = common::config::Services::from_env()?;
+            if let Some(dir) = &args.artifacts {
+                services.artifacts_dir = dir.display().to_string();
+            }
             tracing::info!(?services, "configuration");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

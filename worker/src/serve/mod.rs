@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// a new worker).
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// The folder that keeps the artifacts when no bucket (`AWS_BUCKET`) is
+    /// set; overrides `ARTIFACTS` (default `artifacts`).
+    #[arg(long)]
+    pub artifacts: Option<std::path::PathBuf>,
     /// Seconds a job's lease lasts without renewal.
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,
