@@ -314,9 +314,13 @@ fn producer_expands_the_shipped_sweeps() {
         ("sweeps/quickstart.toml", 1),
         ("sweeps/phi2-fpb.toml", 1),
         ("sweeps/exp1-benchmark.toml", 36),
-        ("sweeps/exp1-benchmark-phi2.toml", 36),
+        ("sweeps/exp1-benchmark-phi2.toml", 45),
         ("sweeps/exp2-pai.toml", 36),
-        ("sweeps/exp2-pai-phi2.toml", 36),
+        ("sweeps/exp2-pai-phi2.toml", 45),
+        ("sweeps/exp3-tune-branch.toml", 36),
+        ("sweeps/exp3-tune-branch-phi2.toml", 12),
+        ("sweeps/exp3-verdict.toml", 144),
+        ("sweeps/exp4-adapted.toml", 36),
     ] {
         let o = Command::new(binary("producer"))
             .args(["expand", repo_root().join(file).to_str().unwrap()])

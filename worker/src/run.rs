@@ -1,6 +1,7 @@
 //! `worker run`: executes a sweep's jobs one after another on this machine
-//! and stores each run's files through object_store's local file system
-//! store, with the same key layout the queue workers use on S3. Jobs whose
+//! and stores each run's files in the local artifact store
+//! (`services::Artifacts::local`), with the same key layout the queue
+//! workers use. Jobs whose
 //! `Results.csv`, `metrics.json` and `spec.json` exist are skipped unless
 //! `--force`. At the end the sweep report is rebuilt from every finished
 //! run's files.
@@ -12,10 +13,8 @@ use common::artifacts;
 use common::summary::EpochRecord;
 use common::sweep::Sweep;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStoreExt, PutPayload};
 use report::sweep::{SweepRun, RUN_FILES};
+use services::artifacts::Artifacts;
 
 use crate::engine::pipeline;
 use crate::engine::train::Progress;
@@ -103,17 +102,18 @@ impl Progress for Bars<'_> {
     }
 }
 
-/// A local directory as an object store, with the few calls `run` needs.
+/// The local artifact store ([`Artifacts::local`], the one `worker serve`
+/// and the producer use without a bucket) behind the blocking calls `run`
+/// makes.
 struct Store {
-    store: LocalFileSystem,
+    artifacts: Artifacts,
     rt: tokio::runtime::Runtime,
 }
 
 impl Store {
     fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Store {
-            store: LocalFileSystem::new_with_prefix(dir)
+            artifacts: Artifacts::local(dir)
                 .with_context(|| format!("cannot open {}", dir.display()))?,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -121,49 +121,42 @@ impl Store {
         })
     }
 
+    /// One object; `None` when absent or unreadable.
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.rt
-            .block_on(async { self.store.get(&StorePath::from(key)).await?.bytes().await })
-            .ok()
-            .map(|b| b.to_vec())
+        match self.rt.block_on(self.artifacts.get_opt(key)) {
+            Ok(b) => b.map(|b| b.to_vec()),
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", self.artifacts.url(key));
+                None
+            }
+        }
     }
 
     fn exists(&self, key: &str) -> bool {
         self.rt
-            .block_on(self.store.head(&StorePath::from(key)))
-            .is_ok()
+            .block_on(self.artifacts.exists(key))
+            .unwrap_or(false)
     }
 
     /// Stores one object (written to a temporary file, then renamed).
     fn put(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.rt
-            .block_on(
-                self.store
-                    .put(&StorePath::from(key), PutPayload::from(bytes)),
-            )
-            .with_context(|| format!("cannot store {key}"))?;
-        Ok(())
+            .block_on(self.artifacts.put(key, bytes.into()))
+            .with_context(|| format!("cannot store {key}"))
     }
 
     /// Removes one object; an absent one is no error.
     fn delete(&self, key: &str) -> anyhow::Result<()> {
-        match self.rt.block_on(self.store.delete(&StorePath::from(key))) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {key}")),
-        }
+        self.rt
+            .block_on(self.artifacts.delete(key))
+            .with_context(|| format!("cannot remove {key}"))
     }
 
+    /// Stores a folder's files, its manifest last.
     fn put_all(&self, folder: &str, files: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
-        self.rt.block_on(async {
-            for (name, bytes) in files {
-                let key = StorePath::from(format!("{folder}/{name}"));
-                self.store
-                    .put(&key, PutPayload::from(bytes.clone()))
-                    .await
-                    .with_context(|| format!("cannot store {key}"))?;
-            }
-            anyhow::Ok(())
-        })
+        self.rt
+            .block_on(self.artifacts.put_all(folder, files))
+            .with_context(|| format!("cannot store {folder}"))
     }
 }
 
