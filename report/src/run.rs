@@ -344,9 +344,9 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
         last_improved_epoch: s.last_improved_epoch(),
         layers,
         layer_quantity: if spec.variant == common::spec::Variant::Branch {
-            "mean |W| (branch weights) per layer"
+            "branches: Σ_j mean |W_j|"
         } else {
-            "mean over channels of Σ_j |T_j| (gates) per layer"
+            "gates: channel mean of Σ_j |T_j|"
         }
         .to_string(),
         no_layers_note: if restart {

@@ -120,12 +120,23 @@ fn contrast_rows(c: &Contrast) -> String {
     let mc = c.mcnemar.map_or("–".into(), |m| {
         format!("{} / {} (p {})", m.only_a, m.only_b, format_p(m.p))
     });
+    let by_split = if c.splits.lo.is_finite() {
+        format!(
+            "{} (p {}, Holm {})",
+            ci(&c.splits),
+            format_p(c.split_p),
+            format_p(c.holm_p)
+        )
+    } else {
+        "–".into()
+    };
     format!(
-        "| {}{} | {} | {} | {} | {} | {} / {} / {} (p {}) | {} |\n",
+        "| {}{} | {} | {} | {} | {} | {} | {} / {} / {} (p {}) | {} |\n",
         c.label(),
-        if c.headline { " (headline)" } else { "" },
+        if c.headline { " (primary)" } else { "" },
         c.pairs.len(),
         ci(&c.test_f1),
+        by_split,
         ci(&c.val_f1),
         ci(&c.test_acc),
         c.sign.higher,
@@ -287,6 +298,11 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
             plots::training_comparison(
                 &format!("{}: validation {metric} per epoch", g.model),
                 metric,
+                if curves.iter().any(|c| c.1.contains("mean of")) {
+                    "split mean"
+                } else {
+                    "run"
+                },
                 &curves,
             )?,
         ));
@@ -472,6 +488,42 @@ mod tests {
         let lines = training_curves(&few);
         assert_eq!(lines.len(), 16, "8 pairs: a line per run");
         assert_eq!(lines[0].1, "split 0 · seed 0");
+    }
+
+    /// Every contrast row has a cell per column, the split-level interval
+    /// with its t test and Holm p-values among them.
+    #[test]
+    fn contrast_rows_carry_the_split_level_cell() {
+        let mut runs = Vec::new();
+        for split in 0..3u64 {
+            for (variant, lift) in [(Variant::Restart, 0.0), (Variant::Dendritic, 0.02)] {
+                let mut r = run(variant, 0, 0.9);
+                r.row.split_seed = split;
+                r.row.macro_f1 = 0.7 + lift + 0.001 * (split * split) as f64 * lift * 50.0;
+                runs.push(r);
+            }
+        }
+        let scores: Vec<RunScores> = runs.iter().map(SweepRun::scores).collect();
+        let md = to_markdown("s", &compare::summarize(&scores));
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| dendritic − restart (primary) |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        let header = md
+            .lines()
+            .find(|l| l.starts_with("| contrast A − B |"))
+            .unwrap();
+        assert_eq!(
+            row.matches(" | ").count(),
+            header.matches(" | ").count(),
+            "{row}"
+        );
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(cells[3].starts_with("+0.0"), "{row}");
+        assert!(
+            cells[3].contains("(p ") && cells[3].contains(", Holm "),
+            "{row}"
+        );
     }
 
     #[test]

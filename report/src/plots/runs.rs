@@ -47,7 +47,8 @@ type Run = (String, String, Vec<(usize, f64)>);
 /// per variant: each variant (in order of first appearance) has its own
 /// colour, dash (solid, dashed, dotted) and marker (filled circle, open
 /// triangle, open square), later ones drawn thinner on top. One legend by
-/// variant for the whole figure. `runs`: (variant, pair label, points
+/// variant for the whole figure, counting the lines of each (`line` names
+/// one: "run", "split mean"). `runs`: (variant, pair label, points
 /// (epoch, score)). 600x380 px per panel, at least 916 px wide, plus the
 /// title and legend above.
 ///
@@ -56,6 +57,7 @@ type Run = (String, String, Vec<(usize, f64)>);
 pub fn training_comparison(
     title: &str,
     score_name: &str,
+    line: &str,
     runs: &[(String, String, Vec<(usize, f64)>)],
 ) -> Result<Vec<u8>, PlotError> {
     let any_point = runs
@@ -69,7 +71,7 @@ pub fn training_comparison(
     }
     let layout = Layout::of(runs);
     render("runs", layout.size(), |root| {
-        draw_runs(root, title, score_name, runs, &layout)
+        draw_runs(root, title, score_name, line, runs, &layout)
     })
 }
 
@@ -220,6 +222,7 @@ fn draw_runs<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     score_name: &str,
+    line: &str,
     runs: &[Run],
     layout: &Layout<'_>,
 ) -> DrawResult<(), DB> {
@@ -229,8 +232,8 @@ fn draw_runs<DB: DrawingBackend>(
         .variants
         .iter()
         .map(|&(variant, count)| {
-            let noun = if count == 1 { "run" } else { "runs" };
-            let label = format!("{} ({count} {noun})", shorten(variant));
+            let plural = if count == 1 { "" } else { "s" };
+            let label = format!("{} ({count} {line}{plural})", shorten(variant));
             (label, layout.style(variant))
         })
         .collect();
@@ -442,6 +445,7 @@ mod tests {
         let png = training_comparison(
             "MiniLM on FPB: validation macro-F1 per epoch",
             "macro-F1",
+            "run",
             &nine,
         )
         .unwrap();
@@ -450,24 +454,24 @@ mod tests {
         std::fs::write("/tmp/plots-b-runs.png", &png).ok();
 
         let one = runs(1, 30);
-        let png = training_comparison("one pair", "macro-F1", &one).unwrap();
+        let png = training_comparison("one pair", "macro-F1", "run", &one).unwrap();
         assert_png(&png, Layout::of(&one).size());
         std::fs::write("/tmp/plots-b-runs-one.png", &png).ok();
 
         let single = [("baseline".to_string(), "seed 0".to_string(), vec![(1, 0.7)])];
-        let png = training_comparison("one", "accuracy", &single).unwrap();
+        let png = training_comparison("one", "accuracy", "run", &single).unwrap();
         assert_png(&png, Layout::of(&single).size());
     }
 
     #[test]
     fn training_comparison_rejects_no_scores() {
         assert!(matches!(
-            training_comparison("t", "m", &[]),
+            training_comparison("t", "m", "run", &[]),
             Err(PlotError::Empty(_))
         ));
         let no_scores = [("a".to_string(), "s".to_string(), vec![(1, f64::NAN)])];
         assert!(matches!(
-            training_comparison("t", "m", &no_scores),
+            training_comparison("t", "m", "run", &no_scores),
             Err(PlotError::Empty(_))
         ));
     }

@@ -280,7 +280,8 @@ impl Dendrites {
     /// `PAI.png` (0 without sets): dendrites, the mean over channels of
     /// `sum_j |T_j|` (a new set's zero gate row adds nothing, so the curve
     /// has no drop at an addition); branches (whose gates are a constant 1),
-    /// the mean |W| of their weights (`B` for low-rank ones).
+    /// the mean |W_j| of their weights (`B` for low-rank ones) summed over
+    /// branches, for the same reason.
     pub fn magnitude(&self) -> Result<f64> {
         if self.t.is_empty() {
             return Ok(0.0);
@@ -296,7 +297,7 @@ impl Dendrites {
                     Module::LowRank { b_mat, .. } => mean_abs(b_mat)?,
                 };
             }
-            return Ok(sum / self.modules.len() as f64);
+            return Ok(sum);
         }
         let mut sum = 0.0;
         for t in &self.t {
@@ -513,6 +514,11 @@ mod tests {
             b: None,
         };
         assert!((b.magnitude().unwrap() - 0.25).abs() < 1e-6);
+        b.add(&mut rng, 0.01, &dev).unwrap();
+        assert!(
+            (b.magnitude().unwrap() - 0.25).abs() < 1e-6,
+            "a new zero branch"
+        );
     }
 
     #[test]
