@@ -258,7 +258,7 @@ variant = "restart"
     assert!((rows[0].mean_ablated_macro_f1.unwrap() - f1).abs() < 1e-6);
     let report = std::fs::read_to_string(sweep_dir.join("report.md")).unwrap();
     for needle in [
-        "| dendritic − restart (headline) | 1 |",
+        "| dendritic − restart (primary) | 1 |",
         "| restart − baseline | 1 |",
         "| dendritic − gated-linear | 1 |",
         "| dendritic − dendritic, mean-ablated | 1 |",
