@@ -143,7 +143,11 @@ fn draw_effects<DB: DrawingBackend>(
         LegendEntry::new("test", TEST_COLOR, Sample::Bar),
         LegendEntry::new("validation", VAL_COLOR, Sample::Bar),
         LegendEntry::new("one pair (split, seed)", GREY_800, Sample::Dot(4)),
-        LegendEntry::new("mean paired difference and its 95% CI", BLACK, Sample::Rule),
+        LegendEntry::new(
+            "mean paired difference, 95% CI over pairs (unadjusted; report.md: by split, Holm)",
+            BLACK,
+            Sample::Rule,
+        ),
     ];
     if bars.iter().any(|b| b.mean.is_finite() && !b.has_interval()) {
         entries.push(LegendEntry::new(
@@ -160,8 +164,9 @@ fn draw_effects<DB: DrawingBackend>(
     let values: Vec<f64> = bars.iter().flat_map(|b| b.values()).collect();
     let base = span_range(values.iter().copied().chain([0.0]), MIN_SPAN, None);
     let largest = values.iter().map(|v| v.abs()).fold(0.0, f64::max);
-    // Two significant digits of the largest value.
-    let decimals = value_decimals(largest * 10.0);
+    // Two significant digits of the largest value, and at least three
+    // decimals (differences of a few points of a score in [0, 1]).
+    let decimals = value_decimals(largest * 10.0).max(3);
 
     let areas = panels_area.split_evenly((1, 2));
     // The y range is planned on the first panel and shared, so that the
@@ -265,18 +270,64 @@ fn draw_panel<DB: DrawingBackend>(
     }
 
     let slot_px = (frame.plot_width() / panel.contrasts.len().max(1) as u32 / 2).saturating_sub(4);
-    for (i, contrast) in panel.contrasts.iter().enumerate() {
-        for (bar, offset, color) in [
-            (&contrast.test, -BAR_OFFSET, TEST_COLOR),
-            (&contrast.val, BAR_OFFSET, VAL_COLOR),
-        ] {
+    let bars = || {
+        panel
+            .contrasts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, contrast)| {
+                [
+                    (i, &contrast.test, -BAR_OFFSET, TEST_COLOR),
+                    (i, &contrast.val, BAR_OFFSET, VAL_COLOR),
+                ]
+            })
+    };
+    for (i, bar, offset, color) in bars() {
+        draw_bar(&mut chart, bar, i as f64 + offset, color)?;
+    }
+    // Labels last, on a light box, so that no bar's dots cover them; a
+    // label that would overlap its neighbour's moves one line further out.
+    {
+        let mut previous: Option<(usize, (i32, i32, i32, i32))> = None;
+        for (i, bar, offset, _) in bars() {
             let x = i as f64 + offset;
-            draw_bar(&mut chart, bar, x, color)?;
             let label = bar_label(bar, decimals);
             let (label, font) = fit_text(&chart_part, &label, fonts.label, slot_px)?;
-            let top = bar.values().chain([0.0]).fold(f64::NEG_INFINITY, f64::max);
-            let style = text_style(font, &BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
-            chart.draw_series([EmptyElement::at((x, top)) + Text::new(label, (0, -10), style)])?;
+            // On the bar: above its whisker (below it for a negative mean),
+            // not above the highest pair's dot.
+            let (end, below) = label_anchor(bar);
+            let (v, dy) = if below {
+                (VPos::Top, 10)
+            } else {
+                (VPos::Bottom, -10)
+            };
+            let style = text_style(font, &BLACK).pos(Pos::new(HPos::Center, v));
+            let (w, h) = chart_part.estimate_text_size(&label, &text_style(font, &BLACK))?;
+            let (w, h) = (w as i32 / 2 + 3, h as i32 + 2);
+            let (px, py) = chart.backend_coord(&(x, end));
+            let mut dy = dy;
+            let boxed = |dy: i32| {
+                let (top, bottom) = if below {
+                    (dy - 1, dy + h)
+                } else {
+                    (dy - h, dy + 1)
+                };
+                (px - w, py + top, px + w, py + bottom)
+            };
+            if let Some((j, b)) = previous {
+                let a = boxed(dy);
+                if j == i && a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3 {
+                    // Past the neighbour's box, away from zero.
+                    dy = if below { b.3 - py + 2 } else { b.1 - py - 2 };
+                }
+            }
+            let placed = boxed(dy);
+            previous = Some((i, placed));
+            let (top, bottom) = (placed.1 - py, placed.3 - py);
+            let bg = Rectangle::new([(-w, top), (w, bottom)], WHITE.mix(0.85).filled());
+            chart.draw_series([EmptyElement::at((x, end))
+                + bg
+                + Text::new(label, (0, dy), style)])?;
         }
     }
 
@@ -378,6 +429,23 @@ fn tint(color: RGBColor) -> RGBColor {
 }
 
 /// The mean difference with its sign, or "n/a" if there is none.
+/// Where a bar's value label goes: the end of its whisker (or of the bar
+/// without one) away from zero, and whether that is below the bar.
+fn label_anchor(bar: &EffectBar) -> (f64, bool) {
+    let below = bar.mean.is_finite() && bar.mean < 0.0;
+    let end = match (below, bar.has_interval()) {
+        (true, true) => bar.lo,
+        (false, true) => bar.hi,
+        _ if bar.mean.is_finite() => bar.mean,
+        _ => 0.0,
+    };
+    if below {
+        (end.min(0.0), true)
+    } else {
+        (end.max(0.0), false)
+    }
+}
+
 fn bar_label(bar: &EffectBar, decimals: usize) -> String {
     if bar.mean.is_finite() {
         format!("{:+.decimals$}", bar.mean)
@@ -469,5 +537,22 @@ mod tests {
         assert!(none.mean.is_nan());
         assert_eq!(bar_label(&none, 3), "n/a");
         assert_eq!(tint(RGBColor(0, 255, 100)), RGBColor(115, 255, 170));
+    }
+
+    /// A value label sits at its whisker's end away from zero, whatever the
+    /// outlying pairs' dots.
+    #[test]
+    fn labels_sit_on_their_bars() {
+        let up = EffectBar::from_points(vec![
+            0.01, 0.02, 0.03, 0.02, 0.01, 0.03, 0.02, 0.01, 0.03, 0.2,
+        ]);
+        let (end, below) = label_anchor(&up);
+        assert!(!below);
+        assert!((end - up.hi).abs() < 1e-12 && end < 0.2, "{end}");
+        let down = EffectBar::from_points(vec![-0.01, -0.02, -0.03]);
+        let (end, below) = label_anchor(&down);
+        assert!(below && (end - down.lo).abs() < 1e-12);
+        let one = EffectBar::from_points(vec![0.004]);
+        assert_eq!(label_anchor(&one), (0.004, false));
     }
 }
