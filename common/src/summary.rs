@@ -132,6 +132,26 @@ pub fn no_set_note(adds_sets: bool, switches: &[usize], epochs: usize) -> Option
     })
 }
 
+/// The note of a run whose arm adds sets and whose tracker switched, but
+/// whose selected network kept none (every set tried failed to beat the
+/// best validation score of epoch `best_epoch`); `None` otherwise.
+pub fn no_set_kept_note(
+    adds_sets: bool,
+    switches: &[usize],
+    kept: usize,
+    best_epoch: usize,
+) -> Option<String> {
+    (adds_sets && !switches.is_empty() && kept == 0).then(|| {
+        let at: Vec<String> = switches.iter().map(|e| e.to_string()).collect();
+        format!(
+            "no set kept: the sets tried after the switch at epoch {} never beat \
+             the best validation score (epoch {best_epoch}), so the selected \
+             network has none and scores as its arm's baseline",
+            at.join(", ")
+        )
+    })
+}
+
 /// A run's parameters scored without their dendrite (or branch) terms:
 /// zeroed (`val`, `test`) and, in `mean_ablated`, each layer's term
 /// replaced by its mean over the training split.
@@ -194,7 +214,7 @@ pub struct SpecFile {
 
 #[cfg(test)]
 mod tests {
-    use super::no_set_note;
+    use super::{no_set_kept_note, no_set_note};
 
     #[test]
     fn only_an_arm_that_adds_sets_and_never_switched_gets_the_note() {
@@ -202,5 +222,18 @@ mod tests {
         assert!(note.starts_with("no set added: the tracker did not switch within 2 epochs"));
         assert_eq!(no_set_note(true, &[3], 9), None);
         assert_eq!(no_set_note(false, &[], 2), None);
+    }
+
+    #[test]
+    fn a_run_that_switched_but_kept_no_set_says_so() {
+        let note = no_set_kept_note(true, &[6], 0, 4).unwrap();
+        assert!(
+            note.starts_with("no set kept: the sets tried after the switch at epoch 6")
+                && note.contains("(epoch 4)"),
+            "{note}"
+        );
+        assert_eq!(no_set_kept_note(true, &[6], 1, 8), None);
+        assert_eq!(no_set_kept_note(true, &[], 0, 4), None);
+        assert_eq!(no_set_kept_note(false, &[6], 0, 4), None);
     }
 }

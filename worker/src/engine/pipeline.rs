@@ -177,10 +177,14 @@ pub fn run(
 
     model.merge_lora()?;
     let speed = measure_speed(&model, &te.ids, device)?;
-    let no_set = common::summary::no_set_note(
-        matches!(spec.variant, Variant::Dendritic | Variant::Branch),
+    let adds_sets = matches!(spec.variant, Variant::Dendritic | Variant::Branch);
+    let no_set =
+        common::summary::no_set_note(adds_sets, &trained.switch_epochs, trained.history.len());
+    let none_kept = common::summary::no_set_kept_note(
+        adds_sets,
         &trained.switch_epochs,
-        trained.history.len(),
+        layout.first().map_or(0, |d| d.1),
+        trained.best_epoch,
     );
     let summary = RunSummary {
         job_id: ids.job_id.to_string(),
@@ -200,7 +204,7 @@ pub fn run(
         test_predictions: test_pred,
         knockout,
         resumed_after: resume.as_ref().map(Checkpoint::epoch),
-        notes: no_set.into_iter().collect(),
+        notes: no_set.into_iter().chain(none_kept).collect(),
         speed,
         total_params: loaded.frozen_params + loaded.trainable_params + dendrite_params,
         trainable_params: loaded.trainable_params + dendrite_params - constant_dendrite_params,
