@@ -293,6 +293,8 @@ async fn serve_tracks_jobs_in_mlflow_and_exposes_prometheus_metrics() {
             );
         }
     }
+    broker.delete_topology().await.unwrap();
+    state.delete_namespace().await.unwrap();
 }
 
 /// `worker run` with an MLflow address; `flush` seconds to catch up.
