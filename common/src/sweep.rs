@@ -200,12 +200,7 @@ impl Sweep {
         // Named arms: (name, settings by path); one unnamed arm without.
         let mut arms: Vec<(Option<String>, Settings)> = Vec::new();
         for (arm, settings) in &file.arms {
-            let arm_err = |message: String| SweepError::Arm {
-                path: origin.to_string(),
-                line: line_of(text, &format!("[arms.{arm}]")),
-                arm: arm.clone(),
-                message,
-            };
+            let arm_err = |message: String| arm_error(origin, text, arm, message);
             if !crate::spec::valid_arm_name(arm) {
                 return Err(arm_err("use letters, digits, '-' or '_'".into()));
             }
@@ -231,6 +226,10 @@ impl Sweep {
         }
         if arms.is_empty() {
             arms.push((None, Vec::new()));
+        } else {
+            // Arms set no `report`: the base's primary contrast is every job's.
+            let names: Vec<String> = arms.iter().filter_map(|(n, _)| n.clone()).collect();
+            file.base.report.check_primary(&names).map_err(parse_err)?;
         }
 
         let points: usize = axes.iter().map(|(_, v)| v.len()).product();
@@ -242,14 +241,8 @@ impl Sweep {
             let mut point = BTreeMap::new();
             if let Some(arm) = arm {
                 for (path, value) in settings {
-                    set_path(&mut table, path, value.clone()).map_err(|message| {
-                        SweepError::Arm {
-                            path: origin.to_string(),
-                            line: line_of(text, &format!("[arms.{arm}]")),
-                            arm: arm.clone(),
-                            message,
-                        }
-                    })?;
+                    set_path(&mut table, path, value.clone())
+                        .map_err(|message| arm_error(origin, text, arm, message))?;
                 }
                 table.insert("arm".into(), toml::Value::String(arm.clone()));
                 point.insert(
@@ -296,20 +289,6 @@ impl Sweep {
                 axes: axes_text.clone(),
                 source,
             })?;
-            if arm.is_some() {
-                let names: Vec<String> = arms.iter().filter_map(|(n, _)| n.clone()).collect();
-                spec.report
-                    .check_primary(&names)
-                    .map_err(|reason| SweepError::Invalid {
-                        path: origin.to_string(),
-                        job: format!("#{index}"),
-                        axes: axes_text.clone(),
-                        source: SpecError {
-                            field: "report.primary".into(),
-                            reason,
-                        },
-                    })?;
-            }
             let config_hash = spec.config_hash();
             jobs.push(Job {
                 id: format!("{name}-{index:03}-{}", &config_hash[..8]),
@@ -324,6 +303,16 @@ impl Sweep {
             description: file.sweep.description,
             jobs,
         })
+    }
+}
+
+/// An error in the `[arms.<arm>]` table, at its line.
+fn arm_error(origin: &str, text: &str, arm: &str, message: String) -> SweepError {
+    SweepError::Arm {
+        path: origin.to_string(),
+        line: line_of(text, &format!("[arms.{arm}]")),
+        arm: arm.to_string(),
+        message,
     }
 }
 
