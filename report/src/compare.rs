@@ -44,10 +44,19 @@ pub const KNOCKED_OUT: &str = ", knocked out";
 /// The suffix of an arm's mean-ablated runs.
 pub const MEAN_ABLATED: &str = ", mean-ablated";
 
+/// The arm a re-scored arm (knock-out or mean ablation) re-scores, and
+/// its rank among the re-scorings (1 mean-ablated, 2 knocked out); `None`
+/// for an arm with runs of its own.
+fn rescored(arm: &str) -> Option<(&str, usize)> {
+    arm.strip_suffix(MEAN_ABLATED)
+        .map(|b| (b, 1))
+        .or_else(|| arm.strip_suffix(KNOCKED_OUT).map(|b| (b, 2)))
+}
+
 /// Whether an arm is a re-scoring of another arm's runs (knock-out or
 /// mean ablation) rather than runs of its own.
 pub fn is_ablation(arm: &str) -> bool {
-    arm.ends_with(KNOCKED_OUT) || arm.ends_with(MEAN_ABLATED)
+    rescored(arm).is_some()
 }
 
 /// Differences smaller than this count as ties in the sign test (scores
@@ -207,13 +216,7 @@ pub struct GroupSummary {
 }
 
 fn arm_order(arm: &str) -> (usize, usize, String) {
-    let (base, rescored) = match arm.strip_suffix(MEAN_ABLATED) {
-        Some(b) => (b, 1),
-        None => match arm.strip_suffix(KNOCKED_OUT) {
-            Some(b) => (b, 2),
-            None => (arm, 0),
-        },
-    };
+    let (base, rescored) = rescored(arm).unwrap_or((arm, 0));
     let rank = match base {
         "baseline" => 0,
         "dendritic" => 1,
@@ -387,22 +390,10 @@ pub fn summarize(runs: &[RunScores]) -> Vec<GroupSummary> {
             let first = (primary.0.as_str(), primary.1.as_str());
             let mut order: Vec<(&str, &str)> = vec![first];
             order.extend(CONTRASTS.iter().copied().filter(|c| *c != first));
-            let rescored: Vec<(String, String)> = stats
-                .iter()
-                .filter(|a| is_ablation(&a.arm))
-                .map(|a| {
-                    let base = a
-                        .arm
-                        .strip_suffix(MEAN_ABLATED)
-                        .or_else(|| a.arm.strip_suffix(KNOCKED_OUT))
-                        .unwrap_or(&a.arm);
-                    (base.to_string(), a.arm.clone())
-                })
-                .collect();
             order.extend(
-                rescored
+                stats
                     .iter()
-                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .filter_map(|a| rescored(&a.arm).map(|(base, _)| (base, a.arm.as_str())))
                     .filter(|c| *c != first),
             );
             let mut contrasts: Vec<Contrast> = order

@@ -114,9 +114,7 @@ impl ResultsRow {
             comparison_group: spec.comparison_group(),
         }
     }
-}
 
-impl ResultsRow {
     /// The arm the run counts in: its named arm, else its variant.
     pub fn arm_name(&self) -> String {
         if self.arm.is_empty() {
