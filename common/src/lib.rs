@@ -6,9 +6,10 @@
 //! with the [`metrics`] that score it) and the tracker that decides when
 //! dendrites are added ([`tracker`]).
 //! Everything here is pure: no IO beyond reading the sweep file the caller
-//! names.
+//! names and the wall clock ([`clock`]) that stamps stored times.
 
 pub mod artifacts;
+pub mod clock;
 pub mod config;
 pub mod job;
 pub mod metrics;

@@ -18,7 +18,26 @@ pub enum JobState {
     Dead,
 }
 
+serde_plain::derive_display_from_serialize!(JobState);
+serde_plain::derive_fromstr_from_deserialize!(JobState);
+
 impl JobState {
+    /// Every state, in the order of a job's life.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Dead,
+    ];
+
+    /// The state named as it is stored (`"succeeded"`); `None` for any
+    /// other text.
+    pub fn parse(s: &str) -> Option<JobState> {
+        s.parse().ok()
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

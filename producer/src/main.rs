@@ -4,7 +4,6 @@
 //! S3/MinIO. Services come from `AMQP_URL`, `REDIS_URL`, `AWS_*` and
 //! `QUEUE_PREFIX` (see the README).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,11 +16,12 @@ use common::job::{DeviceClass, JobMessage};
 use common::queue::Topology;
 use common::state::{Event, JobState};
 use common::sweep::Sweep;
-use report::sweep::{SweepRun, RUN_FILES};
+
+use common::clock::now_ms;
 use services::artifacts::Artifacts;
 use services::broker::Broker;
 use services::reconcile::Reconciler;
-use services::state::{now_ms, parse_state, StateStore};
+use services::state::StateStore;
 
 #[derive(Parser)]
 #[command(
@@ -275,11 +275,7 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
             }
             Some(JobState::Succeeded) | Some(JobState::Queued) | Some(JobState::Running) => {
                 skipped += 1;
-                println!(
-                    "{}: {} (skipped)",
-                    j.id,
-                    services::state::state_name(before.unwrap_or(JobState::Queued))
-                );
+                println!("{}: {} (skipped)", j.id, before.unwrap_or(JobState::Queued));
                 continue;
             }
             Some(_) => {
@@ -295,7 +291,10 @@ async fn submit(file: &std::path::Path, dry_run: bool, device: Class) -> anyhow:
         c.state
             .event(
                 &sweep.name,
-                &[("job", j.id.clone()), ("state", "queued".into())],
+                &[
+                    ("job", j.id.clone()),
+                    ("state", JobState::Queued.to_string()),
+                ],
             )
             .await?;
         queued += 1;
@@ -311,10 +310,6 @@ async fn enqueue(c: &Conn, b: &Broker, msg: &JobMessage) -> anyhow::Result<()> {
     b.publish_job(msg).await?;
     c.state.mark_published(&msg.job_id).await?;
     Ok(())
-}
-
-fn field<'a>(h: &'a HashMap<String, String>, k: &str) -> &'a str {
-    h.get(k).map(String::as_str).unwrap_or("")
 }
 
 /// A plain table with a header row.
@@ -367,46 +362,38 @@ async fn status(sweep: Option<String>, watch: bool) -> anyhow::Result<()> {
             ]);
             let mut errors = Vec::new();
             for j in jobs {
-                let h = c.state.job(&j).await?;
-                let st = field(&h, "state");
-                if !parse_state(st).is_some_and(|s| s.is_terminal()) {
+                let Some(r) = c.state.record(&j).await? else {
+                    t.add_row([j.as_str(), "", "", "", "", "", "", "", ""]);
+                    unfinished += 1;
+                    continue;
+                };
+                if !r.state.is_some_and(|s| s.is_terminal()) {
                     unfinished += 1;
                 }
-                if st == "queued" {
-                    waiting_classes.insert(field(&h, "device_class").to_string());
+                if r.state == Some(JobState::Queued) {
+                    waiting_classes.insert(r.device_class.clone());
                 }
                 // A finished run: its epochs and best epoch, not the last
                 // progress snapshot.
-                let epoch = if h.contains_key("epochs_run") {
-                    format!(
-                        "{} (best {})",
-                        field(&h, "epochs_run"),
-                        field(&h, "best_epoch")
-                    )
-                } else if h.contains_key("epoch") {
-                    format!(
-                        "{}:{}/{}",
-                        field(&h, "epoch"),
-                        field(&h, "step"),
-                        field(&h, "steps")
-                    )
-                } else {
-                    String::new()
+                let epoch = match (&r.epochs_run, &r.epoch) {
+                    (Some(run), _) => format!("{run} (best {})", r.best_epoch),
+                    (None, Some(e)) => format!("{e}:{}/{}", r.step, r.steps),
+                    (None, None) => String::new(),
                 };
+                let st = r.state.map(|s| s.to_string()).unwrap_or_default();
                 t.add_row([
                     j.as_str(),
-                    st,
-                    field(&h, "attempt"),
-                    field(&h, "worker"),
+                    &st,
+                    &r.attempt.to_string(),
+                    &r.worker,
                     &epoch,
-                    field(&h, "loss"),
-                    field(&h, "val_accuracy"),
-                    field(&h, "test_macro_f1"),
-                    field(&h, "test_accuracy"),
+                    &r.loss,
+                    &r.val_accuracy,
+                    &r.test_macro_f1,
+                    &r.test_accuracy,
                 ]);
-                let err = field(&h, "error");
-                if !err.is_empty() {
-                    errors.push(format!("{j}: {err}"));
+                if !r.error.is_empty() {
+                    errors.push(format!("{j}: {}", r.error));
                 }
             }
             println!("{t}");
@@ -487,10 +474,7 @@ async fn cancel(target: &str) -> anyhow::Result<()> {
             Ok(services::state::Cancel::Requested) => {
                 println!("{j}: cancellation requested (running)")
             }
-            Ok(services::state::Cancel::Finished(s)) => println!(
-                "{j}: {} (nothing to cancel)",
-                services::state::state_name(s)
-            ),
+            Ok(services::state::Cancel::Finished(s)) => println!("{j}: {} (nothing to cancel)", s),
             Err(services::state::StateError::UnknownJob(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -572,13 +556,13 @@ async fn retry(target: &str, stuck: bool) -> anyhow::Result<()> {
             continue;
         }
         // The spec comes from the job's recorded message.
-        let h = c.state.job(&j).await?;
-        let Some(raw) = h.get("message") else {
+        let r = c.state.record(&j).await?.unwrap_or_default();
+        if r.message.is_empty() {
             println!("{j}: no stored message; submit its sweep again");
             continue;
-        };
-        let mut msg = JobMessage::decode(raw.as_bytes())?;
-        msg.attempt = field(&h, "attempt").parse::<u32>().unwrap_or(1) + 1;
+        }
+        let mut msg = JobMessage::decode(r.message.as_bytes())?;
+        msg.attempt = r.attempt + 1;
         c.state.clear_cancel(&j).await?;
         c.state
             .transition(
@@ -629,22 +613,26 @@ async fn fetch(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
 async fn report(sweep: &str, out: &std::path::Path) -> anyhow::Result<()> {
     let c = connect().await?;
     let a = artifacts(&c)?;
-    let mut runs = Vec::new();
+    let mut folders = Vec::new();
     for j in sweep_jobs(&c, sweep).await? {
-        let h = c.state.job(&j).await?;
-        if field(&h, "state") != "succeeded" {
-            continue;
-        }
-        let folder = field(&h, "artifacts");
-        let mut got = Vec::new();
-        for f in RUN_FILES {
-            got.push(a.get(&format!("{folder}/{f}")).await?);
-        }
-        match SweepRun::from_files(folder, &got[0], &got[1], &got[2]) {
-            Ok(run) => runs.push(run),
-            Err(e) => println!("WARNING: {j} left out of the report: {e}"),
+        if let Some(r) = c.state.record(&j).await? {
+            if r.state == Some(JobState::Succeeded) {
+                folders.push((j, r.artifacts));
+            }
         }
     }
+    let read = |key: String| {
+        let a = &a;
+        async move { a.get_opt(&key).await.map(|b| b.map(|b| b.to_vec())) }
+    };
+    let got = report::sweep::collect_runs(&folders, read).await?;
+    for j in &got.missing {
+        println!("WARNING: {j} left out of the report: a run file is missing from its folder");
+    }
+    for (j, e) in &got.unreadable {
+        println!("WARNING: {j} left out of the report: {e}");
+    }
+    let runs = got.runs;
     if runs.is_empty() {
         anyhow::bail!("sweep {sweep} has no succeeded jobs yet");
     }
@@ -672,9 +660,12 @@ async fn validate(
     knockout: bool,
 ) -> anyhow::Result<()> {
     let c = connect().await?;
-    let h = c.state.job(job).await?;
-    let raw = h
-        .get("message")
+    let raw = c
+        .state
+        .record(job)
+        .await?
+        .map(|r| r.message)
+        .filter(|m| !m.is_empty())
         .with_context(|| format!("no job {job:?} with a stored message"))?;
     let source_msg = JobMessage::decode(raw.as_bytes())?;
     let (split, split_name) = match split {

@@ -20,6 +20,49 @@ use crate::{Files, ReportError};
 /// The files of a run that the sweep report reads, relative to the run's folder.
 pub const RUN_FILES: [&str; 3] = [files::RESULTS_CSV, files::METRICS_JSON, files::SPEC_JSON];
 
+/// A sweep's finished runs as read back from a store ([`collect_runs`]).
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub runs: Vec<SweepRun>,
+    /// Jobs with a run file absent from their folder (not finished, or
+    /// not stored).
+    pub missing: Vec<String>,
+    /// Jobs whose files are there but do not read as a run, with why.
+    pub unreadable: Vec<(String, ReportError)>,
+}
+
+/// Reads the runs of `folders` (job id, run folder) through `get`, a
+/// store's read of one key (`None`: absent): the one collector behind
+/// `worker run`'s and `producer report`'s sweep reports. A store error
+/// ends the collection.
+pub async fn collect_runs<F, Fut, E>(
+    folders: &[(String, String)],
+    mut get: F,
+) -> Result<Collected, E>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, E>>,
+{
+    let mut out = Collected::default();
+    'jobs: for (job, folder) in folders {
+        let mut got = Vec::with_capacity(RUN_FILES.len());
+        for f in RUN_FILES {
+            match get(format!("{folder}/{f}")).await? {
+                Some(b) => got.push(b),
+                None => {
+                    out.missing.push(job.clone());
+                    continue 'jobs;
+                }
+            }
+        }
+        match SweepRun::from_files(folder, &got[0], &got[1], &got[2]) {
+            Ok(run) => out.runs.push(run),
+            Err(e) => out.unreadable.push((job.clone(), e)),
+        }
+    }
+    Ok(out)
+}
+
 /// What the sweep report needs of one finished run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepRun {

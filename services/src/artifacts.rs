@@ -265,7 +265,7 @@ impl Artifacts {
             let n = match f.read(&mut buf).await {
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = writer.abort().await;
+                    abort(writer).await;
                     return Err(read(e));
                 }
             };
@@ -273,7 +273,7 @@ impl Artifacts {
                 break;
             }
             if let Err(e) = writer.wait_for_capacity(4).await {
-                let _ = writer.abort().await;
+                abort(writer).await;
                 return Err(e.into());
             }
             writer.write(&buf[..n]);
@@ -389,6 +389,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Gives up a multipart upload after a failure (the failure is what the
+/// caller reports; a part left behind by a failed abort expires with the
+/// bucket's lifecycle rules).
+async fn abort(writer: WriteMultipart) {
+    if let Err(e) = writer.abort().await {
+        tracing::debug!(error = %e, "cannot abort a multipart upload");
+    }
 }
 
 #[cfg(test)]

@@ -327,7 +327,9 @@ impl Broker {
             )
             .await?;
         let counts = (q.message_count(), q.consumer_count());
-        let _ = ch.close(200, "ok".into()).await;
+        if let Err(e) = ch.close(200, "ok".into()).await {
+            tracing::debug!(error = %e, "closing a channel (it closes with its connection anyway)");
+        }
         Ok(counts)
     }
 

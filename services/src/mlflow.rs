@@ -183,6 +183,9 @@ impl Mlflow {
             base.username().to_string(),
             base.password().map(String::from),
         );
+        // Credentials leave the URL (they go in a header): both setters
+        // fail only for URLs without a host, which `Url::parse` of an
+        // http(s) address never returns.
         let _ = base.set_username("");
         let _ = base.set_password(None);
         let token = std::env::var("MLFLOW_TRACKING_TOKEN").ok();

@@ -16,7 +16,8 @@ use common::state::JobState;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 
 use crate::broker::{dead_reason, Broker, BrokerError};
-use crate::state::{now_ms, JobRecord, StateError, StateStore};
+use crate::state::{JobRecord, StateError, StateStore};
+use common::clock::now_ms;
 
 /// Reconciler failures.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +210,9 @@ impl Reconciler<'_> {
             }
             d.ack(BasicAckOptions::default()).await?;
         }
-        let _ = ch.close(200, "ok".into()).await;
+        if let Err(e) = ch.close(200, "ok".into()).await {
+            tracing::debug!(error = %e, "closing a channel (it closes with its connection anyway)");
+        }
         Ok(())
     }
 
@@ -253,7 +256,13 @@ impl Reconciler<'_> {
         let dead = self.state.dead_letter(job, &fields).await?;
         if dead {
             self.state
-                .event(sweep, &[("job", job.to_string()), ("state", "dead".into())])
+                .event(
+                    sweep,
+                    &[
+                        ("job", job.to_string()),
+                        ("state", JobState::Dead.to_string()),
+                    ],
+                )
                 .await?;
         }
         Ok(dead)

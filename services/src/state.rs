@@ -11,8 +11,9 @@
 //! `ns:events:<sweep>` (stream).
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::clock::now_ms;
 use common::state::{next, Event, JobState};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -35,38 +36,6 @@ pub enum StateError {
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
-
-const ALL_STATES: [JobState; 6] = [
-    JobState::Queued,
-    JobState::Running,
-    JobState::Succeeded,
-    JobState::Failed,
-    JobState::Cancelled,
-    JobState::Dead,
-];
-
-pub fn state_name(s: JobState) -> &'static str {
-    match s {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-        JobState::Dead => "dead",
-    }
-}
-
-pub fn parse_state(s: &str) -> Option<JobState> {
-    ALL_STATES.into_iter().find(|x| state_name(*x) == s)
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A compare-and-set transition: applies only from the allowed states
 /// (ARGV[1]) and, when ARGV[3] is not empty, only while the job's
@@ -255,6 +224,21 @@ pub struct JobRecord {
     pub started_at: u64,
     pub artifacts: String,
     pub error: String,
+    /// The last progress an attempt wrote, as stored: the epoch (`None`
+    /// before the first), the step of the epoch and its steps, the
+    /// training loss and the validation accuracy.
+    pub epoch: Option<String>,
+    pub step: String,
+    pub steps: String,
+    pub loss: String,
+    pub val_accuracy: String,
+    /// A success's results, recorded with it from its `metrics.json`:
+    /// epochs trained (`None` until the job succeeds), the best epoch and
+    /// the test scores.
+    pub epochs_run: Option<String>,
+    pub best_epoch: String,
+    pub test_macro_f1: String,
+    pub test_accuracy: String,
 }
 
 impl JobRecord {
@@ -268,7 +252,7 @@ impl JobRecord {
         Some(JobRecord {
             id: id.to_string(),
             sweep: text("sweep"),
-            state: h.get("state").and_then(|s| parse_state(s)),
+            state: h.get("state").and_then(|s| JobState::parse(s)),
             generation: num("generation"),
             lease_token: text("lease_token"),
             attempt: num("attempt").max(1) as u32,
@@ -281,6 +265,15 @@ impl JobRecord {
             started_at: num("started_at"),
             artifacts: text("artifacts"),
             error: text("error"),
+            epoch: h.get("epoch").cloned(),
+            step: text("step"),
+            steps: text("steps"),
+            loss: text("loss"),
+            val_accuracy: text("val_accuracy"),
+            epochs_run: h.get("epochs_run").cloned(),
+            best_epoch: text("best_epoch"),
+            test_macro_f1: text("test_macro_f1"),
+            test_accuracy: text("test_accuracy"),
         })
     }
 }
@@ -364,7 +357,7 @@ impl StateStore {
         let state: Option<String> = inv.invoke_async(&mut c).await?;
         state
             .as_deref()
-            .and_then(parse_state)
+            .and_then(JobState::parse)
             .ok_or_else(|| StateError::UnknownJob(job.into()))
     }
 
@@ -450,12 +443,12 @@ impl StateStore {
         token: Option<&str>,
         fields: &[(&str, String)],
     ) -> Result<JobState> {
-        let allowed: Vec<&str> = ALL_STATES
+        let allowed: Vec<String> = JobState::ALL
             .into_iter()
             .filter(|s| next(*s, event).is_ok())
-            .map(state_name)
+            .map(|s| s.to_string())
             .collect();
-        let Some(to) = ALL_STATES.into_iter().find_map(|s| next(s, event).ok()) else {
+        let Some(to) = JobState::ALL.into_iter().find_map(|s| next(s, event).ok()) else {
             return Err(StateError::Refused {
                 job: job.into(),
                 from: "?".into(),
@@ -466,7 +459,7 @@ impl StateStore {
         let mut inv = script.prepare_invoke();
         inv.key(self.key(&["job", job]))
             .arg(allowed.join(","))
-            .arg(state_name(to))
+            .arg(to.to_string())
             .arg(generation.map(|g| g.to_string()).unwrap_or_default())
             .arg(token.unwrap_or_default());
         for (k, v) in fields {
@@ -476,7 +469,7 @@ impl StateStore {
         let (code, prev): (i64, String) = inv.invoke_async(&mut c).await?;
         match code {
             0 => Err(StateError::UnknownJob(job.into())),
-            1 => Ok(parse_state(&prev).unwrap_or(JobState::Queued)),
+            1 => Ok(JobState::parse(&prev).unwrap_or(JobState::Queued)),
             3 => Err(StateError::Superseded {
                 job: job.into(),
                 generation: generation.unwrap_or(0),
@@ -492,7 +485,7 @@ impl StateStore {
     pub async fn state(&self, job: &str) -> Result<Option<JobState>> {
         let mut c = self.conn.clone();
         let s: Option<String> = c.hget(self.key(&["job", job]), "state").await?;
-        Ok(s.as_deref().and_then(parse_state))
+        Ok(s.as_deref().and_then(JobState::parse))
     }
 
     /// A job's record, typed; `None` when the job is not known.
@@ -609,7 +602,7 @@ impl StateStore {
             1 => Start::Started {
                 generation: v.parse().unwrap_or(0),
             },
-            2 => Start::Finished(parse_state(&v).unwrap_or(JobState::Dead)),
+            2 => Start::Finished(JobState::parse(&v).unwrap_or(JobState::Dead)),
             3 => Start::Held(v),
             4 => Start::Cancelled,
             _ => Start::Abandoned(v.parse().unwrap_or(0)),
@@ -748,7 +741,7 @@ impl StateStore {
             1 => Ok(Cancel::Cancelled),
             2 => Ok(Cancel::Requested),
             _ => Ok(Cancel::Finished(
-                parse_state(&prev).unwrap_or(JobState::Dead),
+                JobState::parse(&prev).unwrap_or(JobState::Dead),
             )),
         }
     }

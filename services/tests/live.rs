@@ -548,7 +548,7 @@ async fn reconciler_republishes_stuck_jobs_and_records_dead_letters() {
     let ns = unique("reconcile");
     let s = StateStore::connect(REDIS, &ns).await.unwrap();
     let b = Broker::connect(AMQP, Topology::new(&ns), 1).await.unwrap();
-    let long_ago = (services::state::now_ms() - 600_000).to_string();
+    let long_ago = (common::clock::now_ms() - 600_000).to_string();
     let ttl = Duration::from_secs(60);
     // Queued, never confirmed on the queue.
     registered(&s, "never-published").await;

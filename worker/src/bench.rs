@@ -29,7 +29,7 @@ use crate::engine::load::load_model;
 use crate::engine::models::{phi, Batch, Model};
 use crate::engine::nn::linear::LoraConfig;
 use crate::engine::nn::params::{Params, TrainPolicy};
-use crate::engine::nn::{compute_dtype, Ctx};
+use crate::engine::nn::{compute_dtype, Pass};
 use crate::engine::train::{cross_entropy, optim::AdamW};
 
 #[derive(clap::Args)]
@@ -103,7 +103,7 @@ struct Subject {
 }
 
 pub fn main(a: BenchArgs) -> anyhow::Result<()> {
-    let device = crate::parse_device(&a.device)?;
+    let device = crate::engine::device::open(&a.device)?;
     let subject = match a.arch.as_str() {
         "bert" => checkpoint(&a, &device)?,
         "phi" => random_phi(&a, &device)?,
@@ -134,7 +134,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let mut opt = AdamW::new(&groups, 0.01)?;
     let batch = Batch::new(&train_rows, model.pad_id(), &device)?;
-    let ctx = Ctx::new(true, ChaCha8Rng::seed_from_u64(a.seed));
+    let ctx = Pass::new(true, ChaCha8Rng::seed_from_u64(a.seed));
     // The loss is read (which synchronises the device) after the last step
     // only, as PyTorch's loop does.
     let mut step = || -> anyhow::Result<Tensor> {
@@ -167,7 +167,7 @@ pub fn main(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    let eval = Ctx::inference();
+    let eval = Pass::inference();
     let one = rows_for(1);
     let single = Batch::new(&one, model.pad_id(), &device)?;
     let fwd = |b: &Batch| -> anyhow::Result<()> {

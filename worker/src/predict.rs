@@ -56,7 +56,7 @@ pub fn main(args: PredictArgs) -> anyhow::Result<()> {
     if texts.is_empty() {
         anyhow::bail!("nothing to classify: give sentences with --text or --file");
     }
-    let device = crate::parse_device(&args.device)?;
+    let device = crate::engine::device::open(&args.device)?;
     let started = Instant::now();
     let run = RunFolder::open(&args.run)?;
     let classifier = Classifier::load(&run.trained, &args.run, args.model_dir.as_deref(), &device)

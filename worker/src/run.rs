@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use common::artifacts;
+use common::job::{DeviceClass, JobMessage};
 use common::summary::EpochRecord;
-use common::sweep::Sweep;
+use common::sweep::{Job, Sweep};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use report::sweep::{SweepRun, RUN_FILES};
 use services::artifacts::Artifacts;
@@ -19,7 +20,7 @@ use services::artifacts::Artifacts;
 use crate::engine::pipeline;
 use crate::engine::train::Progress;
 use crate::engine::trained::RunIds;
-use crate::tracking::{End, EpochSender, JobStart, Sink, TrackingArgs};
+use crate::mlflow::{End, EpochSender, JobStart, Sink, TrackingArgs};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -165,28 +166,31 @@ fn checkpoint_epoch(bytes: &[u8]) -> Option<usize> {
     crate::engine::train::checkpoint::Checkpoint::epoch_of(bytes).ok()
 }
 
-/// The files of a finished run in `folder`, when all of them are there.
-fn run_files(store: &Store, folder: &str) -> Option<Vec<Vec<u8>>> {
-    RUN_FILES
-        .iter()
-        .map(|f| store.get(&format!("{folder}/{f}")))
-        .collect()
-}
-
 /// Every finished run of the sweep, read back from the store; a run whose
 /// files cannot be read is left out with a warning naming the file.
 fn finished_runs(store: &Store, sweep: &Sweep) -> Vec<SweepRun> {
-    let mut out = Vec::new();
-    for j in &sweep.jobs {
-        let folder = artifacts::job_prefix(&sweep.name, &j.id);
-        if let Some([results, metrics, spec]) = run_files(store, &folder).as_deref() {
-            match SweepRun::from_files(&folder, results, metrics, spec) {
-                Ok(run) => out.push(run),
-                Err(e) => eprintln!("sweep report: {} left out: {e}", j.id),
+    let folders: Vec<(String, String)> = sweep
+        .jobs
+        .iter()
+        .map(|j| (j.id.clone(), artifacts::job_prefix(&sweep.name, &j.id)))
+        .collect();
+    let a = &store.artifacts;
+    let read = |key: String| async move {
+        Ok::<_, std::convert::Infallible>(match a.get_opt(&key).await {
+            Ok(b) => b.map(|b| b.to_vec()),
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", a.url(&key));
+                None
             }
-        }
+        })
+    };
+    let Ok(got) = store
+        .rt
+        .block_on(report::sweep::collect_runs(&folders, read));
+    for (job, e) in got.unreadable {
+        eprintln!("sweep report: {job} left out: {e}");
     }
-    out
+    got.runs
 }
 
 /// Writes the sweep's `Results.csv`, `report.md` and figures.
@@ -218,52 +222,82 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let device = crate::parse_device(&args.device)?;
-    let store = Store::open(&args.out)?;
-    // MLflow calls run on their own thread while training runs.
-    let tracking = match Sink::from_args(&args.tracking)? {
-        Some(sink) => Some((
-            sink,
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?,
-        )),
-        None => None,
+    let runner = Runner {
+        sweep: &sweep,
+        device: crate::engine::device::open(&args.device)?,
+        store: Store::open(&args.out)?,
+        // MLflow calls run on their own thread while training runs.
+        tracking: match Sink::from_args(&args.tracking)? {
+            Some(sink) => Some((
+                sink,
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?,
+            )),
+            None => None,
+        },
+        host: std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+        bars: MultiProgress::new(),
+        style: ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")?
+            .progress_chars("=> "),
+        out: &args.out,
     };
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")?
-        .progress_chars("=> ");
     let mut failed = 0;
     for j in jobs {
         let prefix = artifacts::job_prefix(&sweep.name, &j.id);
         let done = RUN_FILES
             .iter()
-            .all(|f| store.exists(&format!("{prefix}/{f}")));
+            .all(|f| runner.store.exists(&format!("{prefix}/{f}")));
         if !args.force && done {
             println!("{}: already done (use --force to re-run)", j.id);
             continue;
         }
-        let bar = multi.add(ProgressBar::new(1));
-        bar.set_style(style.clone());
-        let tracker = tracking.as_ref().map(|(sink, rt)| {
-            let job = JobStart {
-                sweep: sweep.name.clone(),
-                job_id: j.id.clone(),
-                config_hash: j.config_hash.clone(),
-                spec: j.spec.clone(),
-                worker: format!("{host} (worker run)"),
-                attempt: 1,
-                kind: "train",
-                params: Vec::new(),
-            };
+        if !runner.run(j)? {
+            failed += 1;
+        }
+    }
+    // The runs are stored: a report that cannot be drawn loses nothing.
+    if let Err(e) = write_sweep_report(&runner.store, &sweep, &args.out) {
+        eprintln!("sweep report: {e:#}");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} job(s) failed");
+    }
+    Ok(())
+}
+
+/// What every job of one `worker run` shares.
+struct Runner<'a> {
+    sweep: &'a Sweep,
+    device: candle_core::Device,
+    store: Store,
+    tracking: Option<(Sink, tokio::runtime::Runtime)>,
+    host: String,
+    bars: MultiProgress,
+    style: ProgressStyle,
+    out: &'a std::path::Path,
+}
+
+impl Runner<'_> {
+    /// Trains one job (from its checkpoint, when an earlier run stopped
+    /// part-way), stores its files and says how it went: `false` when the
+    /// job failed, an error when its files could not be stored.
+    fn run(&self, j: &Job) -> anyhow::Result<bool> {
+        let sweep = &self.sweep.name;
+        let prefix = artifacts::job_prefix(sweep, &j.id);
+        let bar = self.bars.add(ProgressBar::new(1));
+        bar.set_style(self.style.clone());
+        let tracker = self.tracking.as_ref().map(|(sink, rt)| {
+            let job = JobStart::from_message(
+                &JobMessage::train(sweep, j, DeviceClass::Cpu),
+                format!("{} (worker run)", self.host),
+                1,
+            );
             sink.start(job, rt.handle())
         });
-        let checkpoint = artifacts::checkpoint_key(&sweep.name, &j.id, &j.config_hash);
-        // An earlier run of this job that stopped part-way goes on from its
-        // last finished epoch.
-        let resume = store.get(&checkpoint);
+        let checkpoint = artifacts::checkpoint_key(sweep, &j.id, &j.config_hash);
+        let resume = self.store.get(&checkpoint);
         if let Some(epoch) = resume.as_deref().and_then(checkpoint_epoch) {
             println!("{}: resuming after epoch {epoch}", j.id);
         }
@@ -271,59 +305,51 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             bar: bar.clone(),
             job: j.id.clone(),
             tracked: tracker.as_ref().map(|t| t.epochs()),
-            checkpoints: (&store, checkpoint.clone()),
+            checkpoints: (&self.store, checkpoint.clone()),
         };
         let ids = RunIds {
-            sweep: &sweep.name,
+            sweep,
             job_id: &j.id,
             config_hash: &j.config_hash,
         };
-        let outcome = pipeline::run(&j.spec, &ids, &device, &mut bars, resume.as_deref());
+        let outcome = pipeline::run(&j.spec, &ids, &self.device, &mut bars, resume.as_deref());
         bar.finish_and_clear();
-        if let (Some(t), Some((_, rt))) = (tracker, &tracking) {
+        if let (Some(t), Some((_, rt))) = (tracker, &self.tracking) {
             let end = match &outcome {
                 Ok(out) => End::Succeeded {
                     files: out.files.clone(),
-                    link: Some(args.out.join(&prefix).display().to_string()),
+                    link: Some(self.out.join(&prefix).display().to_string()),
                 },
                 Err(e) => End::Failed(e.to_string()),
             };
             rt.block_on(t.finish(end));
         }
-        match outcome {
-            Ok(out) => {
-                store.put_all(&prefix, &out.files)?;
-                store.delete(&checkpoint)?;
-                let s = &out.summary;
-                println!(
-                    "{}: test accuracy {:.4}, macro-F1 {:.4}, weighted-F1 {:.4}, best epoch {}/{}, {:.0}s training, latency p50 {:.1} ms -> {}/{}",
-                    j.id,
-                    s.test.accuracy,
-                    s.test.macro_f1,
-                    s.test.weighted_f1,
-                    s.best_epoch,
-                    s.epochs_run,
-                    s.train_seconds,
-                    s.speed.latency_b1_p50_ms,
-                    args.out.display(),
-                    prefix
-                );
-                for n in &s.notes {
-                    println!("{}: note: {n}", j.id);
-                }
-            }
+        let out = match outcome {
+            Ok(out) => out,
             Err(e) => {
-                failed += 1;
                 eprintln!("{}: failed: {e}", j.id);
+                return Ok(false);
             }
+        };
+        self.store.put_all(&prefix, &out.files)?;
+        self.store.delete(&checkpoint)?;
+        let s = &out.summary;
+        println!(
+            "{}: test accuracy {:.4}, macro-F1 {:.4}, weighted-F1 {:.4}, best epoch {}/{}, {:.0}s training, latency p50 {:.1} ms -> {}/{}",
+            j.id,
+            s.test.accuracy,
+            s.test.macro_f1,
+            s.test.weighted_f1,
+            s.best_epoch,
+            s.epochs_run,
+            s.train_seconds,
+            s.speed.latency_b1_p50_ms,
+            self.out.display(),
+            prefix
+        );
+        for n in &s.notes {
+            println!("{}: note: {n}", j.id);
         }
+        Ok(true)
     }
-    // The runs are stored: a report that cannot be drawn loses nothing.
-    if let Err(e) = write_sweep_report(&store, &sweep, &args.out) {
-        eprintln!("sweep report: {e:#}");
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} job(s) failed");
-    }
-    Ok(())
 }

@@ -17,7 +17,7 @@ use common::spec::JobSpec;
 use worker::engine::classify::{Classifier, ClassifyError, Identity};
 use worker::engine::load::{load_model, load_splits};
 use worker::engine::models::Batch;
-use worker::engine::nn::Ctx;
+use worker::engine::nn::Pass;
 use worker::engine::pipeline;
 use worker::engine::train::Progress;
 use worker::engine::trained::RunIds;
@@ -118,7 +118,7 @@ fn a_lora_and_dendrite_run_classifies_as_it_was_trained() {
     let batch = Batch::new(&ids, reference.model.pad_id(), &Device::Cpu).unwrap();
     let logits = reference
         .model
-        .forward(&batch, &Ctx::inference())
+        .forward(&batch, &Pass::inference())
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
@@ -135,7 +135,7 @@ fn a_lora_and_dendrite_run_classifies_as_it_was_trained() {
     // other probabilities: the check above sees them.
     let knocked = reference
         .model
-        .forward(&batch, &Ctx::knockout())
+        .forward(&batch, &Pass::knockout())
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use worker::engine::load::load_model;
 use worker::engine::models::{bert, phi, Batch, Model};
 use worker::engine::nn::params::{Param, Params, TrainPolicy};
-use worker::engine::nn::Ctx;
+use worker::engine::nn::Pass;
 use worker::engine::train::cross_entropy;
 
 fn fixture(name: &str) -> (HashMap<String, Tensor>, serde_json::Value, Vec<Vec<u32>>) {
@@ -87,7 +87,7 @@ fn build(name: &str, tensors: HashMap<String, Tensor>, meta: &serde_json::Value)
 fn logits(model: &Model, rows: &[Vec<u32>]) -> Vec<f32> {
     let b = Batch::new(rows, model.pad_id(), &Device::Cpu).unwrap();
     model
-        .forward(&b, &Ctx::eval())
+        .forward(&b, &Pass::eval())
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -256,7 +256,7 @@ fn dendrites_over_lora_on_a_quantized_base_get_gradients() {
         .encode_all(&["Profit rose.", "Sales fell sharply in the quarter."])
         .unwrap();
     let batch = Batch::new(&ids, loaded.model.pad_id(), &Device::Cpu).unwrap();
-    let out = loaded.model.forward(&batch, &Ctx::eval()).unwrap();
+    let out = loaded.model.forward(&batch, &Pass::eval()).unwrap();
     let grads = cross_entropy(&out, &[2, 0], None)
         .unwrap()
         .backward()
@@ -312,7 +312,7 @@ fn bf16_compute_with_two_gate_rows() {
     m.add_dendrite_set(&mut rng, 0.01).unwrap();
     perturb_gates(&mut m, 2);
     let b = Batch::new(&rows, m.pad_id(), &Device::Cpu).unwrap();
-    let out = m.forward(&b, &Ctx::eval()).unwrap();
+    let out = m.forward(&b, &Pass::eval()).unwrap();
     let loss = cross_entropy(&out, &[0, 2, 1], None).unwrap();
     assert!(loss.to_scalar::<f32>().unwrap().is_finite());
     let grads = loss.backward().unwrap();

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use common::spec::JobSpec;
 use worker::engine::load::{load_model, Loaded};
 use worker::engine::models::Batch;
-use worker::engine::nn::Ctx;
+use worker::engine::nn::Pass;
 use worker::engine::train::cross_entropy;
 
 fn minilm() -> PathBuf {
@@ -39,7 +39,7 @@ const SENTENCES: [&str; 4] = [
 fn zero_grads(loaded: &Loaded) -> (Vec<String>, f32) {
     let ids = loaded.tok.encode_all(&SENTENCES).unwrap();
     let batch = Batch::new(&ids, loaded.model.pad_id(), &Device::Cpu).unwrap();
-    let logits = loaded.model.forward(&batch, &Ctx::eval()).unwrap();
+    let logits = loaded.model.forward(&batch, &Pass::eval()).unwrap();
     let loss = cross_entropy(&logits, &[2, 1, 0, 1], None).unwrap();
     let lv = loss.to_scalar::<f32>().unwrap();
     let grads = loss.backward().unwrap();
@@ -120,7 +120,7 @@ fn quantized_gradients_track_dense_gradients() {
         let loaded = load_model(&s, 3, &Device::Cpu, &[]).unwrap();
         let ids = loaded.tok.encode_all(&SENTENCES).unwrap();
         let batch = Batch::new(&ids, loaded.model.pad_id(), &Device::Cpu).unwrap();
-        let logits = loaded.model.forward(&batch, &Ctx::eval()).unwrap();
+        let logits = loaded.model.forward(&batch, &Pass::eval()).unwrap();
         let grads = cross_entropy(&logits, &[2, 1, 0, 1], None)
             .unwrap()
             .backward()
@@ -164,7 +164,7 @@ fn bf16_compute_is_finite_and_close_to_f32() {
         let loaded = load_model(&s, 3, &Device::Cpu, &[]).unwrap();
         let ids = loaded.tok.encode_all(&SENTENCES).unwrap();
         let batch = Batch::new(&ids, loaded.model.pad_id(), &Device::Cpu).unwrap();
-        let logits = loaded.model.forward(&batch, &Ctx::eval()).unwrap();
+        let logits = loaded.model.forward(&batch, &Pass::eval()).unwrap();
         let loss = cross_entropy(&logits, &[2, 1, 0, 1], None).unwrap();
         assert!(loss.to_scalar::<f32>().unwrap().is_finite(), "{precision}");
         loss.backward().unwrap();

@@ -25,14 +25,14 @@ use worker::engine::models::{bert, phi, Batch, Model};
 use worker::engine::nn::dendrite::Dendrites;
 use worker::engine::nn::linear::LoraConfig;
 use worker::engine::nn::params::{Params, TrainPolicy};
-use worker::engine::nn::Ctx;
+use worker::engine::nn::Pass;
 use worker::engine::train::cross_entropy;
 
 /// The device under test: `PARITY_DEVICE` (`cpu`, `cuda`, `cuda:N`), default
 /// CPU, opened as the worker opens it.
 fn device() -> Device {
     let name = std::env::var("PARITY_DEVICE").unwrap_or_else(|_| "cpu".into());
-    worker::parse_device(&name).expect("PARITY_DEVICE names a device this build can open")
+    worker::engine::device::open(&name).expect("PARITY_DEVICE names a device this build can open")
 }
 
 /// `PARITY_FIXTURES`, or this crate's `tests/fixtures` (a test binary
@@ -197,7 +197,7 @@ fn check(name: &str, train_base: bool) {
     let f = fixture(name);
     let (model, p) = build(name, &f, train_base);
     let batch = Batch::new(&f.rows, model.pad_id(), &device()).unwrap();
-    let logits = model.forward(&batch, &Ctx::eval()).unwrap();
+    let logits = model.forward(&batch, &Pass::eval()).unwrap();
     let d = max_abs(&logits, &f.expected);
     assert!(
         d < 1e-4,
@@ -290,7 +290,7 @@ fn bf16_logits_match_within_tolerance() {
         let (model, p) = build_as(name, &f, true, DType::BF16, HeadInit::Checkpoint);
         assert_eq!(model.dtype(), DType::BF16);
         let batch = Batch::new(&f.rows, model.pad_id(), &device()).unwrap();
-        let logits = model.forward(&batch, &Ctx::eval()).unwrap();
+        let logits = model.forward(&batch, &Pass::eval()).unwrap();
         let scale = max_abs(&f.expected, &f.expected.zeros_like().unwrap());
         let d = max_abs(&logits, &f.expected);
         eprintln!("{name}: bf16 logits differ by {d} (largest |logit| {scale})");
@@ -299,7 +299,7 @@ fn bf16_logits_match_within_tolerance() {
             "{name}: bf16 logits differ by {d}"
         );
         let (f32_model, _) = build_as(name, &f, true, DType::F32, HeadInit::Checkpoint);
-        let f32_logits = f32_model.forward(&batch, &Ctx::eval()).unwrap();
+        let f32_logits = f32_model.forward(&batch, &Pass::eval()).unwrap();
         let rounding = max_abs(&logits, &f32_logits);
         assert!(
             rounding > 1e-3,
@@ -357,7 +357,7 @@ fn dendrite_term_matches_independent_implementation() {
             .from_saved(prefix, |n| t.get(n).cloned())
             .unwrap();
         assert_eq!(d.count(), 3);
-        let got = d.forward(x, &Ctx::eval()).unwrap().unwrap();
+        let got = d.forward(x, &Pass::eval()).unwrap().unwrap();
         let want = &t[&format!("{prefix}.expected")];
         let diff = max_abs(&got, want);
         assert!(diff < 1e-5, "{prefix}: dendrite term differs by {diff}");
@@ -382,9 +382,9 @@ fn merged_lora_gives_same_logits() {
         let f = fixture(name);
         let (mut model, _) = build(name, &f, false);
         let batch = Batch::new(&f.rows, model.pad_id(), &device()).unwrap();
-        let before = model.forward(&batch, &Ctx::eval()).unwrap();
+        let before = model.forward(&batch, &Pass::eval()).unwrap();
         model.merge_lora().unwrap();
-        let after = model.forward(&batch, &Ctx::eval()).unwrap();
+        let after = model.forward(&batch, &Pass::eval()).unwrap();
         assert!(max_abs(&before, &after) < 1e-5, "{name}");
     }
 }
@@ -427,7 +427,7 @@ fn phi_matches_candle_transformers() {
     let ours = Model::Phi(phi::Phi::load(&mut p, cfg, 3, None, Some(0.0)).unwrap());
     for row in &f.rows {
         let batch = Batch::new(std::slice::from_ref(row), ours.pad_id(), &Device::Cpu).unwrap();
-        let got = ours.forward(&batch, &Ctx::inference()).unwrap();
+        let got = ours.forward(&batch, &Pass::inference()).unwrap();
         theirs.clear_kv_cache();
         let ids = Tensor::new(row.as_slice(), &Device::Cpu)
             .unwrap()

@@ -4,7 +4,7 @@
 //! replace the base ones, dendrites are rebuilt from the saved tensors and
 //! checked against the saved layout, LoRA adapters are then merged into
 //! the base weights), and scored in length-sorted batches without a
-//! gradient graph ([`Ctx::inference`]).
+//! gradient graph ([`Pass::inference`]).
 //!
 //! Before anything is built, the base model found is checked against the
 //! one the run recorded ([`BaseModel`]); runs saved before that record
@@ -23,7 +23,7 @@ use super::error::JobError;
 use super::load::{load_model, model_dir};
 use super::models::{Batch, Model};
 use super::nn::params::{Param, ParamError};
-use super::nn::Ctx;
+use super::nn::Pass;
 use super::tokenize::{Tok, TokenizeError};
 use super::trained::{read_trained, TrainedError, TrainedMeta};
 
@@ -215,7 +215,7 @@ impl Classifier {
         let ids = self.tok.encode_all(texts)?;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
-        let ctx = Ctx::inference();
+        let ctx = Pass::inference();
         let mut out: Vec<Option<Prediction>> = vec![None; ids.len()];
         for chunk in order.chunks(batch_size.max(1)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();

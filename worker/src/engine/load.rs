@@ -12,7 +12,7 @@ use common::summary::LoadStats;
 
 use super::data::{self, Split, LABELS};
 use super::error::JobError;
-use super::models::{bert, phi, Model};
+use super::models::{bert, default_lora_targets, head_prefixes, phi, Model};
 use super::nn::compute_dtype;
 use super::nn::linear::LoraConfig;
 use super::nn::params::{Params, TrainPolicy};
@@ -62,14 +62,6 @@ pub fn load_splits(spec: &JobSpec) -> Result<(Split, LoadStats), JobError> {
     let (examples, mut stats) = data::dedupe(read.examples);
     stats.encoding = read.encoding.to_string();
     Ok((data::split(&examples, &spec.data.split)?, stats))
-}
-
-/// Names of the classification head's tensors (their own learning rate).
-pub fn head_prefixes(arch: Arch) -> &'static [&'static str] {
-    match arch {
-        Arch::Bert => &["classifier."],
-        Arch::Phi => &["score."],
-    }
 }
 
 /// The model directory of a spec (local path; hub download with the `hub` feature).
@@ -122,16 +114,6 @@ fn hub_model(id: &str) -> Result<PathBuf, JobError> {
     )))
 }
 
-/// Default LoRA targets of each architecture.
-pub fn default_lora_targets(arch: Arch) -> Vec<String> {
-    match arch {
-        Arch::Bert => vec!["query".into(), "value".into()],
-        Arch::Phi => ["q_proj", "k_proj", "v_proj", "dense"]
-            .map(String::from)
-            .to_vec(),
-    }
-}
-
 /// Loads weights, tokenizer and config into a trainable model.
 /// `overlays`: trained-parameter files applied over the base checkpoint.
 pub fn load_model(
@@ -148,27 +130,8 @@ pub fn load_model(
         freeze: m.freeze.clone(),
     };
     let mut p = Params::load(&dir, overlays, device, dtype, policy, m.quantize, spec.seed)?;
-    let lora = spec.lora.as_ref().map(|l| LoraConfig {
-        r: l.r,
-        alpha: l.alpha,
-        dropout: l.dropout,
-        targets: if l.targets.is_empty() {
-            default_lora_targets(m.arch)
-        } else {
-            l.targets.clone()
-        },
-        random_b: l.random_b,
-    });
-    let config_path = dir.join("config.json");
-    let config_text = std::fs::read_to_string(&config_path).map_err(|e| JobError::Config {
-        path: config_path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let cfg_err = |e: serde_json::Error| JobError::Config {
-        path: config_path.display().to_string(),
-        message: e.to_string(),
-    };
     p.head = m.head;
+    let config = ConfigFile::read(&dir)?;
     if m.head == HeadInit::Checkpoint {
         let head = format!("{}weight", head_prefixes(m.arch)[0]);
         if !p.contains(&head) {
@@ -177,44 +140,13 @@ pub fn load_model(
                 dir.display()
             )));
         }
-        check_head_labels(&config_text, &config_path.display().to_string())?;
+        check_head_labels(&config.text, &config.path)?;
     }
-    let model = match m.arch {
-        Arch::Bert => {
-            let cfg: bert::BertConfig = serde_json::from_str(&config_text).map_err(cfg_err)?;
-            Model::Bert(bert::Bert::load(
-                &mut p,
-                cfg,
-                num_labels,
-                lora.as_ref(),
-                m.dropout,
-            )?)
-        }
-        Arch::Phi => {
-            let cfg: phi::PhiConfig = serde_json::from_str(&config_text).map_err(cfg_err)?;
-            Model::Phi(phi::Phi::load(
-                &mut p,
-                cfg,
-                num_labels,
-                lora.as_ref(),
-                m.dropout,
-            )?)
-        }
-    };
+    let lora = lora_config(spec);
+    let mut model = build_model(m, &config, &mut p, num_labels, lora.as_ref())?;
     if let Some(l) = &lora {
-        let adapted = p
-            .trainable()
-            .iter()
-            .filter(|(n, _)| n.ends_with(".lora_A"))
-            .count();
-        if adapted == 0 {
-            return Err(JobError::Spec(format!(
-                "`lora.targets` {:?} match no linear layer of this model",
-                l.targets
-            )));
-        }
+        check_lora_matched(&p, l)?;
     }
-    let mut model = model;
     let dendrite_layers = match spec.variant {
         Variant::Dendritic => model.attach_dendrites(&spec.dendrites, Some(&p))?,
         Variant::Branch => {
@@ -237,6 +169,89 @@ pub fn load_model(
         trainable_params,
         dendrite_layers,
     })
+}
+
+/// A checkpoint's `config.json`: its text and path (for errors).
+struct ConfigFile {
+    path: String,
+    text: String,
+}
+
+impl ConfigFile {
+    fn read(dir: &std::path::Path) -> Result<ConfigFile, JobError> {
+        let path = dir.join("config.json").display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| JobError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(ConfigFile { path, text })
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_str(&self.text).map_err(|e| JobError::Config {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The spec's LoRA settings, with the architecture's default targets when
+/// it names none.
+fn lora_config(spec: &JobSpec) -> Option<LoraConfig> {
+    spec.lora.as_ref().map(|l| LoraConfig {
+        r: l.r,
+        alpha: l.alpha,
+        dropout: l.dropout,
+        targets: if l.targets.is_empty() {
+            default_lora_targets(spec.model.arch)
+        } else {
+            l.targets.clone()
+        },
+        random_b: l.random_b,
+    })
+}
+
+/// The architecture's network on the loaded parameters.
+fn build_model(
+    m: &ModelSpec,
+    config: &ConfigFile,
+    p: &mut Params,
+    num_labels: usize,
+    lora: Option<&LoraConfig>,
+) -> Result<Model, JobError> {
+    Ok(match m.arch {
+        Arch::Bert => Model::Bert(bert::Bert::load(
+            p,
+            config.parse()?,
+            num_labels,
+            lora,
+            m.dropout,
+        )?),
+        Arch::Phi => Model::Phi(phi::Phi::load(
+            p,
+            config.parse()?,
+            num_labels,
+            lora,
+            m.dropout,
+        )?),
+    })
+}
+
+/// LoRA targets that adapt no layer are a spec error, not a silent
+/// baseline.
+fn check_lora_matched(p: &Params, l: &LoraConfig) -> Result<(), JobError> {
+    let adapted = p
+        .trainable()
+        .iter()
+        .filter(|(n, _)| n.ends_with(".lora_A"))
+        .count();
+    if adapted == 0 {
+        return Err(JobError::Spec(format!(
+            "`lora.targets` {:?} match no linear layer of this model",
+            l.targets
+        )));
+    }
+    Ok(())
 }
 
 /// A checkpoint's head is only reused when its `id2label` names this data

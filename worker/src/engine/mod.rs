@@ -12,6 +12,7 @@ pub mod base_model;
 pub mod beat;
 pub mod classify;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod features;
 pub mod load;
@@ -44,43 +45,42 @@ pub fn spec_env_allowed(name: &str) -> bool {
         || SPEC_ENV.get().is_some_and(|v| v.iter().any(|n| n == name))
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` from the environment, for the
-/// variables [`spec_env_allowed`] lets through. Errors quote the template,
-/// never a value.
+/// Why a variable did not expand.
+#[derive(Debug)]
+enum Lookup {
+    Unset,
+    Refused,
+}
+
+/// Expands `$VAR`, `${VAR}` and `${VAR:-default}` from the environment
+/// (`shellexpand`), for the variables [`spec_env_allowed`] lets through:
+/// a template naming any other variable is refused, default or not. A
+/// variable set to the empty string counts as unset. Errors quote the
+/// template, never a value.
 pub fn expand_env(s: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
-        let body = &after[..end];
-        let (name, default) = match body.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (body, None),
-        };
+    let refused = std::cell::RefCell::new(None::<String>);
+    let expanded = shellexpand::env_with_context(s, |name: &str| {
         if !spec_env_allowed(name) {
-            return Err(format!(
-                "${{{name}}} in {s:?}: only variables named *_DIR or *_PATH, or given to the worker with --spec-env, expand in specs"
-            ));
+            refused.borrow_mut().get_or_insert_with(|| name.to_string());
+            return Err(Lookup::Refused);
         }
         match std::env::var(name) {
-            Ok(v) if !v.is_empty() => out.push_str(&v),
-            _ => match default {
-                Some(d) => out.push_str(d),
-                None => {
-                    return Err(format!(
-                        "environment variable {name} is not set (used in {s:?})"
-                    ))
-                }
-            },
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(Lookup::Unset),
         }
-        rest = &after[end + 1..];
+    });
+    if let Some(name) = refused.into_inner() {
+        return Err(format!(
+            "${{{name}}} in {s:?}: only variables named *_DIR or *_PATH, or given to the worker with --spec-env, expand in specs"
+        ));
     }
-    out.push_str(rest);
-    Ok(out)
+    match expanded {
+        Ok(v) => Ok(v.into_owned()),
+        Err(e) => Err(format!(
+            "environment variable {} is not set (used in {s:?})",
+            e.var_name
+        )),
+    }
 }
 
 /// A path from a spec, with the environment expanded.

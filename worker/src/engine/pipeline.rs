@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use common::artifacts::files;
 use common::job::EvalSplit;
 use common::metrics;
@@ -18,8 +18,9 @@ use super::base_model::BaseModel;
 use super::data::LABELS;
 use super::error::JobError;
 use super::expand_env;
-use super::load::{head_prefixes, load_model, load_splits};
-use super::nn::Ctx;
+use super::load::{load_model, load_splits};
+use super::models::{head_prefixes, Model};
+use super::nn::Pass;
 use super::speed::measure_speed;
 use super::train::checkpoint::Checkpoint;
 use super::train::{self, evaluate, evaluate_with, Progress, RunConfig, Sets};
@@ -64,38 +65,14 @@ pub fn run(
 ) -> Result<RunOutput, JobError> {
     let started = Instant::now();
     spec.validate().map_err(|e| JobError::Spec(e.to_string()))?;
-    let resume = resume.and_then(|bytes| match Checkpoint::decode(bytes) {
-        Ok(c) if c.key() == ids.config_hash => Some(c),
-        Ok(c) => {
-            tracing::warn!(job = %ids.job_id, theirs = %c.key(), "a checkpoint of another configuration: starting afresh");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(job = %ids.job_id, error = %e, "an unreadable checkpoint: starting afresh");
-            None
-        }
-    });
+    let resume = resume.and_then(|bytes| resumable(bytes, ids));
     let (split, stats) = load_splits(spec)?;
     let labels: Vec<&str> = LABELS.to_vec();
     let loaded = load_model(spec, labels.len(), device, &[])?;
     let base_model = BaseModel::of_dir(&loaded.dir)?;
-    let (mut tr, mut va, mut te) = (
-        loaded.encode(&split.train)?,
-        loaded.encode(&split.val)?,
-        loaded.encode(&split.test)?,
-    );
     let eval_bs = spec.train.batch_size.max(32);
-    if spec.model.cache_features {
-        check_cacheable(spec, &loaded)?;
-        let model_key = serde_json::to_string(&spec.model).unwrap_or_default();
-        super::features::attach(
-            &loaded.model,
-            &model_key,
-            &mut [&mut tr, &mut va, &mut te],
-            eval_bs,
-            device,
-        )?;
-    }
+    let [tr, va, te] = encode_splits(spec, &loaded, &split, eval_bs, device)?;
+    let adds_sets = matches!(spec.variant, Variant::Dendritic | Variant::Branch);
     let mut model = loaded.model;
     let base_trainable = loaded.trainable;
     let trained = train::train(
@@ -105,7 +82,7 @@ pub fn run(
             train: &spec.train,
             tracker: &spec.tracker,
             dendrites: spec.variant.restructures().then_some(&spec.dendrites),
-            add_sets: matches!(spec.variant, Variant::Dendritic | Variant::Branch),
+            add_sets: adds_sets,
             head_prefixes: head_prefixes(spec.model.arch),
             labels: &labels,
             seed: spec.seed,
@@ -130,45 +107,18 @@ pub fn run(
     // Every dendritic or branch run gets a knock-out score, even one whose
     // kept network has no set (then it equals the plain score), so the
     // knocked-out arm has the same runs as its arm.
-    let knockout = if matches!(spec.variant, Variant::Dendritic | Variant::Branch) {
-        let ko = |set: &train::Encoded| {
-            evaluate_with(&model, set, eval_bs, device, None, &Ctx::knockout()).map(|r| r.1)
-        };
-        let (kv, kt) = (ko(&va)?, ko(&te)?);
-        // Mean ablation: each layer's term replaced by its mean over the
-        // training split (recorded in one pass over it).
-        let recording = Ctx::recording();
-        evaluate_with(&model, &tr, eval_bs, device, None, &recording)?;
-        let mean = Ctx::mean_ablated(recording.dendrite_means()?);
-        let ma = |set: &train::Encoded| {
-            evaluate_with(&model, set, eval_bs, device, None, &mean).map(|r| r.1)
-        };
-        let (mv, mt) = (ma(&va)?, ma(&te)?);
-        Some(Knockout {
-            val: metrics::scores(&kv, &va.labels, &labels),
-            test: metrics::scores(&kt, &te.labels, &labels),
-            test_predictions: kt,
-            mean_ablated: Some(Ablated {
-                val: metrics::scores(&mv, &va.labels, &labels),
-                test: metrics::scores(&mt, &te.labels, &labels),
-                test_predictions: mt,
-            }),
-        })
+    let knockout = if adds_sets {
+        Some(knockouts(
+            &model,
+            [&tr, &va, &te],
+            eval_bs,
+            device,
+            &labels,
+        )?)
     } else {
         None
     };
-    let dendrite_tensors = model.dendrite_tensors();
-    let mut saved: Vec<(String, Tensor)> = base_trainable
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    for (n, p) in &dendrite_tensors {
-        saved.push((n.clone(), p.get(DType::F32)?));
-    }
-    let dendrite_params: usize = saved[base_trainable.len()..]
-        .iter()
-        .map(|(_, t)| t.elem_count())
-        .sum();
+    let (saved, dendrite_params) = kept_tensors(&mut model, &base_trainable)?;
     // The branch arm's gates and cascades are constants, not trained.
     let constant_dendrite_params = model.constant_dendrite_params();
     let layout = model.dendrite_summary()?;
@@ -177,7 +127,6 @@ pub fn run(
 
     model.merge_lora()?;
     let speed = measure_speed(&model, &te.ids, device)?;
-    let adds_sets = matches!(spec.variant, Variant::Dendritic | Variant::Branch);
     let no_set =
         common::summary::no_set_note(adds_sets, &trained.switch_epochs, trained.history.len());
     let none_kept = common::summary::no_set_kept_note(
@@ -222,6 +171,102 @@ pub fn run(
     }
     files.push((files::TRAINED_SAFETENSORS.into(), trained_file));
     Ok(RunOutput { summary, files })
+}
+
+/// The three splits as token ids, with the frozen body's features cached
+/// on them when the spec asks for it.
+fn encode_splits(
+    spec: &JobSpec,
+    loaded: &super::load::Loaded,
+    split: &super::data::Split,
+    eval_bs: usize,
+    device: &Device,
+) -> Result<[train::Encoded; 3], JobError> {
+    let (mut tr, mut va, mut te) = (
+        loaded.encode(&split.train)?,
+        loaded.encode(&split.val)?,
+        loaded.encode(&split.test)?,
+    );
+    if spec.model.cache_features {
+        check_cacheable(spec, loaded)?;
+        let model_key = serde_json::to_string(&spec.model).unwrap_or_default();
+        super::features::attach(
+            &loaded.model,
+            &model_key,
+            &mut [&mut tr, &mut va, &mut te],
+            eval_bs,
+            device,
+        )?;
+    }
+    Ok([tr, va, te])
+}
+
+/// The checkpoint to resume from, when `bytes` read as one of this
+/// configuration; otherwise the run starts afresh, saying why.
+fn resumable(bytes: &[u8], ids: &RunIds) -> Option<Checkpoint> {
+    match Checkpoint::decode(bytes) {
+        Ok(c) if c.key() == ids.config_hash => Some(c),
+        Ok(c) => {
+            tracing::warn!(job = %ids.job_id, theirs = %c.key(), "a checkpoint of another configuration: starting afresh");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job = %ids.job_id, error = %e, "an unreadable checkpoint: starting afresh");
+            None
+        }
+    }
+}
+
+/// The knock-out scores of a network with dendrite terms: validation and
+/// test with every term left out (zeroing), and with each layer's term
+/// replaced by its mean over the training split (mean ablation, recorded
+/// in one pass over `train`).
+fn knockouts(
+    model: &Model,
+    [train, val, test]: [&train::Encoded; 3],
+    eval_bs: usize,
+    device: &Device,
+    labels: &[&str],
+) -> Result<Knockout, JobError> {
+    let predict = |set: &train::Encoded, pass: &Pass| {
+        evaluate_with(model, set, eval_bs, device, None, pass).map(|r| r.1)
+    };
+    let zeroed = Pass::knockout();
+    let (kv, kt) = (predict(val, &zeroed)?, predict(test, &zeroed)?);
+    let recording = Pass::recording();
+    evaluate_with(model, train, eval_bs, device, None, &recording)?;
+    let mean = Pass::mean_ablated(recording.dendrite_means()?);
+    let (mv, mt) = (predict(val, &mean)?, predict(test, &mean)?);
+    Ok(Knockout {
+        val: metrics::scores(&kv, &val.labels, labels),
+        test: metrics::scores(&kt, &test.labels, labels),
+        test_predictions: kt,
+        mean_ablated: Some(Ablated {
+            val: metrics::scores(&mv, &val.labels, labels),
+            test: metrics::scores(&mt, &test.labels, labels),
+            test_predictions: mt,
+        }),
+    })
+}
+
+/// What a run keeps: its trained base tensors then its dendrite tensors
+/// (in f32), and how many values the dendrite tensors hold.
+fn kept_tensors(
+    model: &mut Model,
+    base_trainable: &[(String, Var)],
+) -> Result<(Vec<(String, Tensor)>, usize), JobError> {
+    let mut saved: Vec<(String, Tensor)> = base_trainable
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    for (n, p) in &model.dendrite_tensors() {
+        saved.push((n.clone(), p.get(DType::F32)?));
+    }
+    let dendrite_params = saved[base_trainable.len()..]
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    Ok((saved, dendrite_params))
 }
 
 /// A cached body must be frozen: every trained tensor and every dendrite
@@ -281,9 +326,9 @@ pub fn validate(
     let mut loaded = load_model(spec, labels.len(), device, &[PathBuf::from(trained)])?;
     let enc = loaded.encode(&set)?;
     let ctx = if what.knockout {
-        Ctx::knockout()
+        Pass::knockout()
     } else {
-        Ctx::inference()
+        Pass::inference()
     };
     let (_, pred) = evaluate_with(
         &loaded.model,

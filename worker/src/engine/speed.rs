@@ -8,7 +8,7 @@ use common::metrics::percentile;
 use common::summary::Speed;
 
 use super::models::{Batch, Model};
-use super::nn::Ctx;
+use super::nn::Pass;
 
 /// Batch-1 latency over at least 50 sentences (after 5 warm-up runs) and
 /// batch-64 throughput over the whole set.
@@ -17,7 +17,7 @@ pub fn measure_speed(
     ids: &[Vec<u32>],
     device: &Device,
 ) -> candle_core::Result<Speed> {
-    let ctx = Ctx::inference();
+    let ctx = Pass::inference();
     let run = |rows: &[Vec<u32>]| -> candle_core::Result<()> {
         super::beat::beat();
         let b = Batch::new(rows, model.pad_id(), device)?;

@@ -6,13 +6,14 @@
 //! dead-letter limit.
 
 use backon::Retryable;
+use common::clock::now_ms;
 use common::job::{JobMessage, MessageError, MESSAGE_VERSION};
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use services::broker::Broker;
-use services::state::{now_ms, Start, StateError};
+use services::state::{Start, StateError};
 
-use super::{backoff, Ctx};
+use super::{backoff, best_effort, Ctx};
 
 /// What a delivery comes to before any training.
 pub(super) enum Admission {
@@ -86,18 +87,19 @@ pub(super) async fn admit(
         Start::Started { generation } => {
             tracing::info!(%job, attempt, generation, "starting");
             // Best effort: the event stream is for watching, not for state.
-            let _ = ctx
+            let sent = ctx
                 .state
                 .event(
                     &msg.sweep,
                     &[
                         ("job", job.clone()),
-                        ("state", "running".into()),
+                        ("state", common::state::JobState::Running.to_string()),
                         ("worker", ctx.worker_id.clone()),
                         ("generation", generation.to_string()),
                     ],
                 )
                 .await;
+            best_effort("recording an event", job, sent);
             Ok(Admission::Run {
                 msg,
                 attempt,
@@ -121,10 +123,11 @@ pub(super) async fn admit(
                 "dead"
             };
             tracing::warn!(%job, ?started, "not started: recorded {state}");
-            let _ = ctx
+            let sent = ctx
                 .state
                 .event(&msg.sweep, &[("job", job.clone()), ("state", state.into())])
                 .await;
+            best_effort("recording an event", job, sent);
             d.ack(BasicAckOptions::default()).await?;
             Ok(Admission::Done)
         }

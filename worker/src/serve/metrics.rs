@@ -222,6 +222,7 @@ impl Metrics {
             }
         }
         let mut out = String::new();
+        // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
     }
@@ -233,7 +234,10 @@ impl Metrics {
         }
         let mut opened = self.opened.lock().ok()?;
         if !opened.contains_key(device) {
-            opened.insert(device.to_string(), crate::parse_device(device).ok()?);
+            opened.insert(
+                device.to_string(),
+                crate::engine::device::open(device).ok()?,
+            );
         }
         gpu_memory(opened.get(device)?)
     }
@@ -288,9 +292,12 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, mut shutdown: watch:
                 async move { Ok::<_, std::convert::Infallible>(respond(&m, &req)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, service)
-                .await;
+                .await
+            {
+                tracing::debug!(error = %e, "a metrics connection ended with an error");
+            }
         });
     }
 }

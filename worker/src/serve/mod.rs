@@ -100,7 +100,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
-    pub tracking: crate::tracking::TrackingArgs,
+    pub tracking: crate::mlflow::TrackingArgs,
 }
 
 impl ServeArgs {
@@ -135,7 +135,7 @@ struct Ctx {
     /// Jobs this worker runs now (reported by the heartbeat).
     current: Mutex<BTreeSet<String>>,
     /// The MLflow sink, when one is configured.
-    tracking: Option<crate::tracking::Sink>,
+    tracking: Option<crate::mlflow::Sink>,
     metrics: metrics::Metrics,
 }
 
@@ -177,6 +177,15 @@ fn host_name() -> String {
 
 /// Waits between tries of a service that is out of reach: 1 s doubling to
 /// 30 s.
+/// Logs (at debug level) the failure of a call the outcome does not
+/// depend on: an event for watchers, a progress field, a lease released
+/// early (it expires on its own), a pending cancel cleared.
+fn best_effort<T, E: std::fmt::Display>(what: &str, job: &str, r: Result<T, E>) {
+    if let Err(e) = r {
+        tracing::debug!(%job, error = %e, "{what} failed (best effort; the outcome does not depend on it)");
+    }
+}
+
 fn backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
@@ -235,7 +244,7 @@ pub async fn serve(
         .unwrap_or_else(|| std::env::temp_dir().join("fpb-worker-spool"));
     let spool = spool::Spool::new(&spool_base, &services.namespace);
     spool.prune(SPOOL_KEEP);
-    let tracking = crate::tracking::Sink::from_args(&args.tracking)?;
+    let tracking = crate::mlflow::Sink::from_args(&args.tracking)?;
     let devices: Vec<String> = args
         .devices
         .split(',')

@@ -15,9 +15,9 @@ use common::settle::{
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use services::broker::Broker;
-use services::state::{state_name, StateError};
+use services::state::StateError;
 
-use super::{backoff, Ctx};
+use super::{backoff, best_effort, Ctx};
 
 /// The delivery being settled and what it is about.
 pub(super) struct Settling<'a> {
@@ -40,7 +40,11 @@ pub(super) async fn carry_out(
             // The delivery cannot be moved: return it to the queue (this
             // counts toward the delivery limit, which is what it is for).
             tracing::warn!(%job, error = %e, "cannot publish; returning the delivery to the queue");
-            let _ = ctx.state.release_lease(job, s.token).await;
+            best_effort(
+                "releasing the lease",
+                job,
+                ctx.state.release_lease(job, s.token).await,
+            );
             s.delivery
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -90,7 +94,11 @@ pub(super) async fn carry_out(
         }
     }
     if decision.publish.is_some() || decision.record.is_some() {
-        let _ = ctx.state.release_lease(job, s.token).await;
+        best_effort(
+            "releasing the lease",
+            job,
+            ctx.state.release_lease(job, s.token).await,
+        );
     }
     if let Some(Publish::Now { .. }) = decision.publish {
         tracing::info!(%job, "handed back to the queue");
@@ -123,18 +131,12 @@ async fn publish(broker: &Broker, s: &Settling<'_>, p: &Publish) -> anyhow::Resu
             Publish::Now { attempt } => broker.publish_body(s.class, &body, *attempt).await,
         }
     };
-    let mut tries = 1;
-    loop {
-        match send().await {
-            Ok(()) => return Ok(()),
-            Err(e) if tries < PUBLISH_TRIES => {
-                tracing::warn!(job = %s.msg.job_id, error = %e, "publish failed; retrying");
-                tokio::time::sleep(publish_retry_wait(tries)).await;
-                tries += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    send.retry((1..PUBLISH_TRIES).map(publish_retry_wait))
+        .notify(|e, wait| {
+            tracing::warn!(job = %s.msg.job_id, error = %e, "publish failed; retrying in {wait:?}");
+        })
+        .await?;
+    Ok(())
 }
 
 /// Records the transition under the attempt's generation, retrying while
@@ -174,22 +176,27 @@ async fn record(ctx: &Ctx, s: &Settling<'_>, r: &Record) -> Result<(), RecordErr
         }
     }
     if r.event == common::state::Event::Cancel {
-        let _ = ctx.state.clear_cancel(job).await;
+        best_effort(
+            "clearing the cancel request",
+            job,
+            ctx.state.clear_cancel(job).await,
+        );
     }
     let state = common::state::next(common::state::JobState::Running, r.event)
-        .map(state_name)
-        .unwrap_or("?");
-    let _ = ctx
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let sent = ctx
         .state
         .event(
             &s.msg.sweep,
             &[
                 ("job", job.clone()),
-                ("state", state.to_string()),
+                ("state", state),
                 ("generation", s.at.generation.to_string()),
             ],
         )
         .await;
+    best_effort("recording an event", job, sent);
     Ok(())
 }
 
@@ -224,9 +231,8 @@ async fn verify(ctx: &Ctx, s: &Settling<'_>, r: &Record) -> Result<(), StateErro
             job: job.clone(),
             from: other
                 .and_then(|g| g.state)
-                .map(state_name)
-                .unwrap_or("unknown")
-                .to_string(),
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             event: r.event,
         }),
     }

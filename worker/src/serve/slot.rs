@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use backon::BackoffBuilder;
+use common::clock::now_ms;
 use common::settle::{park, settle, Attempt};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use services::broker::Broker;
-use services::state::now_ms;
 
 use super::admit::{admit, Admission};
 use super::execute::execute;

@@ -72,7 +72,7 @@ impl Spool {
     }
 
     pub fn remove(&self, msg: &JobMessage) {
-        let _ = std::fs::remove_dir_all(self.dir(msg));
+        removed(&self.dir(msg), std::fs::remove_dir_all(self.dir(msg)));
     }
 
     fn checkpoint_path(&self, msg: &JobMessage) -> PathBuf {
@@ -104,7 +104,8 @@ impl Spool {
     }
 
     pub fn remove_checkpoint(&self, msg: &JobMessage) {
-        let _ = std::fs::remove_file(self.checkpoint_path(msg));
+        let path = self.checkpoint_path(msg);
+        removed(&path, std::fs::remove_file(&path));
     }
 
     /// Removes what has waited longer than `age` (its job ran elsewhere).
@@ -121,13 +122,25 @@ impl Spool {
                 .is_some_and(|a| a > age);
             if old {
                 let path = e.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(path)
+                let r = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
                 } else {
-                    std::fs::remove_file(path)
+                    std::fs::remove_file(&path)
                 };
+                removed(&path, r);
             }
         }
+    }
+}
+
+/// Logs a spool file that could not be removed (it stays until the next
+/// prune); an absent one is no error.
+fn removed(path: &Path, r: std::io::Result<()>) {
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a spool file");
+        }
+        _ => {}
     }
 }
 

@@ -10,7 +10,13 @@ use serde::Deserialize;
 use super::{attention_merged, embed, gather_positions, split_heads, Batch};
 use crate::engine::nn::linear::{Linear, LoraConfig};
 use crate::engine::nn::params::{self, Param, Params};
-use crate::engine::nn::{ops, rows, Ctx};
+use crate::engine::nn::{ops, rows, Pass};
+
+/// The classification head's tensors (`classifier.weight`, `.bias`).
+pub const HEAD_PREFIXES: &[&str] = &["classifier."];
+
+/// LoRA's default targets: the attention's query and value projections.
+pub const LORA_TARGETS: &[&str] = &["query", "value"];
 
 /// The fields of a Hugging Face `config.json` that the model uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,7 +73,7 @@ impl LayerNorm {
 
     /// `layer_norm(a + residual)`: in `a`'s buffer in one pass under
     /// inference on the CPU.
-    fn forward_residual(&self, a: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward_residual(&self, a: Tensor, residual: &Tensor, ctx: &Pass) -> Result<Tensor> {
         let dt = a.dtype();
         let (w, b) = (ctx.param(&self.w, dt)?, ctx.param(&self.b, dt)?);
         match rows::add_layer_norm_in_place(a, residual, &w, &b, self.eps)? {
@@ -76,7 +82,7 @@ impl LayerNorm {
         }
     }
 
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Pass) -> Result<Tensor> {
         let dt = x.dtype();
         ops::layer_norm(
             x,
@@ -202,12 +208,12 @@ impl Bert {
     }
 
     /// Class logits `[b, num_labels]` in f32.
-    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    pub fn forward(&self, batch: &Batch, ctx: &Pass) -> Result<Tensor> {
         self.head(&self.body(batch, ctx)?, ctx)
     }
 
     /// The encoder's `[CLS]` hidden state `[b, hidden]`: the head's input.
-    pub fn body(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    pub fn body(&self, batch: &Batch, ctx: &Pass) -> Result<Tensor> {
         let dt = self.dtype;
         let (b, s) = batch.ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
@@ -254,7 +260,7 @@ impl Bert {
 
     /// Pooler (when the checkpoint has one), dropout and classifier on the
     /// `[CLS]` states: class logits in f32.
-    pub fn head(&self, cls: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    pub fn head(&self, cls: &Tensor, ctx: &Pass) -> Result<Tensor> {
         let cls = cls.clone();
         let pooled = match &self.pooler {
             Some(pooler) => pooler.forward(&cls, ctx)?.tanh()?,

@@ -9,7 +9,7 @@ pub mod phi;
 use candle_core::{DType, Device, Result, Tensor};
 
 use candle_core::Var;
-use common::spec::DendriteSpec;
+use common::spec::{Arch, DendriteSpec};
 use rand_chacha::ChaCha8Rng;
 
 use crate::engine::nn::dendrite::{self, Dendrites};
@@ -17,7 +17,24 @@ use crate::engine::nn::linear::Linear;
 use crate::engine::nn::matmul::matmul;
 use crate::engine::nn::ops;
 use crate::engine::nn::params::{Param, Params};
-use crate::engine::nn::Ctx;
+use crate::engine::nn::Pass;
+
+/// Names of the classification head's tensors (their own learning rate).
+pub fn head_prefixes(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Bert => bert::HEAD_PREFIXES,
+        Arch::Phi => phi::HEAD_PREFIXES,
+    }
+}
+
+/// The layers LoRA adapts when a spec names none.
+pub fn default_lora_targets(arch: Arch) -> Vec<String> {
+    let names: &[&str] = match arch {
+        Arch::Bert => bert::LORA_TARGETS,
+        Arch::Phi => phi::LORA_TARGETS,
+    };
+    names.iter().map(|n| n.to_string()).collect()
+}
 
 /// One padded batch of token ids (right padding).
 pub struct Batch {
@@ -75,7 +92,7 @@ pub enum Model {
 
 impl Model {
     /// Class logits `[b, num_labels]` in f32.
-    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    pub fn forward(&self, batch: &Batch, ctx: &Pass) -> Result<Tensor> {
         match self {
             Model::Bert(m) => m.forward(batch, ctx),
             Model::Phi(m) => m.forward(batch, ctx),
@@ -84,7 +101,7 @@ impl Model {
 
     /// The body's output `[b, hidden]`: what the head reads (the `[CLS]`
     /// state for BERT, the last real token's for Phi).
-    pub fn body(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    pub fn body(&self, batch: &Batch, ctx: &Pass) -> Result<Tensor> {
         match self {
             Model::Bert(m) => m.body(batch, ctx),
             Model::Phi(m) => m.body(batch, ctx),
@@ -92,7 +109,7 @@ impl Model {
     }
 
     /// Class logits `[b, num_labels]` in f32 from [`Model::body`]'s output.
-    pub fn head(&self, features: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    pub fn head(&self, features: &Tensor, ctx: &Pass) -> Result<Tensor> {
         match self {
             Model::Bert(m) => m.head(features, ctx),
             Model::Phi(m) => m.head(features, ctx),
@@ -331,7 +348,7 @@ pub(crate) fn attention(
     v: &Tensor,
     mask: &Tensor,
     dropout: f64,
-    ctx: &Ctx,
+    ctx: &Pass,
 ) -> Result<Tensor> {
     let d = q.dim(3)?;
     // `k^T` is a transposed view: the product reads it in place.
@@ -349,7 +366,7 @@ pub(crate) fn attention_merged(
     v: &Tensor,
     mask: &Tensor,
     dropout: f64,
-    ctx: &Ctx,
+    ctx: &Pass,
 ) -> Result<Tensor> {
     if !ctx.train || dropout <= 0.0 {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();

@@ -13,7 +13,13 @@ use serde::Deserialize;
 use super::{attention_merged, embed, gather_positions, split_heads, Batch};
 use crate::engine::nn::linear::{Linear, LoraConfig};
 use crate::engine::nn::params::{self, Param, Params};
-use crate::engine::nn::{ops, Ctx};
+use crate::engine::nn::{ops, Pass};
+
+/// The classification head's tensors (`score.weight`).
+pub const HEAD_PREFIXES: &[&str] = &["score."];
+
+/// LoRA's default targets: the attention's q, k, v and output projections.
+pub const LORA_TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "dense"];
 
 /// The fields of a Hugging Face Phi `config.json` that the model uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,7 +93,7 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Pass) -> Result<Tensor> {
         let dt = x.dtype();
         ops::layer_norm(
             x,
@@ -281,12 +287,12 @@ impl Phi {
     }
 
     /// Class logits `[b, num_labels]` in f32.
-    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    pub fn forward(&self, batch: &Batch, ctx: &Pass) -> Result<Tensor> {
         self.head(&self.body(batch, ctx)?, ctx)
     }
 
     /// The final-norm state of each row's last real token `[b, hidden]`.
-    pub fn body(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    pub fn body(&self, batch: &Batch, ctx: &Pass) -> Result<Tensor> {
         let dt = self.dtype;
         let (_, s) = batch.ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
@@ -347,7 +353,7 @@ impl Phi {
     }
 
     /// The score layer on the last real tokens' states: logits in f32.
-    pub fn head(&self, pooled: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    pub fn head(&self, pooled: &Tensor, ctx: &Pass) -> Result<Tensor> {
         self.score.forward(pooled, ctx)?.to_dtype(DType::F32)
     }
 

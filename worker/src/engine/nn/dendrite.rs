@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::matmul::matmul;
 use super::params::{normal, Param};
-use super::Ctx;
+use super::Pass;
 
 /// One dendrite module `g_j`.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ pub enum Module {
 }
 
 impl Module {
-    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &Pass) -> Result<Tensor> {
         let dt = x.dtype();
         let (y, b) = match self {
             Module::Full { w, b } => (matmul(x, &ctx.param(w, dt)?.t()?, None)?, b),
@@ -235,7 +235,7 @@ impl Dendrites {
     }
 
     /// The dendrite term `sum_j T_j * a_j` for `x` of shape `[n, in]`.
-    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+    pub fn forward(&self, x: &Tensor, ctx: &Pass) -> Result<Option<Tensor>> {
         if self.modules.is_empty() {
             return Ok(None);
         }
@@ -464,7 +464,7 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap()
         };
-        assert_eq!(sum(&d.forward(&x, &Ctx::eval()).unwrap().unwrap()), 0.0);
+        assert_eq!(sum(&d.forward(&x, &Pass::eval()).unwrap().unwrap()), 0.0);
         assert!(matches!(d.t[0], Param::Frozen(_)), "the gate is a constant");
         d.add(&mut rng, 0.01, &dev).unwrap();
         assert!(
@@ -481,7 +481,7 @@ mod tests {
             w: Param::Frozen(w.clone()),
             b: Some(Param::Frozen(b.clone())),
         };
-        let got = d.forward(&x, &Ctx::eval()).unwrap().unwrap();
+        let got = d.forward(&x, &Pass::eval()).unwrap().unwrap();
         let want = x
             .matmul(&w.t().unwrap())
             .unwrap()
@@ -553,7 +553,7 @@ mod tests {
         let mut d = Dendrites::new(DendriteKind::Full, 0, Activation::Sigmoid, 4, 3, true);
         let x = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
         d.add(&mut rng, 0.01, &dev).unwrap();
-        let y = d.forward(&x, &Ctx::eval()).unwrap().unwrap();
+        let y = d.forward(&x, &Pass::eval()).unwrap().unwrap();
         assert_eq!(
             y.abs()
                 .unwrap()

@@ -11,7 +11,7 @@ use super::dendrite::Dendrites;
 use super::matmul::matmul;
 use super::ops;
 use super::params::{Init, Param, Params};
-use super::{Ctx, DendriteUse};
+use super::{DendriteUse, Pass};
 
 /// The base weight of a linear layer (`[out, in]`).
 #[derive(Clone)]
@@ -134,7 +134,7 @@ impl Linear {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ctx: &Pass) -> Result<Tensor> {
         let dtype = x.dtype();
         // One large GEMM over all leading dimensions.
         let dims = x.dims().to_vec();
@@ -302,17 +302,17 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap()
         };
-        let kept = layer.forward(&x, &Ctx::inference()).unwrap();
-        let recording = Ctx::recording();
+        let kept = layer.forward(&x, &Pass::inference()).unwrap();
+        let recording = Pass::recording();
         let recorded = layer.forward(&x, &recording).unwrap();
         assert_eq!(max((&recorded - &kept).unwrap()), 0.0);
         let means = recording.dendrite_means().unwrap();
-        let term = (&kept - layer.forward(&x, &Ctx::knockout()).unwrap()).unwrap();
+        let term = (&kept - layer.forward(&x, &Pass::knockout()).unwrap()).unwrap();
         let want = term.mean(0).unwrap();
         assert!(max((&means["l"] - &want).unwrap()) < 1e-5);
         assert!(max(want.clone()) > 0.1, "the term has a real mean");
-        let ablated = layer.forward(&x, &Ctx::mean_ablated(means)).unwrap();
-        let zeroed = layer.forward(&x, &Ctx::knockout()).unwrap();
+        let ablated = layer.forward(&x, &Pass::mean_ablated(means)).unwrap();
+        let zeroed = layer.forward(&x, &Pass::knockout()).unwrap();
         let offset = (&ablated - &zeroed).unwrap();
         assert!(max(offset.broadcast_sub(&want).unwrap()) < 1e-5);
     }
@@ -324,7 +324,7 @@ mod tests {
     fn frozen_weight_gets_no_gradient() {
         let layer = lora_layer();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &Device::Cpu).unwrap()).unwrap();
-        let y = layer.forward(x.as_tensor(), &Ctx::eval()).unwrap();
+        let y = layer.forward(x.as_tensor(), &Pass::eval()).unwrap();
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let shapes: Vec<Vec<usize>> = grads
             .get_ids()
@@ -351,7 +351,7 @@ mod tests {
     fn merged_weight_is_detached() {
         let mut layer = lora_layer();
         let x = Tensor::randn(0f32, 1.0, (3, 7), &Device::Cpu).unwrap();
-        let before = layer.forward(&x, &Ctx::eval()).unwrap();
+        let before = layer.forward(&x, &Pass::eval()).unwrap();
         let lora = layer.lora.clone().unwrap();
         layer.merge_lora().unwrap();
         let Weight::Dense(Param::Frozen(w)) = &layer.weight else {
@@ -359,7 +359,7 @@ mod tests {
         };
         assert!(!w.track_op(), "the merged weight records an op");
         let xv = Var::from_tensor(&x).unwrap();
-        let after = layer.forward(xv.as_tensor(), &Ctx::eval()).unwrap();
+        let after = layer.forward(xv.as_tensor(), &Pass::eval()).unwrap();
         let d = (&after - &before)
             .unwrap()
             .abs()

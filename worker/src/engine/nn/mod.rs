@@ -22,9 +22,10 @@ use rayon::prelude::*;
 
 use params::Param;
 
-/// Per-forward context: training mode (dropout on), whether a gradient
-/// graph is built, and the seeded source of dropout masks.
-pub struct Ctx {
+/// How one forward pass runs: training mode (dropout on), whether a
+/// gradient graph is built, what it does with the dendrite terms, and the
+/// seeded source of dropout masks.
+pub struct Pass {
     pub train: bool,
     grad: bool,
     /// What the forward pass does with the dendrite terms.
@@ -48,10 +49,10 @@ pub enum DendriteUse {
     Mean(HashMap<String, Tensor>),
 }
 
-impl Ctx {
+impl Pass {
     /// A training context: dropout on, gradients tracked.
-    pub fn new(train: bool, rng: ChaCha8Rng) -> Ctx {
-        Ctx {
+    pub fn new(train: bool, rng: ChaCha8Rng) -> Pass {
+        Pass {
             train,
             grad: true,
             dendrites: DendriteUse::Keep,
@@ -60,42 +61,42 @@ impl Ctx {
     }
 
     /// Dropout off, graph kept (gradient checks of the eval-mode network).
-    pub fn eval() -> Ctx {
-        Ctx::new(false, ChaCha8Rng::seed_from_u64(0))
+    pub fn eval() -> Pass {
+        Pass::new(false, ChaCha8Rng::seed_from_u64(0))
     }
 
     /// Dropout off and no graph: parameters are read detached, like
     /// PyTorch's `inference_mode` (evaluation, latency, benchmarks).
-    pub fn inference() -> Ctx {
-        Ctx {
+    pub fn inference() -> Pass {
+        Pass {
             grad: false,
-            ..Ctx::eval()
+            ..Pass::eval()
         }
     }
 
-    /// [`Ctx::inference`] with every dendrite term left out (knock-out).
-    pub fn knockout() -> Ctx {
-        Ctx {
+    /// [`Pass::inference`] with every dendrite term left out (knock-out).
+    pub fn knockout() -> Pass {
+        Pass {
             dendrites: DendriteUse::Drop,
-            ..Ctx::inference()
+            ..Pass::inference()
         }
     }
 
-    /// [`Ctx::inference`] recording each layer's mean dendrite term
-    /// ([`Ctx::dendrite_means`]).
-    pub fn recording() -> Ctx {
-        Ctx {
+    /// [`Pass::inference`] recording each layer's mean dendrite term
+    /// ([`Pass::dendrite_means`]).
+    pub fn recording() -> Pass {
+        Pass {
             dendrites: DendriteUse::Record(RefCell::new(HashMap::new())),
-            ..Ctx::inference()
+            ..Pass::inference()
         }
     }
 
-    /// [`Ctx::inference`] with each layer's dendrite term replaced by its
-    /// mean (from [`Ctx::dendrite_means`]).
-    pub fn mean_ablated(means: HashMap<String, Tensor>) -> Ctx {
-        Ctx {
+    /// [`Pass::inference`] with each layer's dendrite term replaced by its
+    /// mean (from [`Pass::dendrite_means`]).
+    pub fn mean_ablated(means: HashMap<String, Tensor>) -> Pass {
+        Pass {
             dendrites: DendriteUse::Mean(means),
-            ..Ctx::inference()
+            ..Pass::inference()
         }
     }
 
@@ -209,7 +210,7 @@ mod tests {
     fn dropped(seed: u64, p: f64) -> (Tensor, Tensor) {
         let x =
             Var::from_tensor(&Tensor::ones((400, 250), DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let ctx = Ctx::new(true, ChaCha8Rng::seed_from_u64(seed));
+        let ctx = Pass::new(true, ChaCha8Rng::seed_from_u64(seed));
         let y = ctx.dropout(x.as_tensor(), p).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         (y, g.get(x.as_tensor()).unwrap().clone())
@@ -257,7 +258,7 @@ mod tests {
         assert_ne!(other.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
         // Off outside training and at p = 0.
         let x = Tensor::ones(10, DType::F32, &Device::Cpu).unwrap();
-        let out = Ctx::eval().dropout(&x, 0.5).unwrap();
+        let out = Pass::eval().dropout(&x, 0.5).unwrap();
         assert_eq!(out.to_vec1::<f32>().unwrap(), vec![1.0; 10]);
     }
 }

@@ -18,7 +18,7 @@ use super::optim::AdamW;
 use super::schedule::LrSchedule;
 use super::{Encoded, Progress, RunConfig, Sets, TrainError};
 use crate::engine::models::{Batch, Model};
-use crate::engine::nn::Ctx;
+use crate::engine::nn::Pass;
 
 /// The parameters being trained and their optimiser; rebuilt whenever
 /// dendrites are added.
@@ -152,7 +152,7 @@ pub fn train_epoch(
     let lengths: Vec<usize> = data.ids.iter().map(|r| r.len()).collect();
     let batches = make_batches(&lengths, spec.batch_size, rng);
     progress.start_epoch(epoch, batches.len());
-    let ctx = Ctx::new(
+    let ctx = Pass::new(
         true,
         ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add(epoch as u64)),
     );
@@ -215,7 +215,7 @@ fn logits_of(
     data: &Encoded,
     rows: &[usize],
     device: &Device,
-    ctx: &Ctx,
+    ctx: &Pass,
 ) -> Result<Tensor> {
     match &data.features {
         Some(f) => {
@@ -240,7 +240,7 @@ pub fn cache_features(
     batch_size: usize,
     device: &Device,
 ) -> Result<()> {
-    let ctx = Ctx::inference();
+    let ctx = Pass::inference();
     let mut order: Vec<usize> = (0..data.ids.len()).collect();
     order.sort_by_key(|&i| data.ids[i].len());
     let mut parts: Vec<(usize, Tensor)> = Vec::new();
@@ -268,17 +268,17 @@ pub fn evaluate(
     device: &Device,
     weights: Option<&[f64]>,
 ) -> Result<(f64, Vec<usize>)> {
-    evaluate_with(model, data, batch_size, device, weights, &Ctx::inference())
+    evaluate_with(model, data, batch_size, device, weights, &Pass::inference())
 }
 
-/// [`evaluate`] under a given context (e.g. [`Ctx::knockout`]).
+/// [`evaluate`] under a given context (e.g. [`Pass::knockout`]).
 pub fn evaluate_with(
     model: &Model,
     data: &Encoded,
     batch_size: usize,
     device: &Device,
     weights: Option<&[f64]>,
-    ctx: &Ctx,
+    ctx: &Pass,
 ) -> Result<(f64, Vec<usize>)> {
     let mut order: Vec<usize> = (0..data.ids.len()).collect();
     order.sort_by_key(|&i| data.ids[i].len());

@@ -20,15 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::artifacts::checkpoint_key;
+use common::clock::now_ms;
 use common::job::{JobKind, JobMessage};
 use common::settle::{Attempt, RunEnd};
-use services::state::now_ms;
 
 use super::Ctx;
 use crate::engine::error::JobError;
 use crate::engine::pipeline;
 use crate::engine::trained::RunIds;
-use crate::tracking::{End, JobStart, JobTracker};
+use crate::mlflow::{End, JobStart, JobTracker};
 use checkpoints::{
     forget_checkpoint, resume_from, upload_checkpoints, Checkpoints, CHECKPOINT_UPLOAD_WAIT,
 };
@@ -227,31 +227,7 @@ pub(super) async fn execute(
 /// Starts the job's MLflow run, when a tracker is configured.
 fn track(ctx: &Ctx, msg: &JobMessage, at: Attempt) -> Option<JobTracker> {
     let sink = ctx.tracking.as_ref()?;
-    let (kind, params) = match &msg.kind {
-        JobKind::Train => ("train", Vec::new()),
-        JobKind::Validate {
-            source,
-            split,
-            knockout,
-        } => (
-            "validate",
-            vec![
-                ("source".to_string(), source.clone()),
-                ("eval_split".into(), split.to_string()),
-                ("knockout".into(), knockout.to_string()),
-            ],
-        ),
-    };
-    let job = JobStart {
-        sweep: msg.sweep.clone(),
-        job_id: msg.job_id.clone(),
-        config_hash: msg.config_hash.clone(),
-        spec: msg.spec.clone(),
-        worker: ctx.worker_id.clone(),
-        attempt: at.attempt,
-        kind,
-        params,
-    };
+    let job = JobStart::from_message(msg, ctx.worker_id.clone(), at.attempt);
     Some(sink.start(job, &tokio::runtime::Handle::current()))
 }
 
@@ -289,7 +265,7 @@ async fn train(
     let device_name = device.to_string();
     let out = tokio::task::spawn_blocking(move || {
         let device =
-            crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
+            crate::engine::device::open(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
         let ids = RunIds {
             sweep: &sweep,
             job_id: &job_id,

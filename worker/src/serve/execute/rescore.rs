@@ -6,6 +6,7 @@ use common::job::JobMessage;
 use super::join_error;
 use crate::engine::error::JobError;
 use crate::engine::pipeline;
+use crate::serve::best_effort;
 use crate::serve::Ctx;
 
 /// The artifact key of the trained parameters a validate job names: a job
@@ -47,8 +48,8 @@ pub(super) async fn trained_key(ctx: &Ctx, source: &str) -> Result<String, JobEr
         Some(r) => Err(JobError::Spec(format!(
             "job {source} is {}, not succeeded",
             r.state
-                .map(services::state::state_name)
-                .unwrap_or("unknown")
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into())
         ))),
         None => Err(JobError::Spec(format!("no job {source:?}"))),
     }
@@ -81,7 +82,7 @@ pub(super) async fn validate(
         (source.to_string(), msg.job_id.clone(), device.to_string());
     let (summary, files) = tokio::task::spawn_blocking(move || {
         let device =
-            crate::parse_device(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
+            crate::engine::device::open(&device_name).map_err(|e| JobError::Spec(e.to_string()))?;
         crate::engine::beat::with(heard, || {
             pipeline::validate(&spec, &path, &source, what, &job_id, &device)
         })
@@ -89,7 +90,7 @@ pub(super) async fn validate(
     .await
     .map_err(join_error)??;
     drop(tmp);
-    let _ = ctx
+    let sent = ctx
         .state
         .set_fields(
             &msg.job_id,
@@ -99,5 +100,6 @@ pub(super) async fn validate(
             ],
         )
         .await;
+    best_effort("recording validation scores", &msg.job_id, sent);
     Ok(files)
 }

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::clock::now_ms;
 use common::summary::EpochRecord;
-use services::state::now_ms;
 
 use super::checkpoints::Checkpoints;
 use crate::engine::train::Progress;
-use crate::tracking::EpochSender;
+use crate::mlflow::EpochSender;
+use crate::serve::best_effort;
 
 /// What the job's thread tells the watcher.
 pub(super) enum Update {
@@ -48,6 +49,7 @@ pub(super) struct Shared {
 
 impl Shared {
     pub fn stop(&self, why: StopReason) {
+        // The first reason wins: a later one finds it set and changes nothing.
         let _ = self.reason.compare_exchange(
             StopReason::None as u8,
             why as u8,
@@ -189,11 +191,11 @@ pub(super) async fn watch(
                     Update::Progress(f) => (f, false),
                     Update::Epoch(f) => (f, true),
                 };
-                let _ = w.state.set_fields(&w.job, &f).await;
+                best_effort("recording progress", &w.job, w.state.set_fields(&w.job, &f).await);
                 if epoch_done {
                     let mut ev = vec![("job", w.job.clone())];
                     ev.extend(f.iter().map(|(k, v)| (*k, v.clone())));
-                    let _ = w.state.event(&w.sweep, &ev).await;
+                    best_effort("recording an event", &w.job, w.state.event(&w.sweep, &ev).await);
                 }
             }
             _ = tick.tick() => {

@@ -13,8 +13,10 @@
 //! at the job's end the task gets `--mlflow-flush-secs` to catch up, then
 //! what is left is dropped with a warning.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::time::Duration;
 
+use common::job::{JobKind, JobMessage};
 use common::spec::JobSpec;
 use common::summary::{EpochRecord, RunSummary, ValidationSummary};
 use services::mlflow::{flatten, Metric, Mlflow, MlflowError, RunInfo, RunStatus};
@@ -89,6 +91,39 @@ pub struct JobStart {
     pub params: Vec<(String, String)>,
 }
 
+impl JobStart {
+    /// The MLflow run's description of a queued job (the one builder for
+    /// `worker serve`'s jobs and `worker run`'s, which describes each of
+    /// its jobs by the message that would queue it).
+    pub fn from_message(msg: &JobMessage, worker: String, attempt: u32) -> JobStart {
+        let (kind, params) = match &msg.kind {
+            JobKind::Train => ("train", Vec::new()),
+            JobKind::Validate {
+                source,
+                split,
+                knockout,
+            } => (
+                "validate",
+                vec![
+                    ("source".to_string(), source.clone()),
+                    ("eval_split".into(), split.to_string()),
+                    ("knockout".into(), knockout.to_string()),
+                ],
+            ),
+        };
+        JobStart {
+            sweep: msg.sweep.clone(),
+            job_id: msg.job_id.clone(),
+            config_hash: msg.config_hash.clone(),
+            spec: msg.spec.clone(),
+            worker,
+            attempt,
+            kind,
+            params,
+        }
+    }
+}
+
 /// How a job ended, for its MLflow run.
 #[derive(Debug)]
 pub enum End {
@@ -152,12 +187,25 @@ impl JobTracker {
 }
 
 fn now_ms() -> i64 {
-    services::state::now_ms() as i64
+    common::clock::now_ms() as i64
 }
 
 /// The run being tracked, once found or created.
 struct Tracked {
     run: RunInfo,
+}
+
+/// The longest wait between two tries of one tracking call.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits between tries of one tracking call: 1 s, doubling, at most
+/// [`MAX_RETRY_WAIT`], without end.
+fn retry_waits() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(MAX_RETRY_WAIT)
+        .without_max_times()
+        .build()
 }
 
 /// Sends a job's events in order, each retried while MLflow is out of
@@ -167,7 +215,7 @@ async fn send_all(client: Mlflow, mut rx: mpsc::UnboundedReceiver<Event>) {
     let mut warned = false;
     while let Some(ev) = rx.recv().await {
         let last = matches!(ev, Event::End(..));
-        let mut wait = Duration::from_secs(1);
+        let mut waits = retry_waits();
         loop {
             match apply(&client, &mut tracked, &ev).await {
                 Ok(()) => break,
@@ -176,8 +224,7 @@ async fn send_all(client: Mlflow, mut rx: mpsc::UnboundedReceiver<Event>) {
                         tracing::warn!(mlflow = %client.shown(), error = %e, "MLflow out of reach; retrying");
                         warned = true;
                     }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(waits.next().unwrap_or(MAX_RETRY_WAIT)).await;
                 }
                 Err(e) => {
                     tracing::warn!(mlflow = %client.shown(), error = %e, "MLflow refused a tracking call; skipped");
