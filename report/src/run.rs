@@ -319,8 +319,17 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
     }
     PaiData {
         title: format!(
-            "{} {} split {} seed {}: {} dendrite set(s) in the best network",
-            s.model, spec.variant, spec.data.split.seed, spec.seed, s.dendrites
+            "{} {} split {} seed {}: {} {} in the best network",
+            s.model,
+            spec.variant,
+            spec.data.split.seed,
+            spec.seed,
+            s.dendrites,
+            if spec.variant == common::spec::Variant::Branch {
+                "linear branch set(s)"
+            } else {
+                "dendrite set(s)"
+            }
         ),
         score_name: spec.train.metric.label().to_string(),
         epochs: h
@@ -575,6 +584,29 @@ pub(crate) mod tests {
             1,
             "an architecture never kept has no row"
         );
+    }
+
+    /// The PAI figure names what the arm adds: a branch arm's sets are
+    /// linear branches, not dendrites.
+    #[test]
+    fn pai_titles_name_the_arms_sets() {
+        let mut spec = spec();
+        spec.variant = common::spec::Variant::Dendritic;
+        let d = pai_data(&spec, &summary());
+        assert!(
+            d.title.ends_with("dendrite set(s) in the best network"),
+            "{}",
+            d.title
+        );
+        spec.variant = common::spec::Variant::Branch;
+        let b = pai_data(&spec, &summary());
+        assert!(
+            b.title
+                .ends_with("linear branch set(s) in the best network"),
+            "{}",
+            b.title
+        );
+        assert_eq!(b.layer_quantity, "branches: Σ_j mean |W_j|");
     }
 
     #[test]
