@@ -33,6 +33,8 @@ if [ ! -f "$FPB_DIR/Sentences_AllAgree.txt" ]; then
   exit 1
 fi
 
-# The end-to-end tests run the binaries: build them first.
-cargo build --workspace --bins
+# The end-to-end tests run the binaries: build them first, with the tests,
+# so that both share one feature resolution (dev-dependencies included) and
+# `cargo test` below compiles nothing again.
+cargo build --workspace --bins --tests
 cargo test --workspace --no-fail-fast "$@"
