@@ -66,10 +66,13 @@ return {2, cur}
 /// held, or a cancelled one is not started; a job still `running` whose
 /// lease expired was abandoned by its attempt, a crash when its worker's
 /// heartbeat (key ARGV[4] .. worker) has expired too (a live worker whose
-/// lease lapsed, in a Redis outage or a stall, is no crash): past ARGV[3]
-/// such takeovers it is recorded dead instead. Otherwise the lease is taken
-/// with the delivery's token, the generation bumped and the job marked
-/// running with ARGV[5..] as fields.
+/// lease lapsed, in a Redis outage or a stall, is no crash) and the start
+/// does not come from the very process that held it (its `instance`
+/// field: a Redis restored from older files can lack a live worker's
+/// heartbeat, not the process that is asking): past ARGV[3] such takeovers
+/// it is recorded dead instead. Otherwise the lease is taken with the
+/// delivery's token, the generation bumped and the job marked running
+/// with ARGV[5..] as fields.
 const START: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
@@ -82,7 +85,12 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   return {4, cur}
 end
 local was = redis.call('HGET', KEYS[1], 'worker')
-local alive = was and redis.call('EXISTS', ARGV[4] .. was) == 1
+local mine = ''
+for i = 5, #ARGV - 1, 2 do
+  if ARGV[i] == 'instance' then mine = ARGV[i + 1] end
+end
+local same = mine ~= '' and redis.call('HGET', KEYS[1], 'instance') == mine
+local alive = same or (was and redis.call('EXISTS', ARGV[4] .. was) == 1)
 if cur == 'running' and not alive then
   local n = redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
   if n > tonumber(ARGV[3]) then
@@ -574,7 +582,8 @@ impl StateStore {
     /// lease with `token` for `ttl`, bumps the generation and records
     /// `fields` with state `running`, all in one step. A job abandoned by
     /// more than `max_takeovers` attempts whose workers' heartbeats had
-    /// expired (crashes) is recorded dead instead.
+    /// expired (crashes) is recorded dead instead; a start whose `instance`
+    /// field names the process that held the job never counts as one.
     pub async fn start(
         &self,
         job: &str,

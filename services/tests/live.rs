@@ -276,6 +276,31 @@ async fn state_transitions_leases_workers_and_events() {
     );
     let r = s.job("j6").await.unwrap();
     assert_eq!(r["takeovers"], "1", "{r:?}");
+    // A Redis restored from older files can lack a live worker's
+    // heartbeat: a start by the very process that held the job (same
+    // `instance`) is no crash; one by another process is.
+    s.register_job("sw", "j7", &[]).await.unwrap();
+    let process = |p: &str| {
+        [
+            ("worker", "w-lost".to_string()),
+            ("instance", p.to_string()),
+        ]
+    };
+    for (g, p, takeovers) in [(1, "p1", "0"), (2, "p1", "0"), (3, "p2", "1")] {
+        assert_eq!(
+            s.start("j7", &format!("w-lost/{g}"), short, 2, &process(p))
+                .await
+                .unwrap(),
+            Start::Started { generation: g }
+        );
+        let r = s.job("j7").await.unwrap();
+        assert_eq!(
+            r.get("takeovers").map(String::as_str).unwrap_or("0"),
+            takeovers,
+            "start {g} by {p}: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
     assert!(!s.leased("j4").await.unwrap());
     let r = s.record("j2").await.unwrap().unwrap();
     assert_eq!((r.generation, r.state), (2, Some(JobState::Succeeded)));

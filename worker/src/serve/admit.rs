@@ -156,6 +156,7 @@ async fn start(
             ctx.services.delivery_limit as u32,
             &[
                 ("worker", ctx.worker_id.clone()),
+                ("instance", ctx.instance.clone()),
                 ("device", device.to_string()),
                 ("attempt", attempt.to_string()),
                 ("started_at", now_ms().to_string()),

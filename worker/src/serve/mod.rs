@@ -124,6 +124,10 @@ impl ServeArgs {
 struct Ctx {
     args: ServeArgs,
     worker_id: String,
+    /// This process, recorded with each start: a takeover by the process
+    /// that held the job is no crash, whatever Redis remembers of its
+    /// heartbeat.
+    instance: String,
     services: Services,
     state: StateStore,
     artifacts: Artifacts,
@@ -265,6 +269,7 @@ pub async fn serve(
         spool,
         args: args.clone(),
         worker_id: worker_id.clone(),
+        instance: format!("{:016x}", rand::random::<u64>()),
         services,
         state,
         artifacts,
