@@ -566,7 +566,11 @@ async fn a_slow_evaluation_is_progress_not_a_stall() {
     submit(&s, &file);
     let job = state.sweep_jobs("slowval").await.unwrap().remove(0);
     let reconcile = ["--reconcile-secs", "1", "--reconcile-grace-secs", "3"];
-    let mut flags = vec!["--stall-secs", "2"];
+    // A batch must beat within the stall (a 32 x 128 MiniLM step took up
+    // to 7 s on two cores without a BLAS library); every pass over a split
+    // outlasts it, the pass over the training split (mean ablation) many
+    // times.
+    let mut flags = vec!["--stall-secs", "10"];
     flags.extend(reconcile);
     let _a = worker_with(&s, "sa", "cpu", &flags);
     wait_for(&state, &job, 300, |h| state_is(h, "running")).await;
