@@ -11,13 +11,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{ContentArrangement, Table};
 use common::artifacts::sweep_prefix;
+use common::clock::now_ms;
 use common::config::Services;
 use common::job::{DeviceClass, JobMessage};
 use common::queue::Topology;
 use common::state::{Event, JobState};
 use common::sweep::Sweep;
-
-use common::clock::now_ms;
 use services::artifacts::Artifacts;
 use services::broker::Broker;
 use services::reconcile::Reconciler;
@@ -548,15 +547,14 @@ async fn retry(target: &str, stuck: bool) -> anyhow::Result<()> {
     }
     let mut n = 0;
     for j in targets(&c, target).await? {
-        let st = c.state.state(&j).await?;
+        // One read: the state decides, the recorded message is the spec.
+        let r = c.state.record(&j).await?.unwrap_or_default();
         if !matches!(
-            st,
+            r.state,
             Some(JobState::Failed | JobState::Dead | JobState::Cancelled)
         ) {
             continue;
         }
-        // The spec comes from the job's recorded message.
-        let r = c.state.record(&j).await?.unwrap_or_default();
         if r.message.is_empty() {
             println!("{j}: no stored message; submit its sweep again");
             continue;
