@@ -370,6 +370,7 @@ fn pai_data(spec: &JobSpec, s: &RunSummary) -> PaiData {
             _ => "dendrites added",
         }
         .to_string(),
+        added_lr_scale: spec.dendrites.lr.map(|lr| lr / spec.train.lr),
     }
 }
 
@@ -607,6 +608,10 @@ pub(crate) mod tests {
             b.title
         );
         assert_eq!(b.layer_quantity, "branches: Σ_j mean |W_j|");
+        assert_eq!(b.added_lr_scale, None);
+        spec.train.lr = 2e-5;
+        spec.dendrites.lr = Some(1e-3);
+        assert_eq!(pai_data(&spec, &summary()).added_lr_scale, Some(50.0));
     }
 
     #[test]

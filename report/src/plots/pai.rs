@@ -90,6 +90,9 @@ pub struct PaiData {
     /// Legend label of the orange switch lines, e.g. "dendrites added" or
     /// "restart (no set added)".
     pub switch_label: String,
+    /// The added tensors' learning rate over the plotted one, when they
+    /// train at their own (`dendrites.lr`): named in the rate panel's title.
+    pub added_lr_scale: Option<f64>,
 }
 
 /// 2x2 panel figure, 2800x1400 px:
@@ -104,7 +107,8 @@ pub struct PaiData {
 /// = layer_quantity; with nothing to draw, `no_layers_note` in the middle;
 /// bottom-left: learning rate per epoch: a light bar from the lowest to the
 /// highest rate of the epoch's steps (where known) under a line through the
-/// last step's rate; scientific tick labels like 1e-4;
+/// last step's rate; scientific tick labels like 1e-4; with
+/// `added_lr_scale`, the title says the added tensors train at that multiple;
 /// bottom-right: seconds per epoch, train and validation as two lines.
 /// Every panel has a title, x label "epoch" with integer ticks (from 1 but in
 /// the top-right panel) and a y label; the orange lines cross each of them.
@@ -151,7 +155,7 @@ fn draw_pai<DB: DrawingBackend>(
     let mut panels = [
         score_panel(data, epochs),
         layer_panel(data, last_epoch, x_axis.range.end),
-        lr_panel(epochs),
+        lr_panel(epochs, data.added_lr_scale),
         time_panel(epochs),
     ];
     for panel in &mut panels {
@@ -465,9 +469,18 @@ fn lr_range(e: &PaiEpoch) -> Option<(f64, f64)> {
 }
 
 /// The learning rate per epoch: a light bar over the range of the epoch's
-/// steps, where known, under a line through its last step's rate.
-fn lr_panel(epochs: &[PaiEpoch]) -> PaiPanel {
-    let mut panel = Panel::new("learning rate", "learning rate");
+/// steps, where known, under a line through its last step's rate. A scale
+/// other than 1 is named in the title ("added tensors at 50× this").
+fn lr_panel(epochs: &[PaiEpoch], added_scale: Option<f64>) -> PaiPanel {
+    let caption = match added_scale {
+        Some(k) if k.is_finite() && k > 0.0 && k != 1.0 => {
+            let k = format!("{:.3}", k);
+            let k = k.trim_end_matches('0').trim_end_matches('.');
+            format!("learning rate (added tensors at {k}× this)")
+        }
+        _ => "learning rate".to_string(),
+    };
+    let mut panel = Panel::new(caption, "learning rate");
     let ranges: Vec<(f64, f64, f64)> = epochs
         .iter()
         .filter_map(|e| lr_range(e).map(|(lo, hi)| (e.epoch as f64, lo, hi)))
@@ -599,6 +612,7 @@ mod tests {
             layer_quantity: "mean |T| (gate weight) per wrapped layer".to_string(),
             no_layers_note: "no dendrites added".to_string(),
             switch_label: "dendrites added".to_string(),
+            added_lr_scale: None,
         }
     }
 
@@ -660,6 +674,7 @@ mod tests {
         data.switch_epochs = switches.to_vec();
         data.best_epoch = Some(18);
         data.last_improved_epoch = Some(18);
+        data.added_lr_scale = Some(50.0);
         // Zero before the first switch, as recorded.
         data.layers = (0..3)
             .map(|l| LayerSeries {
@@ -684,8 +699,23 @@ mod tests {
             std::fs::write(path, &png).unwrap();
         }
 
-        let lr = lr_panel(&data.epochs);
+        let lr = lr_panel(&data.epochs, None);
         assert_eq!(lr.boxes.len(), 19);
+        assert_eq!(lr.panel.caption, "learning rate");
+        let scaled = lr_panel(&data.epochs, Some(1e-3 / 2e-5));
+        assert_eq!(
+            scaled.panel.caption,
+            "learning rate (added tensors at 50× this)"
+        );
+        let scaled = lr_panel(&data.epochs, Some(0.125));
+        assert_eq!(
+            scaled.panel.caption,
+            "learning rate (added tensors at 0.125× this)"
+        );
+        assert_eq!(
+            lr_panel(&data.epochs, Some(1.0)).panel.caption,
+            "learning rate"
+        );
         // The bars of the epochs after a switch start again from the warm-up.
         let bar = |epoch: f64| {
             lr.boxes
@@ -807,7 +837,7 @@ mod tests {
         assert_eq!(empty.note.as_deref(), Some("no dendrites in this arm"));
 
         // Old records without the learning-rate range: the line only.
-        let lr = lr_panel(&data.epochs);
+        let lr = lr_panel(&data.epochs, None);
         assert!(lr.boxes.is_empty());
         assert_eq!(labels(&lr), ["learning rate"]);
 
