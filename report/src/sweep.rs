@@ -68,8 +68,12 @@ where
 pub struct SweepRun {
     pub row: ResultsRow,
     pub metric: Metric,
-    /// (epoch, validation score)
-    pub curve: Vec<(usize, f64)>,
+    /// The run's epochs as trained (discarded ones included).
+    pub epochs: Vec<RunEpoch>,
+    /// Epochs after which a set was added (or the arm restarted).
+    pub switches: Vec<usize>,
+    /// The epoch whose network the run kept.
+    pub best_epoch: usize,
     /// The test split's gold labels and predictions, and the predictions
     /// with the dendrite terms knocked out (dendritic runs).
     pub test_labels: Vec<usize>,
@@ -80,6 +84,16 @@ pub struct SweepRun {
     pub notes: Vec<String>,
     /// The sweep's primary contrast (`report.primary` of its spec).
     pub primary: Option<(String, String)>,
+}
+
+/// One epoch of a run, as the training figure draws it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunEpoch {
+    pub epoch: usize,
+    pub val_score: f64,
+    pub train_loss: f64,
+    /// Left behind by a restore: the run went on from an earlier snapshot.
+    pub discarded: bool,
 }
 
 impl SweepRun {
@@ -109,11 +123,18 @@ impl SweepRun {
         Ok(SweepRun {
             row,
             metric: spec.spec.train.metric,
-            curve: summary
+            epochs: summary
                 .history
                 .iter()
-                .map(|r| (r.epoch, r.val_score))
+                .map(|r| RunEpoch {
+                    epoch: r.epoch,
+                    val_score: r.val_score,
+                    train_loss: r.train_loss,
+                    discarded: r.discarded,
+                })
                 .collect(),
+            switches: summary.switch_epochs.clone(),
+            best_epoch: summary.best_epoch,
             test_labels: summary.test_labels,
             test_predictions: summary.test_predictions,
             mean_ablated_predictions: summary
@@ -333,95 +354,131 @@ fn group_figures(g: &GroupSummary, runs: &[&SweepRun], suffix: &str) -> Result<F
             )?,
         ));
     }
-    let curves = training_curves(runs);
-    if let Some(first) = runs.first().filter(|_| !curves.is_empty()) {
+    if let Some(first) = runs.first() {
         let metric = first.metric.label();
-        out.push((
-            format!("Dendrite_vs_Baseline_Training{suffix}.png"),
-            plots::training_comparison(
-                &format!("{}: validation {metric} per epoch", g.model),
-                metric,
-                if curves.iter().any(|c| c.1.contains("mean of")) {
-                    "split mean"
-                } else {
-                    "run"
-                },
-                &curves,
-            )?,
-        ));
+        let (arms, lines) = training_lines(runs, metric);
+        if !lines.is_empty() {
+            out.push((
+                format!("Dendrite_vs_Baseline_Training{suffix}.png"),
+                plots::training_comparison(
+                    &format!(
+                        "{}: validation {metric} and training loss per epoch",
+                        g.model
+                    ),
+                    &arms,
+                    &lines,
+                )?,
+            ));
+        }
     }
     Ok(out)
 }
 
-/// A line of the training figure: (arm, panel, (epoch, score) points).
-type Curve = (String, String, Vec<(usize, f64)>);
-
 /// Most panels of the training figure drawn one per (split, seed) pair;
-/// above it, one panel per split.
+/// above it, only the summary panels.
 const MOST_PAIR_PANELS: usize = 9;
 
-/// The training figure's lines: (arm, panel, (epoch, validation score)).
-/// One line per run and a panel per (split, seed) pair, or, when there are
-/// more than [`MOST_PAIR_PANELS`] pairs, a panel per split with each arm's
-/// mean over the seeds at every epoch (over the runs that reached it).
-fn training_curves(runs: &[&SweepRun]) -> Vec<Curve> {
+/// The training figure's arms, (arm, legend label "branch (9 runs)") in
+/// order of first appearance, and its lines: up to [`MOST_PAIR_PANELS`]
+/// pairs, a panel per (split, seed) pair with a line per run (selected
+/// epoch, switches and discarded epochs marked); with more than one pair,
+/// a panel of each arm's mean validation score at every epoch (over the
+/// runs that reached it) with a band of ± 1 sd; always, a panel of each
+/// arm's training loss drawn the same way.
+fn training_lines(
+    runs: &[&SweepRun],
+    metric: &str,
+) -> (Vec<(String, String)>, Vec<plots::RunLine>) {
     let runs: Vec<&&SweepRun> = runs
         .iter()
-        .filter(|r| r.curve.iter().any(|(_, y)| y.is_finite()))
+        .filter(|r| r.epochs.iter().any(|e| e.val_score.is_finite()))
         .collect();
+    let mut arms: Vec<(String, usize)> = Vec::new();
+    for r in &runs {
+        let arm = r.row.arm_name();
+        match arms.iter_mut().find(|(a, _)| *a == arm) {
+            Some((_, n)) => *n += 1,
+            None => arms.push((arm, 1)),
+        }
+    }
     let pairs: std::collections::BTreeSet<(u64, u64)> = runs
         .iter()
         .map(|r| (r.row.split_seed, r.row.seed))
         .collect();
+    let quantity = format!("validation {metric}");
+    let mut lines = Vec::new();
     if pairs.len() <= MOST_PAIR_PANELS {
-        return runs
-            .iter()
-            .map(|r| {
-                (
-                    r.row.arm_name(),
-                    format!("split {} · seed {}", r.row.split_seed, r.row.seed),
-                    r.curve.clone(),
-                )
-            })
-            .collect();
+        lines.extend(runs.iter().map(|r| {
+            plots::RunLine {
+                arm: r.row.arm_name(),
+                panel: format!("split {} · seed {}", r.row.split_seed, r.row.seed),
+                quantity: quantity.clone(),
+                points: r
+                    .epochs
+                    .iter()
+                    .map(|e| (e.epoch, e.val_score, e.discarded))
+                    .collect(),
+                band: Vec::new(),
+                selected: Some(r.best_epoch),
+                switches: r.switches.clone(),
+            }
+        }));
     }
-    // (split, arm) -> epoch -> (sum, count), in order of first appearance.
-    let mut order: Vec<(u64, String)> = Vec::new();
-    let mut sums: std::collections::HashMap<
-        (u64, String),
-        std::collections::BTreeMap<usize, (f64, usize)>,
-    > = std::collections::HashMap::new();
-    let mut seeds: std::collections::HashMap<u64, std::collections::BTreeSet<u64>> =
-        std::collections::HashMap::new();
-    for r in &runs {
-        let key = (r.row.split_seed, r.row.arm_name());
-        if !sums.contains_key(&key) {
-            order.push(key.clone());
+    let counts: std::collections::BTreeSet<usize> = arms.iter().map(|a| a.1).collect();
+    let of_runs = match counts.iter().collect::<Vec<_>>()[..] {
+        [&n] if n > 1 => format!("mean of {n} runs per arm ± 1 sd"),
+        [&1] => "one run per arm".to_string(),
+        _ => "mean of each arm's runs ± 1 sd".to_string(),
+    };
+    let summaries: [(&str, fn(&RunEpoch) -> f64, bool); 2] = [
+        (&quantity, |e| e.val_score, pairs.len() > 1),
+        ("training loss", |e| e.train_loss, true),
+    ];
+    for (name, value, shown) in summaries {
+        if !shown {
+            continue;
         }
-        seeds
-            .entry(r.row.split_seed)
-            .or_default()
-            .insert(r.row.seed);
-        let by_epoch = sums.entry(key).or_default();
-        for &(e, y) in r.curve.iter().filter(|(_, y)| y.is_finite()) {
-            let cell = by_epoch.entry(e).or_insert((0.0, 0));
-            cell.0 += y;
-            cell.1 += 1;
+        for (arm, _) in &arms {
+            let of_arm = runs.iter().filter(|r| r.row.arm_name() == *arm);
+            let by_epoch =
+                epoch_mean_sd(of_arm.flat_map(|r| r.epochs.iter().map(|e| (e.epoch, value(e)))));
+            lines.push(plots::RunLine {
+                arm: arm.clone(),
+                panel: format!("{name}: {of_runs}"),
+                quantity: name.to_string(),
+                points: by_epoch.iter().map(|&(e, m, ..)| (e, m, false)).collect(),
+                band: by_epoch
+                    .iter()
+                    .filter(|b| b.3 > 1)
+                    .map(|&(e, m, sd, _)| (e, m - sd, m + sd))
+                    .collect(),
+                selected: None,
+                switches: Vec::new(),
+            });
         }
     }
-    order
+    let arms = arms
         .into_iter()
-        .map(|key| {
-            let points = sums[&key]
-                .iter()
-                .map(|(&e, &(sum, n))| (e, sum / n as f64))
-                .collect();
-            let n = seeds[&key.0].len();
-            (
-                key.1,
-                format!("split {} · mean of {n} seeds", key.0),
-                points,
-            )
+        .map(|(arm, n)| {
+            let label = format!("{arm} ({n} run{})", if n == 1 { "" } else { "s" });
+            (arm, label)
+        })
+        .collect();
+    (arms, lines)
+}
+
+/// (epoch, mean, sd, count) of the finite values at each epoch, in epoch
+/// order; sd 0 for a lone value.
+fn epoch_mean_sd(values: impl Iterator<Item = (usize, f64)>) -> Vec<(usize, f64, f64, usize)> {
+    let mut by_epoch: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+    for (e, v) in values.filter(|(_, v)| v.is_finite()) {
+        by_epoch.entry(e).or_default().push(v);
+    }
+    by_epoch
+        .into_iter()
+        .map(|(e, v)| {
+            let (mean, sd) = compare::mean_sd(&v);
+            (e, mean, sd, v.len())
         })
         .collect()
 }
@@ -494,10 +551,11 @@ mod tests {
         .unwrap()
     }
 
-    /// Up to nine pairs the figure has a line per run; beyond, a panel per
-    /// split with each named arm's mean over the seeds at each epoch.
+    /// Up to nine pairs the figure has a line per run with its marks;
+    /// beyond, only the summary panels: each arm's mean at each epoch with
+    /// a band of one sd, for validation and training loss.
     #[test]
-    fn many_pairs_are_drawn_as_split_means_by_arm() {
+    fn training_figure_lines() {
         let mut runs = Vec::new();
         for split in 0..12u64 {
             for seed in 0..2u64 {
@@ -505,32 +563,89 @@ mod tests {
                     let mut r = run(Variant::Restart, seed, 0.9);
                     r.row.arm = arm.into();
                     r.row.split_seed = split;
-                    r.curve = (1..=3 + seed as usize)
-                        .map(|e| (e, lift + 0.01 * e as f64 + 0.1 * seed as f64))
+                    r.epochs = (1..=3 + seed as usize)
+                        .map(|e| RunEpoch {
+                            epoch: e,
+                            val_score: lift + 0.01 * e as f64 + 0.1 * seed as f64,
+                            train_loss: 1.0 / e as f64,
+                            discarded: e == 2,
+                        })
                         .collect();
+                    r.switches = vec![1];
+                    r.best_epoch = 3;
                     runs.push(r);
                 }
             }
         }
         let refs: Vec<&SweepRun> = runs.iter().collect();
-        let lines = training_curves(&refs);
-        assert_eq!(lines.len(), 24, "12 splits x 2 arms");
-        let (arm, panel, points) = &lines[0];
+        let (arms, lines) = training_lines(&refs, "macro-F1");
         assert_eq!(
-            (arm.as_str(), panel.as_str()),
-            ("gated-linear", "split 0 · mean of 2 seeds")
+            arms,
+            [
+                (
+                    "gated-linear".to_string(),
+                    "gated-linear (24 runs)".to_string()
+                ),
+                ("restart".to_string(), "restart (24 runs)".to_string())
+            ]
+        );
+        assert_eq!(lines.len(), 4, "24 pairs: 2 summary panels x 2 arms");
+        let l = &lines[0];
+        assert_eq!(
+            (l.arm.as_str(), l.panel.as_str(), l.quantity.as_str()),
+            (
+                "gated-linear",
+                "validation macro-F1: mean of 24 runs per arm ± 1 sd",
+                "validation macro-F1"
+            )
         );
         // Epochs 1-3: both seeds (mean offset 0.05); epoch 4: seed 1 only.
         let want = [(1, 0.16), (2, 0.17), (3, 0.18), (4, 0.24)];
-        assert_eq!(points.len(), 4);
-        for ((e, y), (we, wy)) in points.iter().zip(want) {
-            assert_eq!(*e, we);
-            assert!((y - wy).abs() < 1e-12, "{points:?}");
+        assert_eq!(l.points.len(), 4);
+        for ((e, y, faded), (we, wy)) in l.points.iter().zip(want) {
+            assert_eq!((*e, *faded), (we, false));
+            assert!((y - wy).abs() < 1e-12, "{:?}", l.points);
         }
+        // One sd of 12 values 0.1 above 12 others; none at epoch 4.
+        let sd = (24.0 / 23.0 * 0.05f64.powi(2)).sqrt();
+        assert_eq!(l.band.len(), 4);
+        assert!((l.band[3].2 - l.band[3].1).abs() < 1e-12, "{:?}", l.band);
+        assert!(
+            (l.band[0].2 - l.band[0].1 - 2.0 * sd).abs() < 1e-12,
+            "{:?}",
+            l.band
+        );
+        let loss = &lines[2];
+        assert_eq!(loss.panel, "training loss: mean of 24 runs per arm ± 1 sd");
+        assert_eq!((loss.points[1].0, loss.points[1].1), (2, 0.5));
+        assert!(
+            loss.band.iter().all(|b| (b.2 - b.1).abs() < 1e-12),
+            "every run has the same loss"
+        );
+
         let few: Vec<&SweepRun> = runs.iter().filter(|r| r.row.split_seed < 4).collect();
-        let lines = training_curves(&few);
-        assert_eq!(lines.len(), 16, "8 pairs: a line per run");
-        assert_eq!(lines[0].1, "split 0 · seed 0");
+        let (_, lines) = training_lines(&few, "macro-F1");
+        assert_eq!(
+            lines.len(),
+            16 + 4,
+            "8 pairs: a line per run, then the summaries"
+        );
+        let l = &lines[0];
+        assert_eq!(l.panel, "split 0 · seed 0");
+        assert_eq!((l.selected, l.switches.clone()), (Some(3), vec![1]));
+        let (e, y, faded) = l.points[1];
+        assert_eq!((e, faded), (2, true), "epoch 2 was discarded");
+        assert!((y - 0.12).abs() < 1e-12);
+
+        let one: Vec<&SweepRun> = runs.iter().take(1).collect();
+        let (_, lines) = training_lines(&one, "macro-F1");
+        assert!(lines[1].band.is_empty(), "no band of a lone run");
+        let panels: Vec<&str> = lines.iter().map(|l| l.panel.as_str()).collect();
+        assert_eq!(
+            panels,
+            ["split 0 · seed 0", "training loss: one run per arm"],
+            "one pair: no mean panel"
+        );
     }
 
     /// Every contrast row has a cell per column, the split-level interval
@@ -596,7 +711,12 @@ mod tests {
             run(Variant::Dendritic, 1, 0.93),
         ];
         assert_eq!(runs[0].metric, Metric::MacroF1);
-        assert_eq!(runs[0].curve, vec![(1, 0.5), (2, 0.6), (3, 0.7)]);
+        let val: Vec<(usize, f64)> = runs[0]
+            .epochs
+            .iter()
+            .map(|e| (e.epoch, e.val_score))
+            .collect();
+        assert_eq!(val, vec![(1, 0.5), (2, 0.6), (3, 0.7)]);
         let files = sweep_files("s", &runs).unwrap();
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(

@@ -4,7 +4,8 @@
 //! of a dendritic (or baseline) run, and charts that compare the variants
 //! (arms) of a sweep across (split, seed) pairs: per-run values with the
 //! mean and its 95% confidence interval, the paired differences of
-//! contrasts between arms, and validation curves in one panel per pair.
+//! contrasts between arms, and validation curves in one panel per pair
+//! with each arm's mean validation score and training loss.
 //!
 //! Everything is drawn with `plotters` on its bitmap backend in memory, using
 //! the DejaVu Sans font that is compiled into the binary, and returned as PNG
@@ -37,7 +38,7 @@ pub use confusion::confusion_matrix;
 pub use curves::{training_curves, CurvePoint};
 pub use differences::{contrast_effects, Contrast, EffectBar};
 pub use pai::{pai_figure, LayerSeries, PaiData, PaiEpoch};
-pub use runs::training_comparison;
+pub use runs::{training_comparison, RunLine};
 
 static FONT_BYTES: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
