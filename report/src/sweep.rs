@@ -430,7 +430,7 @@ fn training_lines(
         [&1] => "one run per arm".to_string(),
         _ => "mean of each arm's runs ± 1 sd".to_string(),
     };
-    let summaries: [(&str, fn(&RunEpoch) -> f64, bool); 2] = [
+    let summaries: [(&str, EpochValue, bool); 2] = [
         (&quantity, |e| e.val_score, pairs.len() > 1),
         ("training loss", |e| e.train_loss, true),
     ];
@@ -466,6 +466,9 @@ fn training_lines(
         .collect();
     (arms, lines)
 }
+
+/// What a summary panel draws of an epoch.
+type EpochValue = fn(&RunEpoch) -> f64;
 
 /// (epoch, mean, sd, count) of the finite values at each epoch, in epoch
 /// order; sd 0 for a lone value.

@@ -176,6 +176,7 @@ impl<'a> Layout<'a> {
         self.arms.iter().position(|a| *a == arm).unwrap_or(0)
     }
 
+    #[cfg(test)]
     fn style(&self, arm: &str) -> VariantStyle {
         VariantStyle::nth(self.index(arm))
     }
