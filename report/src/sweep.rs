@@ -393,12 +393,13 @@ fn training_lines(
         .iter()
         .filter(|r| r.epochs.iter().any(|e| e.val_score.is_finite()))
         .collect();
-    let mut arms: Vec<(String, usize)> = Vec::new();
+    // Each arm's runs, in order of first appearance.
+    let mut arms: Vec<(String, Vec<&SweepRun>)> = Vec::new();
     for r in &runs {
         let arm = r.row.arm_name();
         match arms.iter_mut().find(|(a, _)| *a == arm) {
-            Some((_, n)) => *n += 1,
-            None => arms.push((arm, 1)),
+            Some((_, of_arm)) => of_arm.push(r),
+            None => arms.push((arm, vec![r])),
         }
     }
     let pairs: std::collections::BTreeSet<(u64, u64)> = runs
@@ -424,7 +425,7 @@ fn training_lines(
             }
         }));
     }
-    let counts: std::collections::BTreeSet<usize> = arms.iter().map(|a| a.1).collect();
+    let counts: std::collections::BTreeSet<usize> = arms.iter().map(|a| a.1.len()).collect();
     let of_runs = match counts.iter().collect::<Vec<_>>()[..] {
         [&n] if n > 1 => format!("mean of {n} runs per arm ± 1 sd"),
         [&1] => "one run per arm".to_string(),
@@ -438,10 +439,9 @@ fn training_lines(
         if !shown {
             continue;
         }
-        for (arm, _) in &arms {
-            let of_arm = runs.iter().filter(|r| r.row.arm_name() == *arm);
-            let by_epoch =
-                epoch_mean_sd(of_arm.flat_map(|r| r.epochs.iter().map(|e| (e.epoch, value(e)))));
+        for (arm, of_arm) in &arms {
+            let values = of_arm.iter().flat_map(|r| r.epochs.iter());
+            let by_epoch = epoch_mean_sd(values.map(|e| (e.epoch, value(e))));
             lines.push(plots::RunLine {
                 arm: arm.clone(),
                 panel: format!("{name}: {of_runs}"),
@@ -459,7 +459,8 @@ fn training_lines(
     }
     let arms = arms
         .into_iter()
-        .map(|(arm, n)| {
+        .map(|(arm, of_arm)| {
+            let n = of_arm.len();
             let label = format!("{arm} ({n} run{})", if n == 1 { "" } else { "s" });
             (arm, label)
         })

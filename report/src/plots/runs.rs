@@ -100,6 +100,8 @@ struct Layout<'a> {
     arms: Vec<&'a str>,
     /// (caption, y label)
     panels: Vec<(&'a str, &'a str)>,
+    /// Each y label's range, shared by its panels.
+    y_ranges: Vec<(&'a str, std::ops::Range<f64>)>,
 }
 
 /// A legend entry: an arm's line, or a mark.
@@ -144,10 +146,17 @@ impl<'a> Layout<'a> {
                 panels.push((&l.panel, &l.quantity));
             }
         }
+        let mut y_ranges: Vec<(&str, std::ops::Range<f64>)> = Vec::new();
+        for &(_, quantity) in &panels {
+            if !y_ranges.iter().any(|(q, _)| *q == quantity) {
+                y_ranges.push((quantity, y_range_of(lines, quantity)));
+            }
+        }
         Self {
             entries,
             arms: arms.iter().map(|(a, _)| a.as_str()).collect(),
             panels,
+            y_ranges,
         }
     }
 
@@ -169,6 +178,12 @@ impl<'a> Layout<'a> {
         let legend_rows = self.entries.len().div_ceil(per_row) as u32;
         let height = TITLE_H + legend_rows * LEGEND_ROW_H + 16 + PANEL.1 * self.rows() as u32;
         (width, height)
+    }
+
+    /// The y range of the panels labelled `quantity`.
+    fn y_range(&self, quantity: &str) -> std::ops::Range<f64> {
+        let found = self.y_ranges.iter().find(|(q, _)| *q == quantity);
+        found.map_or(0.0..1.0, |(_, r)| r.clone())
     }
 
     /// The position of `arm` among the arms.
@@ -311,7 +326,7 @@ fn draw_runs<DB: DrawingBackend>(
         let area = area.margin(m_top, m_bottom, m_left, m_right);
         let (caption, font) = fit_text(&area, panel, fonts.caption, panel_w.saturating_sub(40))?;
         let inner = area.titled(&caption, text_style(font, &BLACK))?;
-        let y_range = y_range_of(lines, quantity);
+        let y_range = layout.y_range(quantity);
         let y = YAxis::new(&inner, fonts, y_range.clone())?;
         let mut chart = build_chart(&inner, fonts, &x, &y, quantity)?;
         // In arm order, so that later (thinner) arms lie on top.
