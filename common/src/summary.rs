@@ -118,6 +118,31 @@ pub struct RunSummary {
     /// never added a set, so it is its baseline).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What computed the run. Runs of one configuration and seed give the
+    /// same scores on the same arithmetic; on another processor or product
+    /// library the last digits can differ, and with them a tie the tracker
+    /// breaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arithmetic: Option<Arithmetic>,
+}
+
+/// The processor, matrix-product library and thread count of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arithmetic {
+    /// The processor's model name (`/proc/cpuinfo`), or its architecture
+    /// where that is not readable.
+    pub cpu: String,
+    /// Where the products ran: `mkl`, `openblas` or `candle` on the CPU,
+    /// `cuda:N` on a GPU.
+    pub gemm: String,
+    /// CPU threads of the tensor kernels.
+    pub threads: usize,
+}
+
+impl std::fmt::Display for Arithmetic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, {}, {} threads", self.cpu, self.gemm, self.threads)
+    }
 }
 
 /// The note of a run whose arm adds sets (dendritic, branch) but whose

@@ -458,6 +458,11 @@ pub(crate) mod tests {
             knockout: None,
             resumed_after: None,
             notes: Vec::new(),
+            arithmetic: Some(common::summary::Arithmetic {
+                cpu: "Test CPU".into(),
+                gemm: "openblas".into(),
+                threads: 2,
+            }),
         }
     }
 

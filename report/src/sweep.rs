@@ -9,7 +9,7 @@
 
 use common::artifacts::files;
 use common::spec::Metric;
-use common::summary::{RunSummary, SpecFile};
+use common::summary::{Arithmetic, RunSummary, SpecFile};
 
 use crate::compare::{self, Contrast, GroupSummary, RunScores};
 use crate::plots;
@@ -82,6 +82,8 @@ pub struct SweepRun {
     pub mean_ablated_predictions: Option<Vec<usize>>,
     /// The run's notes (`metrics.json`).
     pub notes: Vec<String>,
+    /// What computed the run (`metrics.json`; absent in older runs).
+    pub arithmetic: Option<Arithmetic>,
     /// The sweep's primary contrast (`report.primary` of its spec).
     pub primary: Option<(String, String)>,
 }
@@ -144,6 +146,7 @@ impl SweepRun {
                 .map(|a| a.test_predictions.clone()),
             knockout_predictions: summary.knockout.map(|k| k.test_predictions),
             notes: summary.notes,
+            arithmetic: summary.arithmetic,
             primary: spec.spec.report.primary_arms().ok().flatten(),
         })
     }
@@ -487,6 +490,25 @@ fn epoch_mean_sd(values: impl Iterator<Item = (usize, f64)>) -> Vec<(usize, f64,
         .collect()
 }
 
+/// "## Arithmetic": each processor, product library and thread count the
+/// runs were computed with, and how many runs each (scores reproduce on
+/// the same arithmetic; see [`Arithmetic`]).
+fn arithmetic_section(runs: &[SweepRun]) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in runs {
+        let key = r
+            .arithmetic
+            .as_ref()
+            .map_or_else(|| "not recorded".to_string(), Arithmetic::to_string);
+        *counts.entry(key).or_default() += 1;
+    }
+    let lines: Vec<String> = counts
+        .iter()
+        .map(|(k, n)| format!("- {k}: {n} run{}\n", if *n == 1 { "" } else { "s" }))
+        .collect();
+    format!("## Arithmetic\n\n{}\n", lines.concat())
+}
+
 /// "## Notes": every run's notes, by job (empty when no run has one).
 fn notes_section(runs: &[SweepRun]) -> String {
     let lines: Vec<String> = runs
@@ -511,6 +533,7 @@ pub fn sweep_files(sweep: &str, runs: &[SweepRun]) -> Result<Files, ReportError>
     let scores: Vec<RunScores> = runs.iter().map(SweepRun::scores).collect();
     let groups = compare::summarize(&scores);
     let mut md = to_markdown(sweep, &groups);
+    md.push_str(&arithmetic_section(runs));
     md.push_str(&notes_section(runs));
     let mut out = vec![
         (files::RESULTS_CSV.to_string(), results::write(&rows)?),
@@ -685,6 +708,34 @@ mod tests {
         assert!(
             cells[3].contains("(p ") && cells[3].contains(", Holm "),
             "{row}"
+        );
+    }
+
+    /// Each distinct arithmetic with its run count, older runs (without
+    /// the field) counted as not recorded.
+    #[test]
+    fn the_report_says_what_computed_the_runs() {
+        let mut runs = vec![
+            run(Variant::Baseline, 0, 0.90),
+            run(Variant::Dendritic, 0, 0.90),
+            run(Variant::Baseline, 1, 0.90),
+        ];
+        runs[1].arithmetic.as_mut().unwrap().gemm = "mkl".into();
+        runs[2].arithmetic = None;
+        let text = String::from_utf8(sweep_files("s", &runs).unwrap()[1].1.clone()).unwrap();
+        assert!(
+            text.contains(
+                "## Arithmetic\n\n- Test CPU, mkl, 2 threads: 1 run\n\
+                 - Test CPU, openblas, 2 threads: 1 run\n- not recorded: 1 run\n\n"
+            ),
+            "{text}"
+        );
+        runs[1].arithmetic = runs[0].arithmetic.clone();
+        runs[2].arithmetic = runs[0].arithmetic.clone();
+        let text = String::from_utf8(sweep_files("s", &runs).unwrap()[1].1.clone()).unwrap();
+        assert!(
+            text.contains("## Arithmetic\n\n- Test CPU, openblas, 2 threads: 3 runs\n\n"),
+            "{text}"
         );
     }
 

@@ -1,7 +1,7 @@
 //! Opening the device a run names: `cpu`, `cuda` or `cuda:N`. A CUDA
 //! device is set up for the engine's one-stream use (see [`tune_cuda`]).
 
-use candle_core::Device;
+use candle_core::{Device, DeviceLocation};
 
 /// Why a device could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,31 @@ pub enum DeviceError {
         name: String,
         source: candle_core::cuda_backend::cudarc::driver::DriverError,
     },
+}
+
+/// What computes on `device`: the processor's model name, the product
+/// library (`mkl`, `openblas`, `candle`; the device's name on a GPU) and
+/// the tensor kernels' thread count.
+pub fn arithmetic(device: &Device) -> common::summary::Arithmetic {
+    let gemm = match device.location() {
+        DeviceLocation::Cpu => super::nn::matmul::cpu_backend().to_string(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    };
+    common::summary::Arithmetic {
+        cpu: cpu_model().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        gemm,
+        threads: rayon::current_num_threads(),
+    }
+}
+
+/// The first `model name` of `/proc/cpuinfo` (Linux).
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// Opens the device named `cpu`, `cuda` (the first GPU) or `cuda:N`.

@@ -164,6 +164,7 @@ pub fn run(
         tracker: trained.tracker,
         train_seconds: trained.train_seconds,
         wall_seconds: started.elapsed().as_secs_f64(),
+        arithmetic: Some(super::device::arithmetic(device)),
     };
     let mut files = report::run::run_files(spec, &summary)?;
     if spec.variant.restructures() {
