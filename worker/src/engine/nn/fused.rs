@@ -80,7 +80,14 @@ pub fn softmax_bwd(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
 /// `keep * 2^32`, kept values are scaled by `1 / keep`. The same call on
 /// the gradient is the backward (no mask is stored).
 pub fn dropout(x: &Tensor, seed: u64, keep: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&Dropout::new(seed, keep))
+    scaled_dropout(x, seed, keep, 1.0)
+}
+
+/// [`dropout`] with the kept values scaled by `factor / keep` (a LoRA
+/// adapter's scale rides on its input's mask).
+pub fn scaled_dropout(x: &Tensor, seed: u64, keep: f64, factor: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op1_no_bwd(&Dropout::new(seed, keep, factor))
 }
 
 /// Word 0 of Philox4x32-10 for counter `(i, i >> 32, 0, 0)` and key
@@ -334,11 +341,11 @@ struct Dropout {
 }
 
 impl Dropout {
-    fn new(seed: u64, keep: f64) -> Dropout {
+    fn new(seed: u64, keep: f64, factor: f64) -> Dropout {
         Dropout {
             seed,
             threshold: (keep * 4_294_967_296.0) as u64,
-            scale: (1.0 / keep) as f32,
+            scale: (factor / keep) as f32,
         }
     }
 }

@@ -8,6 +8,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor};
 
 use super::dendrite::Dendrites;
+use super::lora::{lora_linear, Adapter};
 use super::matmul::matmul;
 use super::ops;
 use super::params::{Init, Param, Params};
@@ -151,9 +152,26 @@ impl Linear {
             Some(b) if b.track_op() => (None, Some(b)),
             b => (b, None),
         };
-        let mut y = match &self.weight {
-            Weight::Dense(w) => matmul(&x2, &ctx.param(w, dtype)?.t()?, frozen_bias.as_ref())?,
-            Weight::Quantized(q) => {
+        let mut y = match (&self.weight, &self.lora) {
+            // A frozen dense base with its adapter: one op (see `lora`).
+            (Weight::Dense(w @ Param::Frozen(_)), Some(l)) if trained_bias.is_none() => {
+                let (a, b) = (ctx.param(&l.a, dtype)?, ctx.param(&l.b, dtype)?);
+                let adapter = Adapter {
+                    a: &a,
+                    b: &b,
+                    scale: l.scale,
+                    dropout: l.dropout,
+                };
+                let w = ctx.param(w, dtype)?;
+                return self.finish(
+                    lora_linear(&x2, &w, frozen_bias.as_ref(), adapter, ctx)?,
+                    &x2,
+                    dims,
+                    ctx,
+                );
+            }
+            (Weight::Dense(w), _) => matmul(&x2, &ctx.param(w, dtype)?.t()?, frozen_bias.as_ref())?,
+            (Weight::Quantized(q), _) => {
                 let y = ops::quantized_matmul(&x2, q)?;
                 match &frozen_bias {
                     Some(b) => y.broadcast_add(b)?,
@@ -172,6 +190,18 @@ impl Linear {
             let delta = matmul(&matmul(&xin, &a.t()?, None)?, &b.t()?, None)?;
             y = (y + delta)?;
         }
+        self.finish(y, &x2, dims, ctx)
+    }
+
+    /// The dendrite term added to `y` (`[N, out]`, from input `x2`), and
+    /// `y` back in the input's leading dimensions.
+    fn finish(
+        &self,
+        mut y: Tensor,
+        x2: &Tensor,
+        mut dims: Vec<usize>,
+        ctx: &Pass,
+    ) -> Result<Tensor> {
         if let Some(d) = &self.dendrites {
             match &ctx.dendrites {
                 DendriteUse::Drop => {}
@@ -181,16 +211,15 @@ impl Linear {
                     }
                 }
                 DendriteUse::Keep | DendriteUse::Record(_) => {
-                    if let Some(term) = d.forward(&x2, ctx)? {
+                    if let Some(term) = d.forward(x2, ctx)? {
                         ctx.record_term(&self.name, &term)?;
                         y = (y + term)?;
                     }
                 }
             }
         }
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = self.out_features;
-        y.reshape(out_dims)
+        *dims.last_mut().expect("rank >= 1") = self.out_features;
+        y.reshape(dims)
     }
 
     /// Folds the adapter into a dense frozen base weight (inference).

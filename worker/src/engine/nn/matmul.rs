@@ -61,6 +61,63 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// `c + a @ b` for matrices (`[m, k] @ [k, n]` into `[m, n]`) that build
+/// no gradient: on the CPU's BLAS path, with `c` an f32 buffer nothing
+/// else holds, the product is accumulated into `c` in place (beta = 1:
+/// no `[m, n]` temporary, no separate addition); otherwise `c + a @ b`.
+pub fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if c.track_op() || a.track_op() || b.track_op() {
+        candle_core::bail!("add_product: operands must be detached");
+    }
+    let (m, n) = c.dims2()?;
+    let (am, k) = a.dims2()?;
+    if am != m || b.dims2()? != (k, n) {
+        candle_core::bail!(
+            "add_product: shapes {:?} + {:?} @ {:?}",
+            c.dims(),
+            a.dims(),
+            b.dims()
+        );
+    }
+    if !blas_ready(a, b) || c.dtype() != DType::F32 || !c.device().is_cpu() {
+        return c + matmul(a, b, None)?;
+    }
+    let c = match c.into_storage() {
+        Ok((candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), shape)) => (v, shape),
+        Ok(_) => candle_core::bail!("add_product: the buffer of an f32 CPU tensor is not f32"),
+        Err(shared) => return shared + matmul(a, b, None)?,
+    };
+    let (mut out, shape) = c;
+    out.truncate(m * n);
+    {
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb) else {
+            candle_core::bail!("add_product: operands on another device");
+        };
+        let (oa, a_copy) = cpu::operand(sa, la)?;
+        let (ob, b_copy) = cpu::operand(sb, lb)?;
+        let ad = a_copy.as_deref().unwrap_or(oa.data);
+        let bd = b_copy.as_deref().unwrap_or(ob.data);
+        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have the same layout, and
+        // every element is initialised (beta = 1 reads them).
+        let c = unsafe {
+            std::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast::<std::mem::MaybeUninit<f32>>(),
+                out.len(),
+            )
+        };
+        cpu::sgemm_ld(
+            (&ad[oa.offsets[0]..], oa.transposed, oa.ld),
+            (&bd[ob.offsets[0]..], ob.transposed, ob.ld),
+            (m, n, k),
+            1.0,
+            (c, n),
+        );
+    }
+    Tensor::from_vec(out, shape, &candle_core::Device::Cpu)
+}
+
 /// Whether the matrices of `x` are stored column by column (a
 /// transposed view of row-major matrices).
 fn column_major(x: &Tensor) -> bool {

@@ -1,12 +1,14 @@
 //! The network toolkit: differentiable ops ([`ops`]), the parameter store
 //! that decides which weights train ([`params`]) and the one linear layer
-//! every model uses ([`linear`]), which is where adapters attach.
+//! every model uses ([`linear`]), which is where adapters attach (a LoRA
+//! adapter as one op with its frozen product: [`lora`]).
 
 pub mod attach;
 pub mod attention;
 pub mod dendrite;
 pub mod fused;
 pub mod linear;
+pub mod lora;
 pub mod matmul;
 pub mod ops;
 pub mod params;
@@ -141,26 +143,38 @@ impl Pass {
     /// counter-based draw (one kernel forward, one backward, no mask
     /// stored), seeded for each call from the same stream.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if !self.train || p <= 0.0 {
+        let draw = self.draw(x, p)?;
+        if let Draw::Keep = draw {
             return Ok(x.clone());
+        }
+        let y = draw.apply(&x.detach())?;
+        ops::attach("dropout", x, y, move |_, _, g| draw.apply(g))
+    }
+
+    /// The dropout mask of `x` at rate `p`, drawn from this context's
+    /// stream ([`Draw::Keep`] outside training and at `p = 0`).
+    pub fn draw(&self, x: &Tensor, p: f64) -> Result<Draw> {
+        self.scaled_draw(x, p, 1.0)
+    }
+
+    /// [`Pass::draw`] with the kept values `factor / (1 - p)` instead of
+    /// `1 / (1 - p)`: a constant factor on the masked input for free.
+    pub fn scaled_draw(&self, x: &Tensor, p: f64, factor: f64) -> Result<Draw> {
+        if !self.train || p <= 0.0 {
+            return Ok(Draw::Keep);
         }
         let keep = 1.0 - p;
         if x.device().is_cuda() && fused::applies(x) {
             let seed: u64 = self.rng.borrow_mut().random();
-            let y = fused::dropout(&x.detach(), seed, keep)?;
-            return ops::attach("dropout", x, y, move |_, _, g| {
-                fused::dropout(g, seed, keep)
-            });
+            return Ok(Draw::Philox { seed, keep, factor });
         }
-        let mask = self.mask(x, keep)?;
-        let y = (x.detach() * &mask)?;
-        ops::attach("dropout", x, y, move |_, _, g| g * &mask)
+        Ok(Draw::Mask(self.mask(x, keep, factor)?))
     }
 
-    /// `[x.shape]` of `0` or `1 / keep` in `x`'s dtype and device, from
+    /// `[x.shape]` of `0` or `factor / keep` in `x`'s dtype and device, from
     /// this context's stream (drawn on the CPU).
-    fn mask(&self, x: &Tensor, keep: f64) -> Result<Tensor> {
-        let scale = 1.0 / keep;
+    fn mask(&self, x: &Tensor, keep: f64, factor: f64) -> Result<Tensor> {
+        let scale = factor / keep;
         let device = x.device();
         let mut bits = vec![0u32; x.elem_count()];
         fill_in_parallel(&mut self.rng.borrow_mut(), &mut bits);
@@ -172,6 +186,29 @@ impl Pass {
             .map(|b| if (b as u64) < threshold { s } else { 0.0 })
             .collect();
         Tensor::from_vec(mask, x.shape(), device)?.to_dtype(x.dtype())
+    }
+}
+
+/// One dropout mask: applied to the input it is the forward, applied to
+/// the gradient the backward.
+#[derive(Clone)]
+pub enum Draw {
+    /// No dropout.
+    Keep,
+    /// `0` or `factor / keep` per element (CPU: drawn on the host).
+    Mask(Tensor),
+    /// The fused kernel's counter-based draw (CUDA: no mask stored).
+    Philox { seed: u64, keep: f64, factor: f64 },
+}
+
+impl Draw {
+    /// `x` with this mask applied (`x` itself under [`Draw::Keep`]).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Draw::Keep => Ok(x.clone()),
+            Draw::Mask(mask) => x * mask,
+            Draw::Philox { seed, keep, factor } => fused::scaled_dropout(x, *seed, *keep, *factor),
+        }
     }
 }
 
