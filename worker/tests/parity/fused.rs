@@ -1,10 +1,16 @@
 //! The fused kernels (`engine::nn::fused`): on the device under test
 //! against their CPU twins, the twins against candle's own composed ops
 //! and autograd (the formulas), Philox against its published known-answer
-//! vectors, and the fused AdamW update against the composed one.
+//! vectors, the fused AdamW update against the composed one, and the LoRA
+//! linear op against the layer composed of graph ops on the same device.
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use worker::engine::nn::fused::{self, Gelu};
+use worker::engine::nn::lora::{lora_linear, Adapter};
+use worker::engine::nn::matmul::matmul;
+use worker::engine::nn::Pass;
 use worker::engine::train::optim::AdamW;
 
 use super::device;
@@ -87,6 +93,11 @@ fn fused_kernels_on_the_device_match_their_cpu_twins() {
                 fused::dropout(&x, 42, 0.9).unwrap(),
                 fused::dropout(&xc, 42, 0.9).unwrap(),
             ),
+            (
+                "scaled dropout",
+                fused::scaled_dropout(&x, 42, 0.9, 2.5).unwrap(),
+                fused::scaled_dropout(&xc, 42, 0.9, 2.5).unwrap(),
+            ),
         ];
         for (name, on_device, twin) in cases {
             assert_eq!(on_device.dtype(), dtype, "{name}");
@@ -159,6 +170,12 @@ fn fused_twins_compute_the_composed_formulas() {
         &fused::softmax_bwd(&y, &g, 0.3).unwrap(),
         grads.get(v.as_tensor()).unwrap(),
     );
+    // The same draw, the kept values scaled by the factor too.
+    close(
+        "scaled dropout",
+        &fused::scaled_dropout(&x, 42, 0.9, 2.5).unwrap(),
+        &(fused::dropout(&x, 42, 0.9).unwrap() * 2.5).unwrap(),
+    );
 }
 
 #[test]
@@ -206,4 +223,78 @@ fn fused_adamw_on_the_device_matches_the_cpu() {
     let (on_device, on_cpu) = (run(&dev), run(&Device::Cpu));
     let e = rel_err(&on_device, &on_cpu, 1e-7, 1e-5);
     assert!(e <= 1.0, "AdamW on {dev:?}: error {e} of tolerance");
+}
+
+/// The LoRA linear op on the device under test against the same layer
+/// composed of graph ops there (dropout from the same seeded stream: the
+/// same mask, scaled by the adapter's scale in the op), in f32 and bf16,
+/// with dropout and without: output and the gradients of x, A and B.
+#[test]
+fn lora_linear_matches_the_composed_layer_on_the_device() {
+    let dev = device();
+    let (n, i, o, r) = (37, 40, 24, 8);
+    let cpu = Device::Cpu;
+    let rnd = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &cpu).unwrap();
+    let (x0, w0, bias0, a0, b0, proj0) = (
+        rnd(&[n, i]),
+        rnd(&[o, i]),
+        rnd(&[o]),
+        rnd(&[r, i]),
+        rnd(&[o, r]),
+        rnd(&[n, o]),
+    );
+    for dtype in [DType::F32, DType::BF16] {
+        let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+        let (w, bias, proj) = (on(&w0), on(&bias0), on(&proj0));
+        for p in [0.0, 0.3] {
+            let run = |fused_op: bool| {
+                let x = Var::from_tensor(&x0.to_device(&dev).unwrap()).unwrap();
+                let a = Var::from_tensor(&a0.to_device(&dev).unwrap()).unwrap();
+                let b = Var::from_tensor(&b0.to_device(&dev).unwrap()).unwrap();
+                let cast = |v: &Var| v.as_tensor().to_dtype(dtype).unwrap();
+                let (xt, at, bt) = (cast(&x), cast(&a), cast(&b));
+                let ctx = Pass::new(true, ChaCha8Rng::seed_from_u64(3));
+                let y = if fused_op {
+                    let ad = Adapter {
+                        a: &at,
+                        b: &bt,
+                        scale: 2.0,
+                        dropout: p,
+                    };
+                    lora_linear(&xt, &w, Some(&bias), ad, &ctx).unwrap()
+                } else {
+                    let frozen = matmul(&xt, &w.t().unwrap(), Some(&bias)).unwrap();
+                    let xin = ctx.dropout(&xt, p).unwrap();
+                    let h = matmul(&xin, &at.t().unwrap(), None).unwrap();
+                    let bs = (&bt * 2.0).unwrap();
+                    (frozen + matmul(&h, &bs.t().unwrap(), None).unwrap()).unwrap()
+                };
+                let loss = (y.to_dtype(DType::F32).unwrap() * proj.to_dtype(DType::F32).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let grads = loss.backward().unwrap();
+                let get = |v: &Var| grads.get(v.as_tensor()).unwrap().to_device(&cpu).unwrap();
+                (y.to_device(&cpu).unwrap(), get(&x), get(&a), get(&b))
+            };
+            let fused_run = run(true);
+            let composed = run(false);
+            let (atol, rtol) = match dtype {
+                DType::BF16 => (1e-3, 3e-2),
+                _ => (1e-6, 2e-5),
+            };
+            for (name, f, c) in [
+                ("y", &fused_run.0, &composed.0),
+                ("dx", &fused_run.1, &composed.1),
+                ("dA", &fused_run.2, &composed.2),
+                ("dB", &fused_run.3, &composed.3),
+            ] {
+                let e = rel_err(f, c, atol, rtol);
+                assert!(
+                    e <= 1.0,
+                    "{name} ({dtype:?}, dropout {p}) on {dev:?}: error {e} of tolerance"
+                );
+            }
+        }
+    }
 }
