@@ -1,6 +1,7 @@
 //! `worker run` end to end: a short real fine-tuning of MiniLM-L6 on
-//! Financial PhraseBank, its artifacts, the skip of finished jobs, and the
-//! rejection of bad sweeps and missing data with clear messages.
+//! Financial PhraseBank, its artifacts, the skip of finished jobs, the
+//! rejection of bad sweeps and missing data with clear messages, and a CPU
+//! product library that would end the process skipped with a warning.
 
 use std::process::Command;
 
@@ -422,4 +423,90 @@ fn a_killed_worker_run_resumes_after_its_last_epoch() {
         [1, 2, 3]
     );
     assert!(checkpoint().is_none(), "the checkpoint is removed");
+}
+
+/// An MKL whose OpenMP runtime (`libiomp5`, pip's `intel-openmp`) is
+/// missing ends the process at its first product ("symbol lookup error").
+/// The worker skips it with a warning naming it and computes with the next
+/// library. Built from the pip-installed MKL (its files linked into a
+/// folder without `libiomp5`); where none is installed there is nothing to
+/// break, and the test says so.
+#[test]
+fn an_mkl_without_its_openmp_runtime_is_skipped_not_fatal() {
+    let prefix = Command::new("python3")
+        .args(["-c", "import sys; print(sys.prefix)"])
+        .output()
+        .expect("python3");
+    let lib = std::path::PathBuf::from(String::from_utf8_lossy(&prefix.stdout).trim()).join("lib");
+    let mkl: Vec<_> = std::fs::read_dir(&lib)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let mkl: Vec<_> = mkl
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libmkl_"))
+        })
+        .collect();
+    if !mkl
+        .iter()
+        .any(|p| p.to_string_lossy().contains("libmkl_rt.so"))
+    {
+        eprintln!(
+            "no pip-installed MKL under {}: nothing to test",
+            lib.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for p in &mkl {
+        std::os::unix::fs::symlink(p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let rt = mkl
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("libmkl_rt.so."))
+        .max()
+        .unwrap();
+    let chosen = dir.path().join(rt);
+    let out = Command::new(binary("worker"))
+        .args([
+            "bench",
+            "--arch",
+            "phi",
+            "--layers",
+            "1",
+            "--hidden",
+            "64",
+            "--heads",
+            "2",
+            "--intermediate",
+            "128",
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--latency-samples",
+            "1",
+            "--throughput-batch",
+            "1",
+            "--threads",
+            "1",
+        ])
+        .env("WORKER_BLAS", &chosen)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("libiomp5") && err.contains(&*chosen.to_string_lossy()),
+        "{err}"
+    );
+    let bench: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(bench["cpu_gemm"], "mkl", "{bench}");
 }

@@ -421,10 +421,13 @@ pub(crate) mod cpu {
 mod blas {
     //! A CBLAS library, opened on first use (so that a binary built with it
     //! runs unchanged where none is installed) after `main` has set its
-    //! environment: `WORKER_BLAS` (a path or file name) when set, else on
+    //! environment: `WORKER_BLAS` (a path or file name) when set, then on
     //! Intel processors MKL's `libmkl_rt`, then OpenBLAS, and on others
     //! OpenBLAS first: MKL runs its generic kernels there (no AVX-512 on an
-    //! AVX-512 AMD EPYC), 10-20% slower than OpenBLAS's in `worker bench`.
+    //! AVX-512 AMD EPYC; slower than OpenBLAS's in 11 of 12 measures of
+    //! `bench/blas_ab.py`). An MKL whose OpenMP runtime cannot be loaded is
+    //! skipped with a warning (it would end the process at its first
+    //! product).
 
     use std::sync::OnceLock;
 
@@ -454,6 +457,9 @@ mod blas {
     struct Blas {
         #[cfg(feature = "blas")]
         _lib: libloading::Library,
+        /// MKL's OpenMP runtime, loaded before its first product.
+        #[cfg(feature = "blas")]
+        _openmp: Option<libloading::Library>,
         sgemm: Sgemm,
         threads_local: Option<SetThreadsLocal>,
         name: &'static str,
@@ -566,10 +572,12 @@ mod blas {
                 std::env::set_var("OPENBLAS_CORETYPE", core);
             }
         }
-        let names: Vec<String> = match std::env::var("WORKER_BLAS") {
+        // `WORKER_BLAS` first when set, then the usual order.
+        let mut names: Vec<String> = match std::env::var("WORKER_BLAS") {
             Ok(chosen) if !chosen.is_empty() => vec![chosen],
-            _ => search_order(intel_cpu()).map(String::from).to_vec(),
+            _ => Vec::new(),
         };
+        names.extend(search_order(intel_cpu()).map(String::from));
         names.into_iter().find_map(|name| {
             // SAFETY: a CBLAS library's initialisers only read its
             // environment and start its thread pool.
@@ -581,12 +589,61 @@ mod blas {
                 unsafe { lib.get::<SetThreadsLocal>(b"MKL_Set_Num_Threads_Local\0") }
                     .ok()
                     .map(|f| *f);
+            let family = family(&name);
+            let openmp = match family {
+                "mkl" => match mkl_openmp(&name) {
+                    Some(omp) => Some(omp),
+                    None => {
+                        tracing::warn!(
+                            library = %name,
+                            "MKL's OpenMP runtime (libiomp5) cannot be loaded, so MKL \
+                             would end the process at its first product: not using it \
+                             (pip install intel-openmp, or another library)"
+                        );
+                        return None;
+                    }
+                },
+                _ => None,
+            };
             Some(Blas {
                 _lib: lib,
+                _openmp: openmp,
                 sgemm,
                 threads_local,
-                name: family(&name),
+                name: family,
             })
+        })
+    }
+
+    /// MKL's threading layer needs the OpenMP runtime it was built with
+    /// (`libiomp5`) already loaded; without it the first product ends the
+    /// process with a symbol lookup error. Loads it, from the MKL library's
+    /// own folder when `name` is a path, else from the usual search path,
+    /// with its symbols global; `None` where it is not found.
+    #[cfg(feature = "blas")]
+    fn mkl_openmp(name: &str) -> Option<libloading::Library> {
+        let beside = std::path::Path::new(name)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| d.join("libiomp5.so"));
+        let candidates = beside
+            .into_iter()
+            .chain([std::path::PathBuf::from("libiomp5.so")]);
+        candidates.into_iter().find_map(|path| {
+            #[cfg(unix)]
+            {
+                use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+                // SAFETY: the OpenMP runtime's initialisers only read its
+                // environment.
+                unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) }
+                    .ok()
+                    .map(libloading::Library::from)
+            }
+            #[cfg(not(unix))]
+            {
+                // SAFETY: as above.
+                unsafe { libloading::Library::new(&path) }.ok()
+            }
         })
     }
 
