@@ -521,7 +521,7 @@ mod blas {
         None
     }
 
-    /// The library files tried in turn when `WORKER_BLAS` is not set: MKL
+    /// The library files tried in turn (after `WORKER_BLAS`, when set): MKL
     /// first on Intel processors only.
     #[cfg(feature = "blas")]
     pub(super) fn search_order(intel: bool) -> [&'static str; 6] {
