@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use worker::engine::nn::fused::{self, Gelu};
-use worker::engine::nn::lora::{lora_linear, Adapter};
+use worker::engine::nn::lora::{adapter_delta, lora_linear, Adapter};
 use worker::engine::nn::matmul::matmul;
 use worker::engine::nn::Pass;
 use worker::engine::train::optim::AdamW;
@@ -254,20 +254,17 @@ fn lora_linear_matches_the_composed_layer_on_the_device() {
                 let cast = |v: &Var| v.as_tensor().to_dtype(dtype).unwrap();
                 let (xt, at, bt) = (cast(&x), cast(&a), cast(&b));
                 let ctx = Pass::new(true, ChaCha8Rng::seed_from_u64(3));
+                let ad = Adapter {
+                    a: &at,
+                    b: &bt,
+                    scale: 2.0,
+                    dropout: p,
+                };
                 let y = if fused_op {
-                    let ad = Adapter {
-                        a: &at,
-                        b: &bt,
-                        scale: 2.0,
-                        dropout: p,
-                    };
                     lora_linear(&xt, &w, Some(&bias), ad, &ctx).unwrap()
                 } else {
                     let frozen = matmul(&xt, &w.t().unwrap(), Some(&bias)).unwrap();
-                    let xin = ctx.dropout(&xt, p).unwrap();
-                    let h = matmul(&xin, &at.t().unwrap(), None).unwrap();
-                    let bs = (&bt * 2.0).unwrap();
-                    (frozen + matmul(&h, &bs.t().unwrap(), None).unwrap()).unwrap()
+                    (frozen + adapter_delta(&xt, &ad, &ctx).unwrap()).unwrap()
                 };
                 let loss = (y.to_dtype(DType::F32).unwrap() * proj.to_dtype(DType::F32).unwrap())
                     .unwrap()

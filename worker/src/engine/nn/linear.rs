@@ -8,7 +8,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor};
 
 use super::dendrite::Dendrites;
-use super::lora::{lora_linear, Adapter};
+use super::lora::{adapter_delta, lora_linear, Adapter};
 use super::matmul::matmul;
 use super::ops;
 use super::params::{Init, Param, Params};
@@ -28,6 +28,18 @@ pub struct Lora {
     pub b: Param,
     pub scale: f64,
     pub dropout: f64,
+}
+
+impl Lora {
+    /// The adapter with its factors `a`, `b` in the compute dtype.
+    fn adapter<'a>(&self, a: &'a Tensor, b: &'a Tensor) -> Adapter<'a> {
+        Adapter {
+            a,
+            b,
+            scale: self.scale,
+            dropout: self.dropout,
+        }
+    }
 }
 
 /// LoRA settings resolved for one model.
@@ -156,15 +168,9 @@ impl Linear {
             // A frozen dense base with its adapter: one op (see `lora`).
             (Weight::Dense(w @ Param::Frozen(_)), Some(l)) if trained_bias.is_none() => {
                 let (a, b) = (ctx.param(&l.a, dtype)?, ctx.param(&l.b, dtype)?);
-                let adapter = Adapter {
-                    a: &a,
-                    b: &b,
-                    scale: l.scale,
-                    dropout: l.dropout,
-                };
                 let w = ctx.param(w, dtype)?;
                 return self.finish(
-                    lora_linear(&x2, &w, frozen_bias.as_ref(), adapter, ctx)?,
+                    lora_linear(&x2, &w, frozen_bias.as_ref(), l.adapter(&a, &b), ctx)?,
                     &x2,
                     dims,
                     ctx,
@@ -183,12 +189,8 @@ impl Linear {
             y = ops::bias_add(&y, b)?;
         }
         if let Some(l) = &self.lora {
-            let xin = ctx.dropout(&x2, l.dropout)?;
-            let a = ctx.param(&l.a, dtype)?;
-            // The scale goes on the small `B` (`[out, r]`), not the `[N, out]` output.
-            let b = (ctx.param(&l.b, dtype)? * l.scale)?;
-            let delta = matmul(&matmul(&xin, &a.t()?, None)?, &b.t()?, None)?;
-            y = (y + delta)?;
+            let (a, b) = (ctx.param(&l.a, dtype)?, ctx.param(&l.b, dtype)?);
+            y = (y + adapter_delta(&x2, &l.adapter(&a, &b), ctx)?)?;
         }
         self.finish(y, &x2, dims, ctx)
     }

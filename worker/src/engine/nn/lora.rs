@@ -82,6 +82,17 @@ pub fn lora_linear(
     })
 }
 
+/// The adapter's term `scale * (drop(x) A^T) B^T` composed of graph ops
+/// (dropout, two products, the scale on the small `B`): what
+/// [`lora_linear`] adds, for a base it does not cover (a quantized weight,
+/// a trained bias), and the reference its tests compare it with.
+pub fn adapter_delta(x: &Tensor, adapter: &Adapter<'_>, ctx: &Pass) -> Result<Tensor> {
+    let xin = ctx.dropout(x, adapter.dropout)?;
+    // The scale goes on the small `B` (`[out, r]`), not the `[n, out]` output.
+    let b = (adapter.b * adapter.scale)?;
+    matmul(&matmul(&xin, &adapter.a.t()?, None)?, &b.t()?, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,16 +101,11 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    /// The same layer composed from graph ops, as `Linear` composes it
-    /// over a quantized base (dropout, two products, the scale on `B`, the
-    /// addition).
+    /// The same layer composed of graph ops: the frozen product plus
+    /// [`adapter_delta`].
     fn composed(x: &Tensor, w: &Tensor, bias: &Tensor, ad: &Adapter, ctx: &Pass) -> Tensor {
         let y = matmul(x, &w.t().unwrap(), Some(bias)).unwrap();
-        let xin = ctx.dropout(x, ad.dropout).unwrap();
-        let bs = (ad.b * ad.scale).unwrap();
-        let h = matmul(&xin, &ad.a.t().unwrap(), None).unwrap();
-        let delta = matmul(&h, &bs.t().unwrap(), None).unwrap();
-        (y + delta).unwrap()
+        (y + adapter_delta(x, ad, ctx).unwrap()).unwrap()
     }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
