@@ -82,12 +82,11 @@ pub fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !blas_ready(a, b) || c.dtype() != DType::F32 || !c.device().is_cpu() {
         return c + matmul(a, b, None)?;
     }
-    let c = match c.into_storage() {
+    let (mut out, shape) = match c.into_storage() {
         Ok((candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), shape)) => (v, shape),
         Ok(_) => candle_core::bail!("add_product: the buffer of an f32 CPU tensor is not f32"),
         Err(shared) => return shared + matmul(a, b, None)?,
     };
-    let (mut out, shape) = c;
     out.truncate(m * n);
     {
         let (sa, la) = a.storage_and_layout();
@@ -95,10 +94,6 @@ pub fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb) else {
             candle_core::bail!("add_product: operands on another device");
         };
-        let (oa, a_copy) = cpu::operand(sa, la)?;
-        let (ob, b_copy) = cpu::operand(sb, lb)?;
-        let ad = a_copy.as_deref().unwrap_or(oa.data);
-        let bd = b_copy.as_deref().unwrap_or(ob.data);
         // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have the same layout, and
         // every element is initialised (beta = 1 reads them).
         let c = unsafe {
@@ -107,13 +102,7 @@ pub fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 out.len(),
             )
         };
-        cpu::sgemm_ld(
-            (&ad[oa.offsets[0]..], oa.transposed, oa.ld),
-            (&bd[ob.offsets[0]..], ob.transposed, ob.ld),
-            (m, n, k),
-            1.0,
-            (c, n),
-        );
+        cpu::products(sa, la, sb, lb, 1.0, c)?;
     }
     Tensor::from_vec(out, shape, &candle_core::Device::Cpu)
 }
@@ -323,17 +312,13 @@ pub(crate) mod cpu {
         l2: &Layout,
         bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, a_copy) = operand(s1, l1)?;
-        let (b, b_copy) = operand(s2, l2)?;
-        let ad = a_copy.as_deref().unwrap_or(a.data);
-        let bd = b_copy.as_deref().unwrap_or(b.data);
         let r = l1.dims().len();
-        let (m, k) = (l1.dims()[r - 2], l1.dims()[r - 1]);
         let n = l2.dims()[r - 1];
-        let batch = a.offsets.len();
+        let mut dims = l1.dims()[..r - 1].to_vec();
+        dims.push(n);
         // With no bias the product writes every output element (beta = 0
         // never reads C): the buffer is left unfilled.
-        let len = batch * m * n;
+        let len = dims.iter().product();
         let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
         out.resize_with(len, MaybeUninit::uninit);
         if let Some(bias) = bias {
@@ -343,7 +328,44 @@ pub(crate) mod cpu {
                 }
             }
         }
-        let beta = if bias.is_some() { 1.0 } else { 0.0 };
+        products(
+            s1,
+            l1,
+            s2,
+            l2,
+            if bias.is_some() { 1.0 } else { 0.0 },
+            &mut out,
+        )?;
+        // SAFETY: every element was written, by the bias rows or by sgemm
+        // (beta = 0 writes all of C); MaybeUninit<f32> has f32's layout.
+        let out = unsafe {
+            let mut out = std::mem::ManuallyDrop::new(out);
+            Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
+        };
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    /// `c = a @ b + beta * c` for every batch entry of the operands, `c`
+    /// row-major `[batch, m, n]` (read only when `beta` is not 0).
+    pub(crate) fn products(
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        beta: f32,
+        c: &mut [MaybeUninit<f32>],
+    ) -> Result<()> {
+        let (a, a_copy) = operand(s1, l1)?;
+        let (b, b_copy) = operand(s2, l2)?;
+        let ad = a_copy.as_deref().unwrap_or(a.data);
+        let bd = b_copy.as_deref().unwrap_or(b.data);
+        let r = l1.dims().len();
+        let (m, k) = (l1.dims()[r - 2], l1.dims()[r - 1]);
+        let n = l2.dims()[r - 1];
+        let batch = a.offsets.len();
+        if c.len() != batch * m * n {
+            candle_core::bail!("matmul: output of {} for {batch} x {m} x {n}", c.len());
+        }
         let call = |i: usize, c: &mut [MaybeUninit<f32>]| {
             sgemm_ld(
                 (&ad[a.offsets[i]..], a.transposed, a.ld),
@@ -359,23 +381,15 @@ pub(crate) mod cpu {
             use rayon::prelude::*;
             // One library thread per call: the batch is the parallelism
             // (MKL would otherwise start its own threads inside each task).
-            out.par_chunks_mut(m * n)
+            c.par_chunks_mut(m * n)
                 .enumerate()
                 .for_each(|(i, c)| super::blas::single_threaded(|| call(i, c)));
         } else {
-            for (i, c) in out.chunks_mut(m * n).enumerate() {
+            for (i, c) in c.chunks_mut(m * n).enumerate() {
                 call(i, c);
             }
         }
-        let mut dims = l1.dims()[..r - 1].to_vec();
-        dims.push(n);
-        // SAFETY: every element was written, by the bias rows or by sgemm
-        // (beta = 0 writes all of C); MaybeUninit<f32> has f32's layout.
-        let out = unsafe {
-            let mut out = std::mem::ManuallyDrop::new(out);
-            Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
-        };
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok(())
     }
 
     /// `c = a @ b + beta * c` for one matrix pair, `c` row-major with rows
@@ -626,10 +640,10 @@ mod blas {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .map(|d| d.join("libiomp5.so"));
-        let candidates = beside
+        let mut candidates = beside
             .into_iter()
             .chain([std::path::PathBuf::from("libiomp5.so")]);
-        candidates.into_iter().find_map(|path| {
+        candidates.find_map(|path| {
             #[cfg(unix)]
             {
                 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
