@@ -438,37 +438,33 @@ fn an_mkl_without_its_openmp_runtime_is_skipped_not_fatal() {
         .output()
         .expect("python3");
     let lib = std::path::PathBuf::from(String::from_utf8_lossy(&prefix.stdout).trim()).join("lib");
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
     let mkl: Vec<_> = std::fs::read_dir(&lib)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    let mkl: Vec<_> = mkl
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libmkl_"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
         })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| name(p).starts_with("libmkl_"))
         .collect();
-    if !mkl
+    let Some(rt) = mkl
         .iter()
-        .any(|p| p.to_string_lossy().contains("libmkl_rt.so"))
-    {
+        .map(|p| name(p))
+        .filter(|n| n.starts_with("libmkl_rt.so."))
+        .max()
+    else {
         eprintln!(
             "no pip-installed MKL under {}: nothing to test",
             lib.display()
         );
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     for p in &mkl {
-        std::os::unix::fs::symlink(p, dir.path().join(p.file_name().unwrap())).unwrap();
+        std::os::unix::fs::symlink(p, dir.path().join(name(p))).unwrap();
     }
-    let rt = mkl
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("libmkl_rt.so."))
-        .max()
-        .unwrap();
     let chosen = dir.path().join(rt);
     let out = Command::new(binary("worker"))
         .args([
