@@ -54,6 +54,9 @@ pub struct EpochRecord {
     pub lr_min: f64,
     #[serde(default)]
     pub lr_max: f64,
+    /// Optimiser steps skipped because the gradients' norm was not finite.
+    #[serde(default)]
+    pub skipped_steps: u64,
     pub seconds: f64,
     pub train_seconds: f64,
     pub val_seconds: f64,

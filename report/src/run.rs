@@ -400,6 +400,7 @@ pub(crate) mod tests {
             lr: 4.8512345e-5,
             lr_min: 1e-5,
             lr_max: 5e-5,
+            skipped_steps: 0,
             seconds: 1.0,
             train_seconds: 0.75,
             val_seconds: 0.25,

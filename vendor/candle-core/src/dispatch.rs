@@ -23,6 +23,13 @@ pub(crate) fn count(op: &'static str) {
     }
 }
 
+/// Counts one dispatch made outside candle's storage methods (a kernel
+/// that a crate launches on buffers it got from
+/// [`crate::Tensor::storage_and_layout`]), under the name `op`.
+pub fn note_dispatch(op: &'static str) {
+    count(op);
+}
+
 /// The number of backend dispatches since the process started: read it
 /// before and after a piece of work to count that work's dispatches.
 pub fn dispatch_count() -> u64 {

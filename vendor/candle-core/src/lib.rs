@@ -98,7 +98,7 @@ pub use cuda_backend::cutile;
 pub use cpu_backend::{CpuStorage, CpuStorageRef};
 pub use custom_op::{CustomOp1, CustomOp2, CustomOp3, InplaceOp1, InplaceOp2, InplaceOp3};
 pub use device::{Device, DeviceLocation, NdArray};
-pub use dispatch::{dispatch_breakdown, dispatch_count, set_dispatch_breakdown};
+pub use dispatch::{dispatch_breakdown, dispatch_count, note_dispatch, set_dispatch_breakdown};
 pub use dtype::{DType, DTypeParseError, FloatDType, IntDType, WithDType};
 pub use dummy_dtype::{F4, F6E2M3, F6E3M2, F8E8M0};
 pub use error::{Context, Error, Result};

@@ -2768,9 +2768,15 @@ impl Tensor {
         self.storage.write()
     }
 
-    // If we extend the visibility of this function to be usable outside of this crate, we should
-    // make it unsafe.
-    pub(crate) fn storage_mut_and_layout(&self) -> (StorageMutRef<'_>, &Layout) {
+    /// Acquire the write lock on the storage, with the layout to write it by.
+    ///
+    /// # Safety
+    /// The guard bypasses the graph: writing through it changes every
+    /// tensor sharing this storage, tracked or not, as [`crate::Var::set`]
+    /// does. Locking this storage again (this tensor, a view of it, or any
+    /// tensor with [`Tensor::same_storage`]) while the guard is held
+    /// deadlocks.
+    pub unsafe fn storage_mut_and_layout(&self) -> (StorageMutRef<'_>, &Layout) {
         let storage = self.storage.write();
         (storage, &self.layout)
     }
@@ -2807,7 +2813,7 @@ impl Tensor {
 
     /// Check if two tensors share the same underlying allocation.
     #[inline]
-    pub(crate) fn same_storage(&self, rhs: &Self) -> bool {
+    pub fn same_storage(&self, rhs: &Self) -> bool {
         self.storage_key() == rhs.storage_key()
     }
 

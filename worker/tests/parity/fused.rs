@@ -1,7 +1,7 @@
 //! The fused kernels (`engine::nn::fused`): on the device under test
 //! against their CPU twins, the twins against candle's own composed ops
 //! and autograd (the formulas), Philox against its published known-answer
-//! vectors, the fused AdamW update against the composed one, and the LoRA
+//! vectors, the fused optimiser step against its CPU twin, and the LoRA
 //! linear op against the layer composed of graph ops on the same device.
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -11,6 +11,7 @@ use worker::engine::nn::fused::{self, Gelu};
 use worker::engine::nn::lora::{adapter_delta, lora_linear, Adapter};
 use worker::engine::nn::matmul::matmul;
 use worker::engine::nn::Pass;
+use worker::engine::train::fused_step::StepSpec;
 use worker::engine::train::optim::AdamW;
 
 use super::device;
@@ -198,31 +199,93 @@ fn philox_matches_known_answers_and_dropout_keeps_its_rate() {
     assert_ne!(other.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
 }
 
+/// The fused optimiser step on the device against its CPU twin: more
+/// tensors than one launch takes, learning-rate multipliers and decays that
+/// differ, rescaled and clipped gradients, and a step whose gradient is not
+/// finite (skipped on the device, counted, and not applied).
 #[test]
-fn fused_adamw_on_the_device_matches_the_cpu() {
+fn fused_optimiser_step_on_the_device_matches_the_cpu() {
     let dev = device();
+    let n = worker::engine::train::fused_step::GROUP + 3;
     let run = |d: &Device| {
-        let w0 = Tensor::arange(0f32, 24., &Device::Cpu)
-            .unwrap()
-            .reshape((4, 6))
-            .unwrap();
-        let var = Var::from_tensor(&(w0 * 0.1).unwrap().to_device(d).unwrap()).unwrap();
-        let mut opt = AdamW::new(&[("w".to_string(), var.clone(), 1.0)], 0.01).unwrap();
-        for step in 0..3 {
-            let target = Tensor::full(step as f32, (4, 6), d).unwrap();
-            let loss = (var.as_tensor() - target)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            opt.step(&loss.backward().unwrap(), 1e-2).unwrap();
+        let vars: Vec<Var> = (0..n)
+            .map(|k| {
+                let w0 = Tensor::arange(0f32, (4 * (1 + k % 5)) as f32, &Device::Cpu)
+                    .unwrap()
+                    .affine(0.1, k as f64 * 0.01)
+                    .unwrap();
+                Var::from_tensor(&w0.to_device(d).unwrap()).unwrap()
+            })
+            .collect();
+        let groups: Vec<_> = vars
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (format!("w{k}"), v.clone(), 1.0 + (k % 3) as f64, 0.01))
+            .collect();
+        let mut opt = AdamW::with_groups(&groups).unwrap();
+        for step in 0..4 {
+            let mut loss = Tensor::zeros((), DType::F32, d).unwrap();
+            for (k, v) in vars.iter().enumerate() {
+                let mut target = Tensor::full(step as f32 - k as f32 * 0.05, v.shape(), d).unwrap();
+                if step == 2 && k == n - 1 {
+                    target = (target * f64::INFINITY).unwrap();
+                }
+                let term = (v.as_tensor() - target)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                loss = (loss + term).unwrap();
+            }
+            let spec = StepSpec {
+                lr: 1e-2,
+                rescale: if step == 1 { 2.0 } else { 1.0 },
+                clip: Some(1.0),
+            };
+            opt.step_with(&loss.backward().unwrap(), spec).unwrap();
         }
-        var.as_tensor().to_device(&Device::Cpu).unwrap()
+        let weights: Vec<Tensor> = vars
+            .iter()
+            .map(|v| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+            })
+            .collect();
+        let counts = (opt.steps().unwrap(), opt.skipped().unwrap());
+        (
+            Tensor::cat(&weights, 0).unwrap(),
+            opt.moments().unwrap(),
+            counts,
+        )
     };
-    let (on_device, on_cpu) = (run(&dev), run(&Device::Cpu));
-    let e = rel_err(&on_device, &on_cpu, 1e-7, 1e-5);
-    assert!(e <= 1.0, "AdamW on {dev:?}: error {e} of tolerance");
+    let (w_dev, m_dev, counts_dev) = run(&dev);
+    let (w_cpu, m_cpu, counts_cpu) = run(&Device::Cpu);
+    assert_eq!(counts_cpu, (3, 1));
+    assert_eq!(
+        counts_dev, counts_cpu,
+        "applied and skipped steps on {dev:?}"
+    );
+    let e = rel_err(&w_dev, &w_cpu, 1e-7, 1e-5);
+    assert!(
+        e <= 1.0,
+        "optimiser step on {dev:?}: error {e} of tolerance"
+    );
+    let flat = |m: &[(Vec<f32>, Vec<f32>)]| {
+        let v: Vec<f32> = m
+            .iter()
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect();
+        Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+    };
+    let e = rel_err(&flat(&m_dev), &flat(&m_cpu), 1e-7, 1e-5);
+    assert!(
+        e <= 1.0,
+        "optimiser moments on {dev:?}: error {e} of tolerance"
+    );
 }
 
 /// The LoRA linear op on the device under test against the same layer

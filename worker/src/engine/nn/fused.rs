@@ -386,7 +386,7 @@ pub(crate) mod cuda {
 
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, CudaViewMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
@@ -666,37 +666,119 @@ pub(crate) mod cuda {
         Ok((out, l.shape().clone()))
     }
 
-    /// One AdamW update of an f32 tensor in place (moments `m`, `v`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn adamw(
-        p: &mut CudaStorage,
-        lp: &Layout,
-        g: &CudaStorage,
-        lg: &Layout,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
-        hyper: [f32; 6],
+    /// Tensors of one launch of the optimiser step's kernels, by device
+    /// pointer (`StepTensors` of `kernels.cu`, field for field).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub(crate) struct StepTensors {
+        pub p: [u64; STEP_GROUP],
+        pub g: [u64; STEP_GROUP],
+        pub m: [u64; STEP_GROUP],
+        pub v: [u64; STEP_GROUP],
+        pub n: [u64; STEP_GROUP],
+        pub lr_mult: [f64; STEP_GROUP],
+        pub wd: [f64; STEP_GROUP],
+        pub count: i32,
+    }
+
+    /// Tensors per launch of the optimiser step's kernels (`STEP_GROUP`).
+    pub(crate) const STEP_GROUP: usize = 48;
+
+    // SAFETY: `repr(C)` plain data, laid out as the kernels' struct.
+    unsafe impl DeviceRepr for StepTensors {}
+
+    impl StepTensors {
+        pub(crate) fn empty() -> StepTensors {
+            StepTensors {
+                p: [0; STEP_GROUP],
+                g: [0; STEP_GROUP],
+                m: [0; STEP_GROUP],
+                v: [0; STEP_GROUP],
+                n: [0; STEP_GROUP],
+                lr_mult: [0.0; STEP_GROUP],
+                wd: [0.0; STEP_GROUP],
+                count: 0,
+            }
+        }
+
+        /// One block row per tensor, `blocks` blocks of 256 along each.
+        fn grid(&self, blocks: u32) -> LaunchConfig {
+            LaunchConfig {
+                grid_dim: (blocks, self.count as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        }
+    }
+
+    /// Blocks per tensor of `step_sumsq`: each writes one partial sum.
+    pub(crate) const SUMSQ_BLOCKS: usize = 32;
+
+    /// The partial sums of squares of a group's gradients, written to
+    /// `partials[k * SUMSQ_BLOCKS ..]` for its tensor `k`.
+    pub(crate) fn step_sumsq(
+        dev: &CudaDevice,
+        t: &StepTensors,
+        partials: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
-        let dev = p.device.clone();
-        let n = lp.shape().elem_count();
-        let (pa, pb) = lp.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("fused AdamW: parameter not contiguous".into())
-        })?;
-        let gv = view::<f32>(g, lg)?;
-        let f = dev.get_or_load_custom_func("adamw_f32", MODULE, PTX)?;
-        let mut pv = p.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
+        let f = dev.get_or_load_custom_func("step_sumsq", MODULE, PTX)?;
         let mut b = f.builder();
-        let [b1, b2, step, sbc2, decay, eps] = hyper;
-        b.arg(&mut pv).arg(&gv).arg(m).arg(v).arg(&n);
-        b.arg(&b1)
-            .arg(&b2)
-            .arg(&step)
-            .arg(&sbc2)
-            .arg(&decay)
-            .arg(&eps);
-        // SAFETY: argument types match the kernel's signature; all four
-        // buffers hold `n` f32 elements.
-        unsafe { b.launch(elementwise(n)) }.w()?;
+        b.arg(t).arg(partials);
+        // SAFETY: argument types match the kernel's signature; `t` points at
+        // `count` live gradients of `n` f32 elements, and `partials` holds
+        // `count * SUMSQ_BLOCKS` floats.
+        unsafe { b.launch(t.grid(SUMSQ_BLOCKS as u32)) }.w()?;
+        Ok(())
+    }
+
+    /// The step's scalars from every partial sum (one block).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn step_finalize(
+        dev: &CudaDevice,
+        partials: &CudaView<'_, f32>,
+        state: &mut CudaSlice<f64>,
+        rescale: f64,
+        clip: f64,
+        lr: f64,
+        betas: (f64, f64),
+    ) -> Result<()> {
+        let f = dev.get_or_load_custom_func("step_finalize", MODULE, PTX)?;
+        let count = partials.len();
+        let mut b = f.builder();
+        b.arg(partials).arg(&count).arg(state);
+        b.arg(&rescale)
+            .arg(&clip)
+            .arg(&lr)
+            .arg(&betas.0)
+            .arg(&betas.1);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument types match the kernel's signature; `state`
+        // holds the eight scalars of `kernels.cu`'s `ST_*`.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    /// AdamW on a group's tensors in place (see `step_adamw`).
+    pub(crate) fn step_adamw(
+        dev: &CudaDevice,
+        t: &StepTensors,
+        state: &CudaSlice<f64>,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+    ) -> Result<()> {
+        let longest = t.n[..t.count as usize].iter().copied().max().unwrap_or(1);
+        let blocks = (longest as usize).div_ceil(256).clamp(1, 1024) as u32;
+        let f = dev.get_or_load_custom_func("step_adamw", MODULE, PTX)?;
+        let mut b = f.builder();
+        b.arg(t).arg(state).arg(&b1).arg(&b2).arg(&eps);
+        // SAFETY: argument types match the kernel's signature; each of the
+        // group's `count` tensors has four live buffers of `n` f32 elements.
+        unsafe { b.launch(t.grid(blocks)) }.w()?;
         Ok(())
     }
 }

@@ -183,13 +183,107 @@ __device__ void dropout(const T* x, T* y, size_t n, unsigned long long seed,
     }
 }
 
-// ---- AdamW on one f32 tensor (decoupled decay, bias-corrected) -------------
+// ---- The optimiser step over many f32 tensors (engine/train/fused_step.rs) --
+// Tensors travel by pointer in a kernel argument, STEP_GROUP per launch;
+// grid.y picks the tensor, grid.x strides over its elements. The scalar
+// state `st` stays on the device between steps.
 
-extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v,
-                                     size_t n, float b1, float b2, float step,
-                                     float sbc2, float decay, float eps) {
-    GRID_STRIDE(i, n) {
-        const float gi = g[i];
+#define STEP_GROUP 48
+#define ST_T 0        // updates applied
+#define ST_SKIPPED 1  // steps skipped for a non-finite gradient norm
+#define ST_NORM 2     // the last step's global norm (rescaled)
+#define ST_FACTOR 3   // rescale times clip factor for the gradients
+#define ST_APPLY 4    // 1 when the last step's norm was finite
+#define ST_BC1 5      // 1 - beta1^t
+#define ST_SBC2 6     // sqrt(1 - beta2^t)
+#define ST_LR 7       // the step's learning rate
+
+struct StepTensors {
+    float* p[STEP_GROUP];
+    const float* g[STEP_GROUP];
+    float* m[STEP_GROUP];
+    float* v[STEP_GROUP];
+    unsigned long long n[STEP_GROUP];
+    double lr_mult[STEP_GROUP];
+    double wd[STEP_GROUP];
+    int count;
+};
+
+// Partial sums of squares: partials[k * gridDim.x + blockIdx.x] for tensor k.
+extern "C" __global__ void step_sumsq(const StepTensors t, float* partials) {
+    __shared__ float shared[32];
+    const int k = blockIdx.y;
+    const float* g = t.g[k];
+    float s = 0.0f;
+    GRID_STRIDE(i, t.n[k]) {
+        const float x = g[i];
+        s += x * x;
+    }
+    s = block_sum(s, shared);
+    if (threadIdx.x == 0) partials[(size_t)k * gridDim.x + blockIdx.x] = s;
+}
+
+// x^n by squaring, as the CPU twin computes it (n >= 1).
+__device__ double powi(double x, long long n) {
+    double r = 1.0;
+    while (true) {
+        if (n & 1) r *= x;
+        n >>= 1;
+        if (n == 0) return r;
+        x *= x;
+    }
+}
+
+// One block: the global norm from `count` partial sums (in double), then
+// the clip factor, the finite check and the bias corrections of the step.
+extern "C" __global__ void step_finalize(const float* partials, size_t count, double* st,
+                                         double rescale, double clip, double lr,
+                                         double beta1, double beta2) {
+    __shared__ double sums[256];
+    double s = 0.0;
+    for (size_t i = threadIdx.x; i < count; i += blockDim.x) s += (double)partials[i];
+    sums[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sums[threadIdx.x] += sums[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x != 0) return;
+    const double norm = sqrt(sums[0]) * rescale;
+    st[ST_NORM] = norm;
+    if (!isfinite(norm)) {
+        st[ST_SKIPPED] += 1.0;
+        st[ST_APPLY] = 0.0;
+        return;
+    }
+    const double clipped = (clip > 0.0 && norm > clip) ? clip / (norm + 1e-6) : 1.0;
+    const double t = st[ST_T] + 1.0;
+    st[ST_T] = t;
+    st[ST_APPLY] = 1.0;
+    st[ST_FACTOR] = rescale * clipped;
+    st[ST_BC1] = 1.0 - powi(beta1, (long long)t);
+    st[ST_SBC2] = sqrt(1.0 - powi(beta2, (long long)t));
+    st[ST_LR] = lr;
+}
+
+// AdamW (decoupled decay, bias-corrected) on every tensor of the group, with
+// the gradients scaled by the state's factor; nothing when the step was
+// skipped.
+extern "C" __global__ void step_adamw(const StepTensors t, const double* st, float b1,
+                                      float b2, float eps) {
+    if (st[ST_APPLY] == 0.0) return;
+    const int k = blockIdx.y;
+    const double lr = st[ST_LR] * t.lr_mult[k];
+    const float step = (float)(lr / st[ST_BC1]);
+    const float decay = (float)(1.0 - lr * t.wd[k]);
+    const float sbc2 = (float)st[ST_SBC2];
+    const float factor = (float)st[ST_FACTOR];
+    float* p = t.p[k];
+    const float* g = t.g[k];
+    float* m = t.m[k];
+    float* v = t.v[k];
+    GRID_STRIDE(i, t.n[k]) {
+        const float gi = g[i] * factor;
         const float mi = b1 * m[i] + (1.0f - b1) * gi;
         const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
         m[i] = mi;

@@ -1,12 +1,10 @@
 //! Gradient accumulation: the parameter gradients of `grad_accum`
-//! micro-batches summed into one store, then rescaled (a short final group
-//! becomes a mean over what it had) and clipped before the optimiser step;
-//! a group whose gradient norm is not finite is dropped.
+//! micro-batches summed into one store, with the factor that makes a short
+//! final group a mean over what it had (the optimiser applies it with the
+//! clipping, see [`super::optim::AdamW::step_with`]).
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
-
-use super::optim;
 
 /// Sums micro-batch gradients of a fixed set of parameters.
 pub struct GradAccumulator {
@@ -65,27 +63,15 @@ impl GradAccumulator {
         self.count > 0 && (self.count == self.every || last)
     }
 
-    /// The summed gradients, rescaled for a short group and clipped to
-    /// `clip_norm`; `None` when their norm is not finite (the step is
-    /// skipped rather than spreading NaN or infinity into the weights). The
-    /// accumulator starts over either way.
-    pub fn take(&mut self, vars: &[Var], clip_norm: Option<f64>) -> Result<Option<GradStore>> {
-        let Some(mut store) = self.store.take() else {
+    /// The summed gradients and the factor for a short group (1 for a
+    /// full one); the accumulator starts over.
+    pub fn take(&mut self) -> Result<(GradStore, f64)> {
+        let Some(store) = self.store.take() else {
             candle_core::bail!("no gradients to apply");
         };
-        if self.count < self.every {
-            optim::scale_grads(&mut store, vars, self.every as f64 / self.count as f64)?;
-        }
+        let rescale = self.every as f64 / self.count as f64;
         self.count = 0;
-        let norm = optim::grad_norm(&store, vars)?;
-        if !norm.is_finite() {
-            return Ok(None);
-        }
-        let f = optim::clip_factor(norm, clip_norm);
-        if f != 1.0 {
-            optim::scale_grads(&mut store, vars, f)?;
-        }
-        Ok(Some(store))
+        Ok((store, rescale))
     }
 }
 
@@ -122,9 +108,10 @@ mod tests {
         acc.add(grads(&w, &[3.0, 4.0]), std::slice::from_ref(&w))
             .unwrap();
         assert!(acc.ready(false));
-        let s = acc.take(std::slice::from_ref(&w), None).unwrap().unwrap();
-        assert_eq!(values(&s, &w), [4.0, 6.0]);
+        let (s, rescale) = acc.take().unwrap();
+        assert_eq!((values(&s, &w), rescale), (vec![4.0, 6.0], 1.0));
         assert!(!acc.ready(true), "starts over after take");
+        assert!(acc.take().is_err());
     }
 
     #[test]
@@ -134,45 +121,9 @@ mod tests {
         acc.add(grads(&w, &[2.0]), std::slice::from_ref(&w))
             .unwrap();
         assert!(acc.ready(true));
-        // One micro-batch of a group of 4: scaled by 4 (its loss was / 4).
-        let s = acc.take(std::slice::from_ref(&w), None).unwrap().unwrap();
-        assert_eq!(values(&s, &w), [8.0]);
-    }
-
-    #[test]
-    fn clipping_scales_to_the_norm() {
-        let w = Var::new(&[0f32, 0.0], &Device::Cpu).unwrap();
-        let mut acc = GradAccumulator::new(1);
-        acc.add(grads(&w, &[3.0, 4.0]), std::slice::from_ref(&w))
-            .unwrap();
-        let s = acc
-            .take(std::slice::from_ref(&w), Some(1.0))
-            .unwrap()
-            .unwrap();
-        let v = values(&s, &w);
-        assert!(
-            (v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5,
-            "{v:?}"
-        );
-        assert!(acc.take(std::slice::from_ref(&w), None).is_err());
-    }
-
-    #[test]
-    fn a_non_finite_norm_skips_the_step() {
-        let w = Var::new(&[0f32, 0.0], &Device::Cpu).unwrap();
-        let mut acc = GradAccumulator::new(1);
-        acc.add(grads(&w, &[f32::NAN, 1.0]), std::slice::from_ref(&w))
-            .unwrap();
-        assert!(acc
-            .take(std::slice::from_ref(&w), Some(1.0))
-            .unwrap()
-            .is_none());
-        acc.add(grads(&w, &[f32::INFINITY, 1.0]), std::slice::from_ref(&w))
-            .unwrap();
-        assert!(acc.take(std::slice::from_ref(&w), None).unwrap().is_none());
-        // The next group starts clean.
-        acc.add(grads(&w, &[1.0, 1.0]), std::slice::from_ref(&w))
-            .unwrap();
-        assert!(acc.take(std::slice::from_ref(&w), None).unwrap().is_some());
+        // One micro-batch of a group of 4: to be scaled by 4 (its loss was
+        // divided by 4).
+        let (s, rescale) = acc.take().unwrap();
+        assert_eq!((values(&s, &w), rescale), (vec![2.0], 4.0));
     }
 }

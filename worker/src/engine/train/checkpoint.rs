@@ -173,7 +173,7 @@ pub(super) fn encode(
     let saved = Saved {
         epoch,
         schedule: lp.schedule.clone(),
-        adam_steps: lp.params.opt.steps(),
+        adam_steps: lp.params.opt.steps()?,
         adam_params: lp.params.names.clone(),
         rng_word_pos: lp.rng.get_word_pos().to_string(),
         dendrite_rng_word_pos: lp.dendrite_rng.get_word_pos().to_string(),

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::accumulate::GradAccumulator;
+use super::fused_step::StepSpec;
 use super::loss::cross_entropy;
 use super::optim::AdamW;
 use super::schedule::LrSchedule;
@@ -119,6 +120,8 @@ pub fn make_batches(lengths: &[usize], batch: usize, rng: &mut ChaCha8Rng) -> Ve
 pub struct Fit {
     /// Mean micro-batch loss.
     pub loss: f64,
+    /// Optimiser steps whose gradients had a non-finite norm (no update).
+    pub skipped_steps: u64,
     /// The learning rate of the last optimiser step.
     pub lr: f64,
     /// The lowest and highest learning rate of the epoch's steps.
@@ -157,6 +160,7 @@ pub fn train_epoch(
         ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1000).wrapping_add(epoch as u64)),
     );
     let mut acc = GradAccumulator::new(spec.grad_accum);
+    let skipped_before = params.opt.skipped()?;
     let (mut loss_sum, mut lr) = (0.0, 0.0);
     let mut lr_range = (f64::INFINITY, f64::NEG_INFINITY);
     let mut pending: Vec<Tensor> = Vec::with_capacity(LOSS_READ_EVERY);
@@ -170,13 +174,19 @@ pub fn train_epoch(
         pending.push(loss.detach());
         acc.add(acc.scale_loss(&loss)?.backward()?, &params.vars)?;
         if acc.ready(bi + 1 == batches.len()) {
-            // A non-finite gradient norm skips the optimiser step.
-            if let Some(grads) = acc.take(&params.vars, spec.clip_norm)? {
-                lr = schedule.lr();
-                lr_range = (lr_range.0.min(lr), lr_range.1.max(lr));
-                params.opt.step(&grads, lr)?;
-                schedule.advance();
-            }
+            // The optimiser skips the update when the gradients' norm is
+            // not finite; the schedule moves on either way (the count of
+            // skipped steps is read with the epoch's end).
+            let (grads, rescale) = acc.take()?;
+            lr = schedule.lr();
+            lr_range = (lr_range.0.min(lr), lr_range.1.max(lr));
+            let step = StepSpec {
+                lr,
+                rescale,
+                clip: spec.clip_norm,
+            };
+            params.opt.step_with(&grads, step)?;
+            schedule.advance();
         }
         if pending.len() == LOSS_READ_EVERY || bi + 1 == batches.len() {
             let first = bi + 1 - pending.len();
@@ -198,6 +208,7 @@ pub fn train_epoch(
     }
     Ok(Fit {
         loss: loss_sum / batches.len().max(1) as f64,
+        skipped_steps: params.opt.skipped()? - skipped_before,
         lr,
         lr_range: if lr_range.0 <= lr_range.1 {
             lr_range

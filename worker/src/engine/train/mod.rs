@@ -7,6 +7,7 @@
 pub mod accumulate;
 pub mod checkpoint;
 pub mod epoch;
+pub mod fused_step;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
@@ -298,6 +299,7 @@ fn epoch_record(
         lr: fit.lr,
         lr_min: fit.lr_range.0,
         lr_max: fit.lr_range.1,
+        skipped_steps: fit.skipped_steps,
         seconds: fit.seconds + checked.seconds,
         train_seconds: fit.seconds,
         val_seconds: checked.seconds,

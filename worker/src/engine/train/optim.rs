@@ -1,11 +1,14 @@
 //! AdamW with parameter groups (no weight decay on biases and norms, a
-//! separate head learning rate) and global-norm gradient clipping.
-
-use std::sync::Mutex;
+//! separate head learning rate), global-norm gradient clipping and a
+//! skipped update when the gradients' norm is not finite. f32 parameters on
+//! the CPU or CUDA take the fused step ([`super::fused_step`]: a few
+//! dispatches, nothing read back); others compose candle ops and read the
+//! norm at each step.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{DType, Result, Tensor, Var};
+
+use super::fused_step::{Betas, FusedStep, StepSpec, ST_SKIPPED, ST_T};
 
 /// Whether a parameter is exempt from weight decay: biases and norm weights.
 pub fn no_decay(name: &str) -> bool {
@@ -17,102 +20,33 @@ pub fn no_decay(name: &str) -> bool {
         || name.ends_with(".beta")
 }
 
-/// First and second moments of a tensor updated by the fused kernel.
-enum Moments {
-    Cpu(Vec<f32>, Vec<f32>),
-    #[cfg(feature = "cuda")]
-    Cuda(
-        candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
-        candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
-    ),
-}
-
-impl Moments {
-    /// Zero moments for an f32 variable on the CPU or CUDA; `None` on other
-    /// devices and dtypes (composed ops then).
-    fn new(var: &Var) -> Result<Option<Moments>> {
-        if var.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let n = var.elem_count();
-        match var.device() {
-            candle_core::Device::Cpu => Ok(Some(Moments::Cpu(vec![0f32; n], vec![0f32; n]))),
-            #[cfg(feature = "cuda")]
-            candle_core::Device::Cuda(dev) => Ok(Some(Moments::Cuda(
-                dev.alloc_zeros::<f32>(n)?,
-                dev.alloc_zeros::<f32>(n)?,
-            ))),
-            _ => Ok(None),
-        }
-    }
-}
-
+/// A parameter updated by composed tensor ops.
 struct Slot {
     var: Var,
     m: Tensor,
     v: Tensor,
-    /// Fused path (CPU loop, CUDA kernel): moments updated in place.
-    fused: Option<Mutex<Moments>>,
     weight_decay: f64,
     lr_mult: f64,
 }
 
-impl Slot {
-    fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let host = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
-        let Some(fused) = &self.fused else {
-            return Ok((host(&self.m)?, host(&self.v)?));
-        };
-        let fused = fused
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        match (&*fused, self.var.device()) {
-            (Moments::Cpu(m, v), _) => Ok((m.clone(), v.clone())),
-            #[cfg(feature = "cuda")]
-            (Moments::Cuda(m, v), candle_core::Device::Cuda(dev)) => {
-                Ok((dev.clone_dtoh(m)?, dev.clone_dtoh(v)?))
-            }
-            #[cfg(feature = "cuda")]
-            _ => candle_core::bail!("CUDA moments of a variable off the GPU"),
-        }
-    }
+/// The composed update and its counts.
+struct Composed {
+    slots: Vec<Slot>,
+    applied: u64,
+    skipped: u64,
+}
 
-    fn load(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
-        let n = self.var.elem_count();
-        if m.len() != n || v.len() != n {
-            candle_core::bail!("optimiser moments of {} values, {n} expected", m.len());
-        }
-        let Some(fused) = &self.fused else {
-            let back = |x: Vec<f32>| {
-                Tensor::from_vec(x, self.var.shape(), &candle_core::Device::Cpu)?
-                    .to_dtype(self.var.dtype())?
-                    .to_device(self.var.device())
-            };
-            self.m = back(m)?;
-            self.v = back(v)?;
-            return Ok(());
-        };
-        let mut fused = fused
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        *fused = match self.var.device() {
-            #[cfg(feature = "cuda")]
-            candle_core::Device::Cuda(dev) => {
-                Moments::Cuda(dev.clone_htod(&m)?, dev.clone_htod(&v)?)
-            }
-            _ => Moments::Cpu(m, v),
-        };
-        Ok(())
-    }
+enum Update {
+    Fused(FusedStep),
+    Composed(Composed),
 }
 
 /// AdamW (decoupled weight decay, bias-corrected), as PyTorch's `AdamW`.
 pub struct AdamW {
-    slots: Vec<Slot>,
+    update: Update,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    step: u64,
 }
 
 impl AdamW {
@@ -129,190 +63,179 @@ impl AdamW {
     /// `params`: (name, variable, learning-rate multiplier, weight decay);
     /// biases and norms get no weight decay whatever their group says.
     pub fn with_groups(params: &[(String, Var, f64, f64)]) -> Result<AdamW> {
-        let mut slots = Vec::with_capacity(params.len());
-        for (name, var, lr_mult, weight_decay) in params {
-            let fused = Moments::new(var)?.map(Mutex::new);
-            let (m, v) = if fused.is_some() {
-                let empty = Tensor::zeros(0, DType::F32, var.device())?;
-                (empty.clone(), empty)
-            } else {
-                (var.zeros_like()?, var.zeros_like()?)
-            };
-            slots.push(Slot {
-                var: var.clone(),
-                m,
-                v,
-                fused,
-                weight_decay: if no_decay(name) { 0.0 } else { *weight_decay },
-                lr_mult: *lr_mult,
-            });
-        }
+        AdamW::build(params, true)
+    }
+
+    fn build(params: &[(String, Var, f64, f64)], fuse: bool) -> Result<AdamW> {
+        let decayed: Vec<(Var, f64, f64)> = params
+            .iter()
+            .map(|(name, var, lr_mult, wd)| {
+                let wd = if no_decay(name) { 0.0 } else { *wd };
+                (var.clone(), *lr_mult, wd)
+            })
+            .collect();
+        let fused = if fuse {
+            FusedStep::new(&decayed)?
+        } else {
+            None
+        };
+        let update = match fused {
+            Some(f) => Update::Fused(f),
+            None => Update::Composed(Composed {
+                slots: decayed
+                    .into_iter()
+                    .map(|(var, lr_mult, weight_decay)| {
+                        Ok(Slot {
+                            m: var.zeros_like()?,
+                            v: var.zeros_like()?,
+                            var,
+                            weight_decay,
+                            lr_mult,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                applied: 0,
+                skipped: 0,
+            }),
+        };
         Ok(AdamW {
-            slots,
+            update,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
-            step: 0,
         })
     }
 
-    /// Updates taken so far.
-    pub fn steps(&self) -> u64 {
-        self.step
+    fn betas(&self) -> Betas {
+        Betas {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+
+    /// Updates applied so far (skipped steps not counted). On a device
+    /// this reads the step state, which waits for the device.
+    pub fn steps(&self) -> Result<u64> {
+        match &self.update {
+            Update::Fused(f) => Ok(f.state()?[ST_T] as u64),
+            Update::Composed(c) => Ok(c.applied),
+        }
+    }
+
+    /// Steps skipped so far because the gradients' norm was not finite
+    /// (read as [`AdamW::steps`] is).
+    pub fn skipped(&self) -> Result<u64> {
+        match &self.update {
+            Update::Fused(f) => Ok(f.state()?[ST_SKIPPED] as u64),
+            Update::Composed(c) => Ok(c.skipped),
+        }
     }
 
     /// Every parameter's first and second moments, in f32, in the order
     /// the parameters were given.
     pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        self.slots.iter().map(Slot::moments).collect()
+        let host = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        match &self.update {
+            Update::Fused(f) => (0..f.len()).map(|i| f.moments(i)).collect(),
+            Update::Composed(c) => c
+                .slots
+                .iter()
+                .map(|s| Ok((host(&s.m)?, host(&s.v)?)))
+                .collect(),
+        }
     }
 
     /// Puts back what [`AdamW::moments`] and [`AdamW::steps`] returned for
     /// the same parameters.
     pub fn load(&mut self, steps: u64, moments: Vec<(Vec<f32>, Vec<f32>)>) -> Result<()> {
-        if moments.len() != self.slots.len() {
+        let expected = match &self.update {
+            Update::Fused(f) => f.len(),
+            Update::Composed(c) => c.slots.len(),
+        };
+        if moments.len() != expected {
             candle_core::bail!(
-                "optimiser state for {} parameters, {} expected",
+                "optimiser state for {} parameters, {expected} expected",
                 moments.len(),
-                self.slots.len()
             );
         }
-        for (s, (m, v)) in self.slots.iter_mut().zip(moments) {
-            s.load(m, v)?;
+        match &mut self.update {
+            Update::Fused(f) => {
+                for (i, (m, v)) in moments.into_iter().enumerate() {
+                    f.load_moments(i, m, v)?;
+                }
+                f.set_steps(steps)
+            }
+            Update::Composed(c) => {
+                for (s, (m, v)) in c.slots.iter_mut().zip(moments) {
+                    let n = s.var.elem_count();
+                    if m.len() != n || v.len() != n {
+                        candle_core::bail!("optimiser moments of {} values, {n} expected", m.len());
+                    }
+                    let back = |x: Vec<f32>| {
+                        Tensor::from_vec(x, s.var.shape(), &candle_core::Device::Cpu)?
+                            .to_dtype(s.var.dtype())?
+                            .to_device(s.var.device())
+                    };
+                    s.m = back(m)?;
+                    s.v = back(v)?;
+                }
+                c.applied = steps;
+                Ok(())
+            }
         }
-        self.step = steps;
-        Ok(())
     }
 
     /// One update with learning rate `lr` from the gradients in `grads`
-    /// (parameters without a gradient are left untouched).
+    /// (parameters without a gradient are left untouched; a non-finite
+    /// gradient norm skips the update).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
+        self.step_with(grads, StepSpec::plain(lr))
+    }
+
+    /// One update from `grads` rescaled and clipped as `spec` says. When
+    /// the rescaled gradients' global norm is not finite no parameter
+    /// changes and the step is counted in [`AdamW::skipped`]; on the fused
+    /// path that is decided on the device and learnt at the next read.
+    pub fn step_with(&mut self, grads: &GradStore, spec: StepSpec) -> Result<()> {
+        let betas = self.betas();
+        match &mut self.update {
+            Update::Fused(f) => f.step(grads, spec, betas),
+            Update::Composed(c) => c.step(grads, spec, betas),
+        }
+    }
+}
+
+impl Composed {
+    fn step(&mut self, grads: &GradStore, spec: StepSpec, b: Betas) -> Result<()> {
+        let vars: Vec<Var> = self.slots.iter().map(|s| s.var.clone()).collect();
+        let norm = grad_norm(grads, &vars)? * spec.rescale;
+        if !norm.is_finite() {
+            self.skipped += 1;
+            return Ok(());
+        }
+        let factor = spec.rescale * clip_factor(norm, spec.clip);
+        self.applied += 1;
+        let t = self.applied as i32;
+        let bc1 = 1.0 - b.beta1.powi(t);
+        let bc2 = 1.0 - b.beta2.powi(t);
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
-            let lr = lr * s.lr_mult;
-            if let Some(state) = &s.fused {
-                let g = g.to_dtype(DType::F32)?.contiguous()?;
-                s.var.as_tensor().inplace_op2(
-                    &g,
-                    &FusedAdamW {
-                        state,
-                        lr,
-                        wd: s.weight_decay,
-                        beta1: self.beta1,
-                        beta2: self.beta2,
-                        eps: self.eps,
-                        bc1,
-                        bc2,
-                    },
-                )?;
-                continue;
+            let lr = spec.lr * s.lr_mult;
+            let mut g = g.to_dtype(s.var.dtype())?;
+            if factor != 1.0 {
+                g = (g * factor)?;
             }
-            let g = g.to_dtype(s.var.dtype())?;
-            s.m = ((&s.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            s.v = ((&s.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = ((&s.v / bc2)?.sqrt()? + self.eps)?;
+            s.m = ((&s.m * b.beta1)? + (&g * (1.0 - b.beta1))?)?;
+            s.v = ((&s.v * b.beta2)? + (g.sqr()? * (1.0 - b.beta2))?)?;
+            let denom = ((&s.v / bc2)?.sqrt()? + b.eps)?;
             let update = ((&s.m / bc1)? / denom)?;
             let decayed = (s.var.as_tensor() * (1.0 - lr * s.weight_decay))?;
             s.var.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(())
-    }
-}
-
-struct FusedAdamW<'a> {
-    state: &'a Mutex<Moments>,
-    lr: f64,
-    wd: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    bc1: f64,
-    bc2: f64,
-}
-
-impl FusedAdamW<'_> {
-    fn moments(&self) -> Result<std::sync::MutexGuard<'_, Moments>> {
-        self.state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused AdamW: poisoned".into()))
-    }
-
-    /// `[beta1, beta2, lr / bc1, sqrt(bc2), 1 - lr * wd, eps]` in f32, as
-    /// both the CPU loop and the CUDA kernel take them.
-    fn hyper(&self) -> [f32; 6] {
-        [
-            self.beta1 as f32,
-            self.beta2 as f32,
-            (self.lr / self.bc1) as f32,
-            self.bc2.sqrt() as f32,
-            (1.0 - self.lr * self.wd) as f32,
-            self.eps as f32,
-        ]
-    }
-}
-
-impl InplaceOp2 for FusedAdamW<'_> {
-    fn name(&self) -> &'static str {
-        "fused-adamw"
-    }
-
-    // Without the `cuda` feature the moments have one kind only.
-    #[allow(irrefutable_let_patterns)]
-    fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (p, g) else {
-            candle_core::bail!("fused AdamW needs f32 parameters and gradients");
-        };
-        if !lp.is_contiguous() || !lg.is_contiguous() {
-            candle_core::bail!("fused AdamW needs contiguous tensors");
-        }
-        let n = lp.shape().elem_count();
-        let p = &mut p[lp.start_offset()..lp.start_offset() + n];
-        let g = &g[lg.start_offset()..lg.start_offset() + n];
-        let mut st = self.moments()?;
-        let Moments::Cpu(m, v) = &mut *st else {
-            candle_core::bail!("fused AdamW: moments on another device");
-        };
-        let hyper = self.hyper();
-        // Elementwise, so chunks over the thread pool give the same bits.
-        const CHUNK: usize = 1 << 15;
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((p, g), (m, v))| adamw_chunk(p, g, m, v, hyper));
-        Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        p: &mut candle_core::CudaStorage,
-        lp: &Layout,
-        g: &candle_core::CudaStorage,
-        lg: &Layout,
-    ) -> Result<()> {
-        let mut st = self.moments()?;
-        let Moments::Cuda(m, v) = &mut *st else {
-            candle_core::bail!("fused AdamW: moments on another device");
-        };
-        crate::engine::nn::fused::cuda::adamw(p, lp, g, lg, m, v, self.hyper())
-    }
-}
-
-/// One chunk of the AdamW update (`hyper` as [`FusedAdamW::hyper`]).
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
-fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hyper: [f32; 6]) {
-    let [b1, b2, step, sbc2, decay, eps] = hyper;
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        let denom = v.sqrt() / sbc2 + eps;
-        *p = *p * decay - step * *m / denom;
     }
 }
 
@@ -329,17 +252,6 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     }
     let total = Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()?;
     Ok(f64::from(total).sqrt())
-}
-
-/// Scales every gradient by `factor` in the store.
-pub fn scale_grads(grads: &mut GradStore, vars: &[Var], factor: f64) -> Result<()> {
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            let scaled = (g * factor)?;
-            grads.insert(v.as_tensor(), scaled);
-        }
-    }
-    Ok(())
 }
 
 /// The clipping factor for a gradient norm (1 when under the limit).
@@ -419,10 +331,9 @@ mod tests {
         }
         // Tensor path (no fused state) gives the same.
         let var2 = Var::new(&p0, &dev).unwrap();
-        let mut opt2 = AdamW::new(&[("w".into(), var2.clone(), 1.0)], wd).unwrap();
-        opt2.slots[0].fused = None;
-        opt2.slots[0].m = var2.zeros_like().unwrap();
-        opt2.slots[0].v = var2.zeros_like().unwrap();
+        let mut opt2 = AdamW::build(&[("w".into(), var2.clone(), 1.0, wd)], false).unwrap();
+        assert!(matches!(opt2.update, Update::Composed(_)));
+        assert!(matches!(opt.update, Update::Fused(_)));
         let loss = (var2.as_tensor() * Tensor::new(&g, &dev).unwrap())
             .unwrap()
             .sum_all()
@@ -431,6 +342,203 @@ mod tests {
         let got2 = var2.as_tensor().to_vec1::<f32>().unwrap();
         for (a, b) in got2.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{got2:?} vs {want:?}");
+        }
+    }
+
+    /// `sum(w_k * x_k)` over parameters and inputs: the gradient of `w_k`
+    /// is `x_k`.
+    fn grads_of(vars: &[Var], xs: &[Vec<f32>]) -> GradStore {
+        let dev = Device::Cpu;
+        let mut loss = Tensor::zeros((), DType::F32, &dev).unwrap();
+        for (v, x) in vars.iter().zip(xs) {
+            let x = Tensor::new(x.as_slice(), &dev).unwrap();
+            loss = (loss + (v.as_tensor() * x).unwrap().sum_all().unwrap()).unwrap();
+        }
+        loss.backward().unwrap()
+    }
+
+    fn both_paths(n: usize) -> [(AdamW, Vec<Var>); 2] {
+        [true, false].map(|fuse| {
+            let vars: Vec<Var> = (0..n)
+                .map(|k| {
+                    let w: Vec<f32> = (0..3 + k % 5).map(|i| (i + k) as f32 * 0.1).collect();
+                    Var::new(w.as_slice(), &Device::Cpu).unwrap()
+                })
+                .collect();
+            let groups: Vec<_> = vars
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let name = if k % 7 == 0 {
+                        format!("p{k}.bias")
+                    } else {
+                        format!("p{k}")
+                    };
+                    (name, v.clone(), 1.0 + (k % 3) as f64, 0.05)
+                })
+                .collect();
+            (AdamW::build(&groups, fuse).unwrap(), vars)
+        })
+    }
+
+    /// The fused step (CPU twin) and the composed one agree over more
+    /// tensors than one group, with rescale and clipping active, a
+    /// skipped step in the middle, and bias correction counting applied
+    /// updates only.
+    #[test]
+    fn fused_and_composed_steps_agree_with_clipping_and_a_skip() {
+        let n = super::super::fused_step::GROUP + 5;
+        let [(mut fused, fv), (mut composed, cv)] = both_paths(n);
+        let specs = [
+            StepSpec {
+                lr: 0.01,
+                rescale: 1.0,
+                clip: Some(1.0),
+            },
+            StepSpec {
+                lr: 0.02,
+                rescale: 2.0,
+                clip: Some(0.5),
+            },
+            StepSpec {
+                lr: 0.02,
+                rescale: 1.0,
+                clip: Some(1.0),
+            },
+            StepSpec {
+                lr: 0.005,
+                rescale: 1.5,
+                clip: None,
+            },
+        ];
+        for (step, spec) in specs.iter().enumerate() {
+            let xs: Vec<Vec<f32>> = fv
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    (0..v.elem_count())
+                        .map(|i| {
+                            if step == 2 && k == n - 1 && i == 0 {
+                                f32::NAN
+                            } else {
+                                ((i * 3 + k + step) % 11) as f32 * 0.3 - 1.5
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            fused.step_with(&grads_of(&fv, &xs), *spec).unwrap();
+            composed.step_with(&grads_of(&cv, &xs), *spec).unwrap();
+        }
+        assert_eq!((fused.steps().unwrap(), fused.skipped().unwrap()), (3, 1));
+        assert_eq!(
+            (composed.steps().unwrap(), composed.skipped().unwrap()),
+            (3, 1)
+        );
+        for (a, b) in fv.iter().zip(&cv) {
+            let (a, b) = (
+                a.as_tensor().to_vec1::<f32>().unwrap(),
+                b.as_tensor().to_vec1::<f32>().unwrap(),
+            );
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{a:?} vs {b:?}");
+            }
+        }
+        for ((am, av), (bm, bv)) in fused
+            .moments()
+            .unwrap()
+            .iter()
+            .zip(&composed.moments().unwrap())
+        {
+            for (x, y) in am.iter().zip(bm).chain(av.iter().zip(bv)) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    /// Clipping and rescaling show in the first moment (`0.1 g` after one
+    /// update), which Adam's first update direction does not.
+    #[test]
+    fn clipping_and_rescale_scale_the_gradient() {
+        for fuse in [true, false] {
+            let w = Var::new(&[0f32, 0.0], &Device::Cpu).unwrap();
+            let mut opt = AdamW::build(&[("w".into(), w.clone(), 1.0, 0.0)], fuse).unwrap();
+            let g = grads_of(std::slice::from_ref(&w), &[vec![3.0, 4.0]]);
+            opt.step_with(
+                &g,
+                StepSpec {
+                    lr: 0.1,
+                    rescale: 1.0,
+                    clip: Some(1.0),
+                },
+            )
+            .unwrap();
+            let (m, _) = &opt.moments().unwrap()[0];
+            assert!(
+                (m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6,
+                "{m:?}"
+            );
+            let w = Var::new(&[0f32], &Device::Cpu).unwrap();
+            let mut opt = AdamW::build(&[("w".into(), w.clone(), 1.0, 0.0)], fuse).unwrap();
+            let g = grads_of(std::slice::from_ref(&w), &[vec![2.0]]);
+            opt.step_with(
+                &g,
+                StepSpec {
+                    lr: 0.1,
+                    rescale: 4.0,
+                    clip: None,
+                },
+            )
+            .unwrap();
+            assert!((opt.moments().unwrap()[0].0[0] - 0.8).abs() < 1e-6);
+        }
+    }
+
+    /// A non-finite gradient leaves weights and moments as they were.
+    #[test]
+    fn a_non_finite_gradient_changes_nothing() {
+        for fuse in [true, false] {
+            for bad in [f32::NAN, f32::INFINITY] {
+                let w = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+                let mut opt = AdamW::build(&[("w".into(), w.clone(), 1.0, 0.1)], fuse).unwrap();
+                let g = grads_of(std::slice::from_ref(&w), &[vec![bad, 1.0]]);
+                opt.step_with(
+                    &g,
+                    StepSpec {
+                        lr: 0.1,
+                        rescale: 1.0,
+                        clip: Some(1.0),
+                    },
+                )
+                .unwrap();
+                assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+                assert_eq!(opt.moments().unwrap()[0], (vec![0.0; 2], vec![0.0; 2]));
+                assert_eq!((opt.steps().unwrap(), opt.skipped().unwrap()), (0, 1));
+            }
+        }
+    }
+
+    /// Moments and the step count survive a save and load (fused state).
+    #[test]
+    fn state_round_trips() {
+        let [(mut a, av), (_, _)] = both_paths(3);
+        let xs: Vec<Vec<f32>> = av.iter().map(|v| vec![0.5; v.elem_count()]).collect();
+        a.step(&grads_of(&av, &xs), 0.01).unwrap();
+        a.step(&grads_of(&av, &xs), 0.01).unwrap();
+        let [(mut b, bv), (_, _)] = both_paths(3);
+        b.load(a.steps().unwrap(), a.moments().unwrap()).unwrap();
+        assert_eq!(b.steps().unwrap(), 2);
+        assert_eq!(b.moments().unwrap(), a.moments().unwrap());
+        for (x, y) in av.iter().zip(&bv) {
+            y.set(x.as_tensor()).unwrap();
+        }
+        a.step(&grads_of(&av, &xs), 0.01).unwrap();
+        b.step(&grads_of(&bv, &xs), 0.01).unwrap();
+        for (x, y) in av.iter().zip(&bv) {
+            assert_eq!(
+                x.as_tensor().to_vec1::<f32>().unwrap(),
+                y.as_tensor().to_vec1::<f32>().unwrap()
+            );
         }
     }
 }
