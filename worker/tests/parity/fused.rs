@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use worker::engine::nn::fused::{self, Gelu};
 use worker::engine::nn::lora::{adapter_delta, lora_linear, Adapter};
-use worker::engine::nn::matmul::matmul;
+use worker::engine::nn::matmul::{add_product, matmul};
 use worker::engine::nn::Pass;
 use worker::engine::train::fused_step::StepSpec;
 use worker::engine::train::optim::AdamW;
@@ -286,6 +286,47 @@ fn fused_optimiser_step_on_the_device_matches_the_cpu() {
         e <= 1.0,
         "optimiser moments on {dev:?}: error {e} of tolerance"
     );
+}
+
+/// `c + a @ b` into `c`'s own buffer on the device under test (one cuBLAS
+/// call with beta = 1 on CUDA) against the composed sum on the CPU, for a
+/// row-major `b` and for a transposed view (as a LoRA adapter's `B^T`), in
+/// f32 and bf16.
+#[test]
+fn add_product_on_the_device_matches_the_composed_sum() {
+    let dev = device();
+    let cpu = Device::Cpu;
+    let (m, k, n) = (37, 16, 45);
+    let c0 = Tensor::randn(0f32, 1.0, (m, n), &cpu).unwrap();
+    let a0 = Tensor::randn(0f32, 1.0, (m, k), &cpu).unwrap();
+    let b_rows = Tensor::randn(0f32, 1.0, (k, n), &cpu).unwrap();
+    let b_cols = Tensor::randn(0f32, 1.0, (n, k), &cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        for transposed in [false, true] {
+            let on = |t: &Tensor, d: &Device| t.to_dtype(dtype).unwrap().to_device(d).unwrap();
+            let b_of = |d: &Device| {
+                if transposed {
+                    on(&b_cols, d).t().unwrap()
+                } else {
+                    on(&b_rows, d)
+                }
+            };
+            // A buffer of its own (a cast to the same dtype shares `c0`'s),
+            // so that the product is accumulated into it.
+            let c = on(&c0, &dev).copy().unwrap();
+            let got = add_product(c, &on(&a0, &dev), &b_of(&dev)).unwrap();
+            let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&cpu).unwrap();
+            let want = (f32_of(&on(&c0, &cpu))
+                + f32_of(&on(&a0, &cpu)).matmul(&f32_of(&b_of(&cpu))).unwrap())
+            .unwrap();
+            let (atol, rtol) = tol(dtype);
+            let e = rel_err(&f32_of(&got), &want, atol, rtol);
+            assert!(
+                e <= 1.0,
+                "add_product {dtype:?} (b transposed: {transposed}) on {dev:?}: error {e} of tolerance"
+            );
+        }
+    }
 }
 
 /// The LoRA linear op on the device under test against the same layer

@@ -62,9 +62,10 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// `c + a @ b` for matrices (`[m, k] @ [k, n]` into `[m, n]`) that build
-/// no gradient: on the CPU's BLAS path, with `c` an f32 buffer nothing
-/// else holds, the product is accumulated into `c` in place (beta = 1:
-/// no `[m, n]` temporary, no separate addition); otherwise `c + a @ b`.
+/// no gradient: on the CPU's BLAS path (f32) and on CUDA (f32, bf16), with
+/// `c` a buffer nothing else holds, the product is accumulated into `c` in
+/// place (beta = 1: no `[m, n]` temporary, no separate addition);
+/// otherwise `c + a @ b`.
 pub fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if c.track_op() || a.track_op() || b.track_op() {
         candle_core::bail!("add_product: operands must be detached");
@@ -78,6 +79,10 @@ pub fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             a.dims(),
             b.dims()
         );
+    }
+    #[cfg(feature = "cuda")]
+    if c.device().is_cuda() {
+        return cuda_acc::add_product(c, a, b);
     }
     if !blas_ready(a, b) || c.dtype() != DType::F32 || !c.device().is_cpu() {
         return c + matmul(a, b, None)?;
@@ -664,6 +669,135 @@ mod blas {
     #[cfg(not(feature = "blas"))]
     fn open() -> Option<Blas> {
         None
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_acc {
+    //! `c += a @ b` by one cuBLAS call into `c`'s own buffer (beta = 1).
+
+    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys, CudaBlas};
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+    use candle_core::op::BackpropOp;
+    use candle_core::{DType, Layout, Result, Storage, Tensor};
+
+    /// cuBLAS's operation and leading dimension for a `[rows, cols]`
+    /// operand read column-major: `N` for row-major rows `ld` apart, `T`
+    /// for a transposed view (columns `ld` apart); `None` for other strides.
+    fn op_of(l: &Layout) -> Option<(sys::cublasOperation_t, i32)> {
+        let (d, st) = (l.dims(), l.stride());
+        if d.len() != 2 {
+            return None;
+        }
+        let (rows, cols) = (d[0], d[1]);
+        if st[1] == 1 && st[0] >= cols.max(1) {
+            Some((sys::cublasOperation_t::CUBLAS_OP_N, st[0] as i32))
+        } else if st[0] == 1 && st[1] >= rows.max(1) {
+            Some((sys::cublasOperation_t::CUBLAS_OP_T, st[1] as i32))
+        } else {
+            None
+        }
+    }
+
+    /// Row-major `c[m, n] += a[m, k] @ b[k, n]` is column-major
+    /// `c^T[n, m] += b^T @ a^T`: cuBLAS's `A` is `b`, its `B` is `a`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn accumulate(
+        blas: &CudaBlas,
+        ty: sys::cudaDataType,
+        (m, n, k): (usize, usize, usize),
+        (op_a, ld_a, a): (sys::cublasOperation_t, i32, u64),
+        (op_b, ld_b, b): (sys::cublasOperation_t, i32, u64),
+        c: u64,
+    ) -> Result<()> {
+        let (alpha, beta) = (1f32, 1f32);
+        gemm_ex(
+            *blas.handle(),
+            op_b,
+            op_a,
+            n as i32,
+            m as i32,
+            k as i32,
+            (&alpha as *const f32).cast(),
+            b as *const std::ffi::c_void,
+            ty,
+            ld_b,
+            a as *const std::ffi::c_void,
+            ty,
+            ld_a,
+            (&beta as *const f32).cast(),
+            c as *mut std::ffi::c_void,
+            ty,
+            n as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("add_product: cuBLAS: {e:?}")))
+    }
+
+    /// `c + a @ b` with `c`'s buffer taken when nothing else holds it (the
+    /// caller checked shapes and that nothing tracks a gradient); the
+    /// composed sum otherwise.
+    pub(super) fn add_product(c: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let dtype = c.dtype();
+        let ty = match dtype {
+            DType::F32 => sys::cudaDataType::CUDA_R_32F,
+            DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+            _ => return c + super::matmul(a, b, None)?,
+        };
+        let same = a.dtype() == dtype
+            && b.dtype() == dtype
+            && a.device().same_device(c.device())
+            && b.device().same_device(c.device());
+        let (Some((op_a, ld_a)), Some((op_b, ld_b)), true) =
+            (op_of(a.layout()), op_of(b.layout()), same)
+        else {
+            return c + super::matmul(a, b, None)?;
+        };
+        let (m, n) = c.dims2()?;
+        let k = a.dims2()?.1;
+        let (mut out, shape) = match c.into_storage() {
+            Ok((Storage::Cuda(s), shape)) => (s, shape),
+            Ok(_) => candle_core::bail!("add_product: a CUDA tensor's buffer off the GPU"),
+            Err(shared) => return shared + super::matmul(a, b, None)?,
+        };
+        {
+            let (sa, la) = a.storage_and_layout();
+            let (sb, lb) = b.storage_and_layout();
+            let (Storage::Cuda(sa), Storage::Cuda(sb)) = (&*sa, &*sb) else {
+                candle_core::bail!("add_product: operands off the GPU");
+            };
+            let dev = out.device.clone();
+            let stream = dev.cuda_stream();
+            let blas = dev.cublas_handle();
+            macro_rules! run {
+                ($t:ty) => {{
+                    let av = sa.as_cuda_slice::<$t>()?.slice(la.start_offset()..);
+                    let bv = sb.as_cuda_slice::<$t>()?.slice(lb.start_offset()..);
+                    let cs = out.as_cuda_slice_mut::<$t>()?;
+                    let (ap, _ga) = av.device_ptr(&stream);
+                    let (bp, _gb) = bv.device_ptr(&stream);
+                    let (cp, _gc) = cs.device_ptr_mut(&stream);
+                    // SAFETY: `a` and `b` hold `[m, k]` and `[k, n]` with the
+                    // strides `op_of` read; `c` holds `m * n` elements,
+                    // row-major from its start.
+                    unsafe {
+                        accumulate(&blas, ty, (m, n, k), (op_a, ld_a, ap), (op_b, ld_b, bp), cp)
+                    }
+                }};
+            }
+            match dtype {
+                DType::F32 => run!(f32)?,
+                _ => run!(half::bf16)?,
+            }
+        }
+        candle_core::note_dispatch("add_product");
+        Ok(Tensor::from_storage(
+            Storage::Cuda(out),
+            shape,
+            BackpropOp::none(),
+            false,
+        ))
     }
 }
 

@@ -268,7 +268,12 @@ impl FusedStep {
                 dev,
                 &self.params,
                 &work,
-                (m, v, state, partials),
+                cuda::Moments {
+                    m,
+                    v,
+                    state,
+                    partials,
+                },
                 spec,
                 betas,
             ),
@@ -401,6 +406,14 @@ mod cuda {
 
     const _: () = assert!(STEP_GROUP == super::GROUP);
 
+    /// The optimiser's device buffers for one step.
+    pub(super) struct Moments<'a> {
+        pub m: &'a mut [Slice<f32>],
+        pub v: &'a mut [Slice<f32>],
+        pub state: &'a mut Slice<f64>,
+        pub partials: &'a mut Slice<f32>,
+    }
+
     pub(super) fn buffers(dev: &CudaDevice, sizes: &[usize]) -> Result<Buffers> {
         Ok(Buffers::Cuda {
             dev: dev.clone(),
@@ -421,12 +434,12 @@ mod cuda {
         dev: &CudaDevice,
         params: &[Param],
         work: &[(usize, Tensor)],
-        (m, v, state, partials): (
-            &mut [Slice<f32>],
-            &mut [Slice<f32>],
-            &mut Slice<f64>,
-            &mut Slice<f32>,
-        ),
+        Moments {
+            m,
+            v,
+            state,
+            partials,
+        }: Moments<'_>,
         spec: StepSpec,
         betas: Betas,
     ) -> Result<()> {
@@ -457,8 +470,8 @@ mod cuda {
                 l.contiguous_offsets()
                     .ok_or_else(|| candle_core::Error::Msg("fused step: not contiguous".into()))
             };
-            let (ga, gb) = range(*gl)?;
-            let (pa, pb) = range(*pl)?;
+            let (ga, gb) = range(gl)?;
+            let (pa, pb) = range(pl)?;
             let gv = gs.as_cuda_slice::<f32>()?.slice(ga..gb);
             let mut pv = ps.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
             t.g[j] = gv.device_ptr(&stream).0;

@@ -37,7 +37,7 @@ struct Composed {
 }
 
 enum Update {
-    Fused(FusedStep),
+    Fused(Box<FusedStep>),
     Composed(Composed),
 }
 
@@ -80,7 +80,7 @@ impl AdamW {
             None
         };
         let update = match fused {
-            Some(f) => Update::Fused(f),
+            Some(f) => Update::Fused(Box::new(f)),
             None => Update::Composed(Composed {
                 slots: decayed
                     .into_iter()
