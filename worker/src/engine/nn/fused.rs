@@ -687,6 +687,10 @@ pub(crate) mod cuda {
     // SAFETY: `repr(C)` plain data, laid out as the kernels' struct.
     unsafe impl DeviceRepr for StepTensors {}
 
+    // Seven arrays of 8-byte values, an `int`, padding to 8: as nvcc lays
+    // out `StepTensors`, within the 4 KiB of a launch's arguments.
+    const _: () = assert!(std::mem::size_of::<StepTensors>() == 7 * 8 * STEP_GROUP + 8);
+
     impl StepTensors {
         pub(crate) fn empty() -> StepTensors {
             StepTensors {

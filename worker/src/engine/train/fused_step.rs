@@ -173,8 +173,9 @@ pub struct FusedStep {
 
 impl FusedStep {
     /// For `(variable, learning-rate multiplier, weight decay)`: `None`
-    /// unless every variable is f32 on the CPU or on one CUDA device
-    /// (with the `cuda` feature) and none shares storage with another.
+    /// unless every variable is f32 and contiguous on the CPU or on one
+    /// CUDA device (with the `cuda` feature) and none shares storage with
+    /// another.
     pub fn new(params: &[(Var, f64, f64)]) -> Result<Option<FusedStep>> {
         let Some((first, _, _)) = params.first() else {
             return Ok(None);
@@ -183,6 +184,7 @@ impl FusedStep {
         let fits = params.iter().enumerate().all(|(i, (v, _, _))| {
             v.dtype() == DType::F32
                 && v.device().same_device(device)
+                && v.as_tensor().is_contiguous()
                 && params[..i]
                     .iter()
                     .all(|(w, _, _)| !w.as_tensor().same_storage(v.as_tensor()))
@@ -474,6 +476,9 @@ mod cuda {
             let (pa, pb) = range(pl)?;
             let gv = gs.as_cuda_slice::<f32>()?.slice(ga..gb);
             let mut pv = ps.as_cuda_slice_mut::<f32>()?.slice_mut(pa..pb);
+            // The guards' events are dropped before the launches: there is
+            // one stream, so the launches are ordered after every earlier
+            // use of these buffers and before every later one.
             t.g[j] = gv.device_ptr(&stream).0;
             t.p[j] = pv.device_ptr_mut(&stream).0;
             t.m[j] = m[*i].device_ptr_mut(&stream).0;
