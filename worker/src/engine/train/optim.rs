@@ -357,6 +357,15 @@ mod tests {
         loss.backward().unwrap()
     }
 
+    fn spec(lr: f64, rescale: f64, clip: Option<f64>) -> StepSpec {
+        StepSpec { lr, rescale, clip }
+    }
+
+    /// One parameter `w` with weight decay `wd`, fused or composed.
+    fn single(w: &Var, wd: f64, fuse: bool) -> AdamW {
+        AdamW::build(&[("w".into(), w.clone(), 1.0, wd)], fuse).unwrap()
+    }
+
     fn both_paths(n: usize) -> [(AdamW, Vec<Var>); 2] {
         [true, false].map(|fuse| {
             let vars: Vec<Var> = (0..n)
@@ -390,26 +399,10 @@ mod tests {
         let n = super::super::fused_step::GROUP + 5;
         let [(mut fused, fv), (mut composed, cv)] = both_paths(n);
         let specs = [
-            StepSpec {
-                lr: 0.01,
-                rescale: 1.0,
-                clip: Some(1.0),
-            },
-            StepSpec {
-                lr: 0.02,
-                rescale: 2.0,
-                clip: Some(0.5),
-            },
-            StepSpec {
-                lr: 0.02,
-                rescale: 1.0,
-                clip: Some(1.0),
-            },
-            StepSpec {
-                lr: 0.005,
-                rescale: 1.5,
-                clip: None,
-            },
+            spec(0.01, 1.0, Some(1.0)),
+            spec(0.02, 2.0, Some(0.5)),
+            spec(0.02, 1.0, Some(1.0)),
+            spec(0.005, 1.5, None),
         ];
         for (step, spec) in specs.iter().enumerate() {
             let xs: Vec<Vec<f32>> = fv
@@ -462,34 +455,18 @@ mod tests {
     fn clipping_and_rescale_scale_the_gradient() {
         for fuse in [true, false] {
             let w = Var::new(&[0f32, 0.0], &Device::Cpu).unwrap();
-            let mut opt = AdamW::build(&[("w".into(), w.clone(), 1.0, 0.0)], fuse).unwrap();
+            let mut opt = single(&w, 0.0, fuse);
             let g = grads_of(std::slice::from_ref(&w), &[vec![3.0, 4.0]]);
-            opt.step_with(
-                &g,
-                StepSpec {
-                    lr: 0.1,
-                    rescale: 1.0,
-                    clip: Some(1.0),
-                },
-            )
-            .unwrap();
+            opt.step_with(&g, spec(0.1, 1.0, Some(1.0))).unwrap();
             let (m, _) = &opt.moments().unwrap()[0];
             assert!(
                 (m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6,
                 "{m:?}"
             );
             let w = Var::new(&[0f32], &Device::Cpu).unwrap();
-            let mut opt = AdamW::build(&[("w".into(), w.clone(), 1.0, 0.0)], fuse).unwrap();
+            let mut opt = single(&w, 0.0, fuse);
             let g = grads_of(std::slice::from_ref(&w), &[vec![2.0]]);
-            opt.step_with(
-                &g,
-                StepSpec {
-                    lr: 0.1,
-                    rescale: 4.0,
-                    clip: None,
-                },
-            )
-            .unwrap();
+            opt.step_with(&g, spec(0.1, 4.0, None)).unwrap();
             assert!((opt.moments().unwrap()[0].0[0] - 0.8).abs() < 1e-6);
         }
     }
@@ -500,17 +477,9 @@ mod tests {
         for fuse in [true, false] {
             for bad in [f32::NAN, f32::INFINITY] {
                 let w = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
-                let mut opt = AdamW::build(&[("w".into(), w.clone(), 1.0, 0.1)], fuse).unwrap();
+                let mut opt = single(&w, 0.1, fuse);
                 let g = grads_of(std::slice::from_ref(&w), &[vec![bad, 1.0]]);
-                opt.step_with(
-                    &g,
-                    StepSpec {
-                        lr: 0.1,
-                        rescale: 1.0,
-                        clip: Some(1.0),
-                    },
-                )
-                .unwrap();
+                opt.step_with(&g, spec(0.1, 1.0, Some(1.0))).unwrap();
                 assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [1.0, 2.0]);
                 assert_eq!(opt.moments().unwrap()[0], (vec![0.0; 2], vec![0.0; 2]));
                 assert_eq!((opt.steps().unwrap(), opt.skipped().unwrap()), (0, 1));
